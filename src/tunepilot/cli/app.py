@@ -1,0 +1,50 @@
+"""The `tunepilot` command line: a thin layer that parses arguments and calls command functions.
+
+Each command lives in its own module under `tunepilot.cli` with a `register(app)` function; adding a
+command is one module plus one line in `COMMANDS`.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import typer
+
+from tunepilot import __version__
+
+COMMANDS = (
+    "tunepilot.cli.train",
+)
+
+app = typer.Typer(
+    name="tunepilot",
+    help="Find good LoRA/QLoRA hyperparameters before the expensive run.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"tunepilot {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version."),
+) -> None:
+    """validate -> recommend -> lr-find -> sweep -> transfer -> train -> diagnose -> export"""
+
+
+for _name in COMMANDS:
+    importlib.import_module(_name).register(app)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
