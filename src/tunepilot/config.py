@@ -1,0 +1,300 @@
+"""Typed run settings: sections, key aliases, YAML in and out, and one resolution order.
+
+    defaults < file < command-line overrides (`--set key=value`)
+
+A config is YAML with sections (`model`, `data`, `method`, `train`, `output`, `health`), or flat
+keys as HF `TrainingArguments`, PEFT `LoraConfig` and LLaMA-Factory write them: every flat key is
+routed to its section by name or alias, so a LLaMA-Factory SFT YAML loads as it is. Keys those
+tools know but tunepilot does not use are named in a warning; any other unknown key is an error
+with a "did you mean". All problems are reported at once. Validators reject; they never rewrite.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tunepilot.errors import ExitCode, UserError
+from tunepilot.health.settings import HealthSettings
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSettings(_Section):
+    name_or_path: str = Field(..., description="Hub id, local model directory, or path to a .gguf file.")
+    gguf_file: str | None = Field(None, description="GGUF file name inside name_or_path (dequantized on load).")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Weights dtype; auto = bf16 on GPUs that support it, else fp32.")
+    quantization_bit: Literal[4, 8] | None = Field(None, description="Load the base in 4/8 bit (QLoRA).")
+    trust_remote_code: bool = Field(False, description="Allow model code from the model repository.")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory.")
+
+
+class DataSettings(_Section):
+    train: str = Field(..., description="Training data: a file (jsonl/json/csv/parquet) or directory.")
+    eval: str | None = Field(None, description="Evaluation data file; default: split val_size from train.")
+    val_size: float = Field(0.0, ge=0, lt=1, description="Share of train held out for eval when eval is unset.")
+    format: str = Field("auto", description="alpaca, sharegpt, messages, prompt_completion, text, or auto.")
+    columns: dict[str, str] = Field(default_factory=dict,
+                                    description="Map format fields to your columns, e.g. {prompt: text}.")
+    template: str = Field("auto", description="Prompt template: auto (the model's chat template) or a name.")
+    system: str | None = Field(None, description="System prompt added to every record without one.")
+    cutoff_len: int = Field(1024, gt=0, description="Maximum tokens per example; longer ones are truncated.")
+    max_samples: int | None = Field(None, gt=0, description="Use at most this many training records.")
+    max_eval_samples: int | None = Field(None, gt=0, description="Use at most this many eval records.")
+    train_on_prompt: bool = Field(False, description="Also train on prompt tokens (default: responses only).")
+    mask_history: bool = Field(False, description="Train only on the last assistant turn of a conversation.")
+    packing: bool = Field(False, description="Pack several examples into one sequence of cutoff_len.")
+
+
+class MethodSettings(_Section):
+    finetuning_type: Literal["lora", "full"] = Field("lora", description="lora (QLoRA with quantization_bit) "
+                                                                         "or full fine-tuning.")
+    lora_rank: int = Field(8, gt=0, description="LoRA rank r.")
+    lora_alpha: float | None = Field(None, gt=0, description="LoRA alpha; default 2 x rank.")
+    lora_dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA input.")
+    lora_target: list[str] = Field(["all-linear"], description="Modules to adapt: all-linear or names "
+                                                               "(q_proj,v_proj,...).")
+    use_rslora: bool = Field(False, description="Rank-stabilised scaling alpha/sqrt(r) instead of alpha/r.")
+
+    @field_validator("lora_target", mode="before")
+    @classmethod
+    def _split_targets(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = [t.strip() for t in v.split(",") if t.strip()]
+        return ["all-linear" if t == "all" else t for t in v] if isinstance(v, list) else v
+
+    @property
+    def alpha(self) -> float:
+        return self.lora_alpha if self.lora_alpha is not None else 2.0 * self.lora_rank
+
+
+class TrainSettings(_Section):
+    learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate.")
+    num_train_epochs: float = Field(1.0, gt=0, description="Passes over the training data.")
+    max_steps: int = Field(-1, description="Optimizer steps; > 0 overrides num_train_epochs.")
+    per_device_train_batch_size: int = Field(4, gt=0, description="Micro-batch size.")
+    gradient_accumulation_steps: int = Field(1, gt=0, description="Micro-batches per optimizer step.")
+    lr_scheduler_type: Literal["cosine", "linear", "constant", "constant_with_warmup"] = Field(
+        "cosine", description="Decay after warmup: cosine, linear or constant.")
+    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Warmup as a share of total steps.")
+    warmup_steps: int = Field(0, ge=0, description="Warmup steps; > 0 overrides warmup_ratio.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(1.0, ge=0, description="Gradient clipping norm; 0 disables.")
+    adam_beta1: float = Field(0.9, gt=0, lt=1, description="AdamW beta1.")
+    adam_beta2: float = Field(0.999, gt=0, lt=1, description="AdamW beta2.")
+    adam_epsilon: float = Field(1e-8, gt=0, description="AdamW epsilon.")
+    seed: int = Field(42, description="Seed for weights init, dropout and data order.")
+    eval_steps: int | None = Field(None, gt=0, description="Evaluate every N steps; default: 10 times a run.")
+    per_device_eval_batch_size: int = Field(8, gt=0, description="Eval micro-batch size.")
+    save_steps: int | None = Field(None, gt=0, description="Checkpoint every N steps; default: at each eval.")
+    early_stopping_patience: int | None = Field(None, gt=0, description="Stop after N evals without gain.")
+    early_stopping_threshold: float = Field(0.0, ge=0, description="Minimum eval-loss gain that counts.")
+    load_best_model_at_end: bool = Field(True, description="Restore the adapter of the best eval at the end.")
+    logging_steps: int = Field(1, gt=0, description="Print a progress line every N steps.")
+    device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="Where to train.")
+
+    @field_validator("lr_scheduler_type", mode="before")
+    @classmethod
+    def _scheduler_alias(cls, v: Any) -> Any:
+        return "cosine" if v == "cosine_with_warmup" else v
+
+
+class OutputSettings(_Section):
+    output_dir: str = Field("runs/run", description="Run directory: metrics, checkpoints, adapter, summary.")
+    overwrite_output_dir: bool = Field(False, description="Allow a new run in a non-empty run directory.")
+
+
+class RunConfig(_Section):
+    model: ModelSettings
+    data: DataSettings
+    method: MethodSettings = Field(default_factory=MethodSettings)
+    train: TrainSettings = Field(default_factory=TrainSettings)
+    output: OutputSettings = Field(default_factory=OutputSettings)
+    health: HealthSettings = Field(default_factory=HealthSettings)
+
+    @model_validator(mode="after")
+    def _split_gguf_path(self) -> RunConfig:
+        path = self.model.name_or_path
+        if path.endswith(".gguf") and self.model.gguf_file is None:
+            p = Path(path)
+            object.__setattr__(self.model, "name_or_path", str(p.parent))
+            object.__setattr__(self.model, "gguf_file", p.name)
+        return self
+
+
+SECTIONS: dict[str, type[_Section]] = {
+    "model": ModelSettings, "data": DataSettings, "method": MethodSettings,
+    "train": TrainSettings, "output": OutputSettings, "health": HealthSettings,
+}
+
+# Flat names from HF TrainingArguments, PEFT LoraConfig and LLaMA-Factory -> (section, field).
+ALIASES: dict[str, tuple[str, str]] = {
+    "model_name_or_path": ("model", "name_or_path"), "torch_dtype": ("model", "dtype"),
+    "dataset": ("data", "train"), "train_file": ("data", "train"), "eval_dataset": ("data", "eval"),
+    "eval_file": ("data", "eval"), "max_seq_length": ("data", "cutoff_len"), "max_length": ("data", "cutoff_len"),
+    "formatting": ("data", "format"), "r": ("method", "lora_rank"), "lora_r": ("method", "lora_rank"),
+    "target_modules": ("method", "lora_target"), "lr": ("train", "learning_rate"),
+    "micro_batch_size": ("train", "per_device_train_batch_size"), "epochs": ("train", "num_train_epochs"),
+    "warmup": ("train", "warmup_ratio"),
+}
+# Keys those tools use that tunepilot ignores on purpose; named in a warning, never silently dropped.
+FOREIGN_IGNORED = {
+    "do_train", "do_eval", "do_predict", "overwrite_cache", "preprocessing_num_workers",
+    "dataloader_num_workers", "plot_loss", "save_only_model", "report_to", "ddp_timeout",
+    "resume_from_checkpoint", "logging_dir", "run_name", "flash_attn", "eval_strategy",
+    "evaluation_strategy", "save_strategy", "logging_strategy", "dataset_dir", "push_to_hub",
+    "gradient_checkpointing_kwargs", "remove_unused_columns", "optim", "bias", "task_type", "stage",
+    "deepspeed", "fsdp", "ddp_find_unused_parameters", "include_num_input_tokens_seen", "cache_dir",
+}
+
+
+def _flat_index() -> dict[str, tuple[str, str]]:
+    index = {name: (sec, name) for sec, cls in SECTIONS.items() for name in cls.model_fields}
+    index.update(ALIASES)
+    return index
+
+
+def _route_special(key: str, value: Any, nested: dict[str, dict[str, Any]]) -> bool:
+    """Flat keys whose meaning is a value elsewhere (bf16: true -> model.dtype: bfloat16)."""
+    if key in ("bf16", "fp16") and value:
+        nested["model"]["dtype"] = "bfloat16" if key == "bf16" else "float16"
+        return True
+    if key in ("bf16", "fp16", "tf32"):
+        return True
+    if key == "stage" and value not in ("sft", "pt"):
+        raise UserError(f"stage: {value!r} is not supported; tunepilot trains sft (and pt) stages only")
+    return False
+
+
+def to_nested(raw: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], list[str], list[str]]:
+    """Route flat and sectioned keys into sections. Returns (nested, unknown-key problems, warnings)."""
+    nested: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
+    index, problems, ignored = _flat_index(), [], []
+    for key, value in raw.items():
+        if key in SECTIONS and isinstance(value, dict):
+            for sub, v in value.items():
+                _put(nested, f"{key}.{sub}", v, index, problems, ignored)
+        else:
+            _put(nested, key, value, index, problems, ignored)
+    warnings = [f"ignored keys (not used by tunepilot): {', '.join(sorted(ignored))}"] if ignored else []
+    return nested, problems, warnings
+
+
+def _put(nested, key: str, value: Any, index, problems: list[str], ignored: list[str]) -> None:
+    section, _, name = key.rpartition(".")
+    if _route_special(name, value, nested) and not section:
+        return
+    if name in FOREIGN_IGNORED and not section:
+        ignored.append(name)
+        return
+    target = (section, name) if section and name in SECTIONS.get(section, _Section).model_fields else None
+    if target is None and section in ("", *SECTIONS):
+        hit = index.get(name)
+        target = hit if hit and (not section or hit[0] == section) else None
+    if target is None:
+        problems.append(_unknown(key, value, index))
+        return
+    nested[target[0]][target[1]] = value
+
+
+def _unknown(key: str, value: Any, index: dict[str, tuple[str, str]]) -> str:
+    candidates = list(index) + [f"{s}.{f}" for s, f in index.values()]
+    guess = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
+    hint = f"; did you mean '{guess[0]}'?" if guess else ""
+    return f"{key}: unknown key (value {value!r}){hint}"
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """`--set key=value` items; values are parsed as YAML scalars (1e-4, true, [a, b])."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--set {item!r}: expected key=value, e.g. --set learning_rate=1e-4")
+        out[key.strip()] = yaml.safe_load(text) if text.strip() else None
+    return out
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: config file not found; pass the path of a YAML config")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise UserError(f"{where}: invalid YAML ({getattr(e, 'problem', e)}); fix the syntax there") from e
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: expected a mapping of keys to values at the top level, got {type(raw).__name__}")
+    return raw
+
+
+def merge_raw(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Overrides win; dotted keys (train.learning_rate) are kept as given and routed later."""
+    return {**base, **overrides}
+
+
+def build_config(raw: dict[str, Any], source: str = "config",
+                 check_paths: bool = True) -> tuple[RunConfig, list[str]]:
+    """Validate raw keys into a RunConfig; every problem at once in one UserError (exit 2)."""
+    nested, problems, warnings = to_nested(raw)
+    config = None
+    try:
+        config = RunConfig.model_validate({k: v for k, v in nested.items() if v or k in ("model", "data")})
+    except ValidationError as e:
+        problems.extend(_format_validation(e))
+    if check_paths:
+        problems.extend(_path_problems(nested["data"]))
+    if problems:
+        raise UserError(f"{source}: {len(problems)} problem(s) in the config", ExitCode.USAGE, problems)
+    return config, warnings
+
+
+def _format_validation(e: ValidationError) -> list[str]:
+    out = []
+    for err in e.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "missing":
+            out.append(f"{loc}: required key is missing")
+        else:
+            out.append(f"{loc}: {err['input']!r} is invalid ({err['msg']})")
+    return out
+
+
+def _path_problems(data: dict[str, Any]) -> list[str]:
+    problems = []
+    for key in ("train", "eval"):
+        value = data.get(key)
+        if isinstance(value, str) and not Path(value).exists():
+            problems.append(f"data.{key}: {value!r} does not exist; give the path of your data file")
+    return problems
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None,
+                check_paths: bool = True) -> tuple[RunConfig, list[str]]:
+    raw = read_yaml(path) if path is not None else {}
+    raw = merge_raw(raw, parse_overrides(overrides or []))
+    return build_config(raw, source=str(path or "--set"), check_paths=check_paths)
+
+
+def dump_config(config: RunConfig) -> str:
+    """YAML with sections, every value explicit: what ran, ready to run again."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+def config_with(config: RunConfig, updates: dict[str, Any]) -> RunConfig:
+    """A copy with flat or dotted keys replaced, validated like a file (used by sweeps and transfer)."""
+    raw = config.model_dump(mode="json")
+    raw.update(updates)
+    new, _ = build_config(raw, source="updated config", check_paths=False)
+    return new
