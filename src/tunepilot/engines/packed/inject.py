@@ -1,0 +1,83 @@
+"""Put multi-adapter layers into a base model, and give a slot its adapters or take them away.
+
+Every `nn.Linear` of the base model except the output projection (lm_head) is replaced once by a
+`MultiLoraLinear` that wraps it, the way PEFT replaces target modules. A trial then gets adapters
+in the layers its `lora_target` names; the other wrapped layers pass its rows through unchanged.
+Target names follow PEFT: `all-linear`, or module names matched as the full name or its last dotted
+parts (`q_proj` matches `model.layers.0.self_attn.q_proj`).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from tunepilot.engines.packed.lora import LoraAdapter, MultiLoraLinear, PackContext
+from tunepilot.errors import UserError
+
+
+def wrap_linears(model: nn.Module, context: PackContext) -> dict[str, MultiLoraLinear]:
+    """Freeze the model and wrap its linear layers; returns wrappers by (PEFT-style) module name."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    head = model.get_output_embeddings()
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and m is not head]
+    wrapped: dict[str, MultiLoraLinear] = {}
+    for index, name in enumerate(names):
+        parent_name, _, leaf = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        wrapper = MultiLoraLinear(getattr(parent, leaf), context, index)
+        setattr(parent, leaf, wrapper)
+        wrapped[name] = wrapper
+    return wrapped
+
+
+def resolve_targets(wrapped: dict[str, MultiLoraLinear], targets: list[str]) -> list[str]:
+    """The wrapped module names a trial's `lora_target` selects; an unmatched name is a user error."""
+    if "all-linear" in targets:
+        return list(wrapped)
+    chosen, unmatched = [], []
+    for t in targets:
+        hits = [n for n in wrapped if n == t or n.endswith("." + t)]
+        if not hits:
+            unmatched.append(t)
+        chosen.extend(h for h in hits if h not in chosen)
+    if unmatched:
+        leaves = sorted({n.rpartition(".")[2] for n in wrapped})
+        raise UserError(f"method.lora_target: {', '.join(unmatched)} match no linear layer of the model; "
+                        f"use all-linear or some of: {', '.join(leaves)}")
+    return [n for n in wrapped if n in chosen]  # model order: the init draws follow it
+
+
+def add_adapters(wrapped: dict[str, MultiLoraLinear], names: list[str], slot: int, rank: int,
+                 alpha: float, use_rslora: bool, dropout: float, seed: int) -> list[nn.Parameter]:
+    """Fresh adapters for `slot` in the named layers, initialised from the trial's own seed."""
+    gen = torch.Generator(device="cpu")
+    gen.manual_seed(seed)
+    params: list[nn.Parameter] = []
+    for name in names:
+        layer = wrapped[name]
+        device = layer.base_layer.weight.device
+        ad = LoraAdapter(layer.in_features, layer.out_features, rank, alpha, use_rslora, dropout)
+        ad.reset(gen)  # drawn on CPU, then moved: the same init on every device
+        ad.to(device)
+        layer.adapters[str(slot)] = ad
+        params += [ad.lora_A, ad.lora_B]
+    return params
+
+
+def remove_adapters(wrapped: dict[str, MultiLoraLinear], slot: int) -> None:
+    for layer in wrapped.values():
+        if str(slot) in layer.adapters:
+            del layer.adapters[str(slot)]
+
+
+def adapter_state(wrapped: dict[str, MultiLoraLinear], slot: int) -> dict[str, torch.Tensor]:
+    """A slot's weights under PEFT's saved key names (`base_model.model.<module>.lora_A.weight`)."""
+    state = {}
+    for name, layer in wrapped.items():
+        ad = layer.adapters[str(slot)] if str(slot) in layer.adapters else None
+        if ad is not None:
+            state[f"base_model.model.{name}.lora_A.weight"] = ad.lora_A.detach().cpu().contiguous()
+            state[f"base_model.model.{name}.lora_B.weight"] = ad.lora_B.detach().cpu().contiguous()
+    return state

@@ -1,0 +1,80 @@
+"""One frozen base model shared by every slot: the packed forward pass and per-slot losses.
+
+`Pack.losses({slot: examples})` pads every slot's micro-batch to one length, concatenates them along
+the batch dimension, runs the base model once with each wrapped layer adding each slot's LoRA delta
+on that slot's rows, and returns each slot's summed token loss and token count. The caller turns
+those into per-trial mean losses and runs one backward for their sum.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from tunepilot.engines.packed.inject import wrap_linears
+from tunepilot.engines.packed.lora import PackContext, _mix_seed
+from tunepilot.engines.packed.loss import IGNORE_INDEX, chunked_ce_sum, shifted_targets
+
+Example = dict[str, Any]  # {"input_ids": [...], "labels": [...]}
+
+
+class Pack:
+    def __init__(self, model: nn.Module, pad_id: int, chunk_rows: int = 4096,
+                 gradient_checkpointing: bool = False):
+        self.model = model
+        self.pad_id = pad_id
+        self.chunk_rows = chunk_rows
+        self.context = PackContext()
+        self.wrapped = wrap_linears(model, self.context)
+        self.decoder = getattr(model, model.base_model_prefix)
+        self.head = model.get_output_embeddings()
+        self.device = self.head.weight.device
+        self.gradient_checkpointing = gradient_checkpointing
+        if gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.eval()
+
+    def batch(self, micro: dict[int, list[Example]]) -> tuple[dict[str, torch.Tensor], list]:
+        """Pad and concatenate slots' examples (slot order); returns inputs and row segments."""
+        length = max(len(e["input_ids"]) for exs in micro.values() for e in exs)
+        ids, labels, mask, segments, row = [], [], [], [], 0
+        for slot in sorted(micro):
+            for e in micro[slot]:
+                pad = length - len(e["input_ids"])
+                ids.append(list(e["input_ids"]) + [self.pad_id] * pad)
+                labels.append(list(e["labels"]) + [IGNORE_INDEX] * pad)
+                mask.append([1] * len(e["input_ids"]) + [0] * pad)
+            segments.append((slot, row, row + len(micro[slot])))
+            row += len(micro[slot])
+        t = {"input_ids": torch.tensor(ids, device=self.device),
+             "labels": torch.tensor(labels, device=self.device)}
+        # No padding: no mask, so SDPA takes its causal fast path (flash attention on GPU).
+        if any(0 in m for m in mask):
+            t["attention_mask"] = torch.tensor(mask, device=self.device)
+        return t, segments
+
+    def losses(self, micro: dict[int, list[Example]], training: bool,
+               seeds: dict[int, int] | None = None) -> dict[int, tuple[torch.Tensor, int]]:
+        """Per slot: (sum of token losses, number of trained tokens) of one packed forward pass."""
+        inputs, segments = self.batch(micro)
+        ctx = self.context
+        ctx.segments, ctx.training = segments, training
+        ctx.dropout_seeds = {s: _mix_seed(*k) for s, k in (seeds or {}).items()}
+        self.model.train(training and self.gradient_checkpointing)  # HF checkpoints only in train mode
+        hidden = self.decoder(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"),
+                              use_cache=False).last_hidden_state
+        out = {}
+        for slot, a, b in segments:
+            h, y = shifted_targets(hidden[a:b], inputs["labels"][a:b])
+            out[slot] = (chunked_ce_sum(h, y, self.head, self.chunk_rows), int(y.numel()))
+        return out
+
+    def logits(self, slot: int, input_ids: torch.Tensor) -> torch.Tensor:
+        """Full logits of one slot's adapted model (for checks against PEFT), no dropout."""
+        ctx = self.context
+        ctx.segments, ctx.training = [(slot, 0, input_ids.shape[0])], False
+        self.model.eval()
+        with torch.no_grad():
+            return self.model(input_ids=input_ids.to(self.device), use_cache=False).logits
