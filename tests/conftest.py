@@ -8,6 +8,10 @@ from pathlib import Path
 
 import pytest
 
+# Nothing is downloaded in tests: hub ids resolve from local caches only (set before transformers loads).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
 from tunepilot.testing import tiny_model_dir
 
 ROOT = Path(__file__).resolve().parents[1]

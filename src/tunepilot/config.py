@@ -33,6 +33,7 @@ class ModelSettings(_Section):
         "auto", description="Weights dtype; auto = bf16 on GPUs that support it, else fp32.")
     quantization_bit: Literal[4, 8] | None = Field(None, description="Load the base in 4/8 bit (QLoRA).")
     trust_remote_code: bool = Field(False, description="Allow model code from the model repository.")
+    cache_dir: str | None = Field(None, description="Where hub models are cached (default: the HF cache).")
     gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory.")
 
 
@@ -151,7 +152,7 @@ FOREIGN_IGNORED = {
     "resume_from_checkpoint", "logging_dir", "run_name", "flash_attn", "eval_strategy",
     "evaluation_strategy", "save_strategy", "logging_strategy", "dataset_dir", "push_to_hub",
     "gradient_checkpointing_kwargs", "remove_unused_columns", "optim", "bias", "task_type", "stage",
-    "deepspeed", "fsdp", "ddp_find_unused_parameters", "include_num_input_tokens_seen", "cache_dir",
+    "deepspeed", "fsdp", "ddp_find_unused_parameters", "include_num_input_tokens_seen",
 }
 
 

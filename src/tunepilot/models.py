@@ -85,7 +85,8 @@ def load_tokenizer(settings: ModelSettings):
 
     source = model_source(settings)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=settings.trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=settings.trust_remote_code,
+                                                  cache_dir=settings.cache_dir)
     except OSError as e:
         raise UserError(_not_found(source, e)) from e
     if tokenizer.pad_token_id is None:
@@ -98,7 +99,7 @@ def load_model(settings: ModelSettings, device: torch.device):
     from transformers import AutoModelForCausalLM
 
     source = model_source(settings)
-    kwargs: dict[str, Any] = {"dtype": resolve_dtype(settings.dtype, device),
+    kwargs: dict[str, Any] = {"dtype": resolve_dtype(settings.dtype, device), "cache_dir": settings.cache_dir,
                               "trust_remote_code": settings.trust_remote_code}
     if settings.quantization_bit:
         kwargs["quantization_config"] = _bnb_config(settings, device, kwargs["dtype"])

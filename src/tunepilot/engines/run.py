@@ -121,7 +121,7 @@ class TrainingRun:
             self._emit(self._train_step(step))
             evaluated = step in eval_at
             if evaluated and self.stop_event is None:
-                point = self._evaluate(step)
+                point = self.evaluate(step)
                 self._emit(point)
                 self._track_best(point)
                 yield point
@@ -170,7 +170,7 @@ class TrainingRun:
                                ignore_index=-100, reduction="sum")
 
     @torch.no_grad()
-    def _evaluate(self, step: int) -> EvalPoint:
+    def evaluate(self, step: int) -> EvalPoint:
         self.model.eval()
         total, count, size = 0.0, 0, self.config.train.per_device_eval_batch_size
         for start in range(0, len(self.data.eval), size):
