@@ -14,6 +14,7 @@ from tunepilot import __version__
 
 COMMANDS = (
     "tunepilot.cli.train",
+    "tunepilot.cli.evaluate",
 )
 
 app = typer.Typer(

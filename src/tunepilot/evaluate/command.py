@@ -1,0 +1,124 @@
+"""`tunepilot evaluate CONFIG_OR_RUN`: the pure command function behind the CLI.
+
+A RUN is a directory written by `tunepilot train` (config.yaml + adapter/): the base model is
+loaded and the adapter applied. A CONFIG is a YAML file: the base model alone, the baseline that a
+fine-tune is compared with (optionally with few-shot examples from the train set). `--base` scores
+a run's base model without its adapter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tunepilot.config import RunConfig, build_config, read_yaml
+from tunepilot.errors import UserError
+from tunepilot.evaluate.data import load_examples
+from tunepilot.evaluate.examples import fixed_subset
+from tunepilot.evaluate.runner import EvalScores, evaluate_model, write_results
+from tunepilot.evaluate.settings import EvalSettings
+
+
+@dataclass
+class Target:
+    config: RunConfig
+    settings: EvalSettings
+    run_dir: Path | None  # set when CONFIG_OR_RUN is a run directory
+    adapter: Path | None  # the adapter to apply, None for the base model
+
+
+def eval_settings(raw: dict[str, Any], config: RunConfig, source: str) -> EvalSettings:
+    """The `evaluate` section: from RunConfig once it holds one, else read from the raw YAML."""
+    section = getattr(config, "evaluate", None)
+    if isinstance(section, EvalSettings):
+        return section
+    from pydantic import ValidationError
+
+    try:
+        return EvalSettings.model_validate(raw.get("evaluate") or {})
+    except ValidationError as e:
+        problems = [f"evaluate.{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()]
+        raise UserError(f"{source}: {len(problems)} problem(s) in the evaluate section",
+                        problems=problems) from e
+
+
+def _load(path: Path) -> tuple[RunConfig, EvalSettings, list[str]]:
+    raw = read_yaml(path)
+    rest = raw if "evaluate" in RunConfig.model_fields else {k: v for k, v in raw.items() if k != "evaluate"}
+    config, warnings = build_config(rest, source=str(path), check_paths=False)
+    return config, eval_settings(raw, config, str(path)), warnings
+
+
+def resolve_target(target: Path, base: bool) -> tuple[Target, list[str]]:
+    if target.is_dir():
+        config_file = target / "config.yaml"
+        if not config_file.is_file():
+            raise UserError(f"{target}: not a run directory (no config.yaml); pass a run written by "
+                            "`tunepilot train` or a config YAML")
+        config, settings, warnings = _load(config_file)
+        adapter = target / "adapter"
+        if not base and not (adapter / "adapter_config.json").is_file():
+            raise UserError(f"{target}: no adapter/ with adapter_config.json (did the run finish?); "
+                            "use --base to score the base model")
+        return Target(config, settings, target, None if base else adapter), warnings
+    config, settings, warnings = _load(target)
+    return Target(config, settings, None, None), warnings
+
+
+def apply_overrides(settings: EvalSettings, **overrides: Any) -> EvalSettings:
+    values = {k: v for k, v in overrides.items() if v is not None}
+    return settings.model_copy(update=values) if values else settings
+
+
+def results_path(t: Target, data: Path, out: Path | None) -> Path:
+    if out is not None:
+        return out
+    root = t.run_dir or Path(t.config.output.output_dir)
+    kind = "adapter" if t.adapter else "base"
+    return root / "eval" / f"{data.stem}-{kind}.jsonl"
+
+
+def load_model_for(t: Target):
+    from tunepilot.models import load_model, load_tokenizer, resolve_device
+
+    device = resolve_device(t.config.train.device)
+    tokenizer = load_tokenizer(t.config.model)
+    model = load_model(t.config.model, device)
+    if t.adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(t.adapter))
+    return model, tokenizer
+
+
+def eval_data_path(t: Target, data: Path | None) -> Path:
+    path = data or (Path(t.config.data.eval) if t.config.data.eval else None)
+    if path is None:
+        raise UserError("no eval data: pass --data FILE or set data.eval in the config")
+    if not path.exists():
+        raise UserError(f"{path}: eval data not found; pass --data FILE or fix data.eval")
+    return path
+
+
+def run_evaluation(t: Target, data: Path, out: Path | None,
+                   progress: Callable[[int], Callable[[int], None] | None] = lambda total: None,
+                   ) -> tuple[EvalScores, Path]:
+    """Load data, shots and model; generate; score; save per-record results. Returns scores and path.
+
+    `progress(total)` is called once the record count is known and returns a per-batch callback."""
+    s = t.settings
+    examples = load_examples(data, t.config.data, limit=s.limit)
+    shots = fixed_subset(load_examples(t.config.data.train, t.config.data), s.few_shot) if s.few_shot else []
+    model, tokenizer = load_model_for(t)
+    scores = evaluate_model(model, tokenizer, examples, s, shots=shots, progress=progress(len(examples)))
+    return scores, write_results(results_path(t, data, out), scores)
+
+
+def summary(t: Target, data: Path, scores: EvalScores, path: Path) -> dict[str, Any]:
+    return {**scores.summary(), "model": t.config.model.name_or_path,
+            "adapter": str(t.adapter) if t.adapter else None, "few_shot": t.settings.few_shot,
+            "data": str(data), "results": str(path),
+            "failures": sum(1 for r in scores.records if r.score < 1.0)}
+
