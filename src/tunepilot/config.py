@@ -2,7 +2,8 @@
 
     defaults < file < command-line overrides (`--set key=value`)
 
-A config is YAML with sections (`model`, `data`, `method`, `train`, `output`, `health`), or flat
+A config is YAML with sections (`model`, `data`, `method`, `train`, `output`, `health`,
+`evaluate`), or flat
 keys as HF `TrainingArguments`, PEFT `LoraConfig` and LLaMA-Factory write them: every flat key is
 routed to its section by name or alias, so a LLaMA-Factory SFT YAML loads as it is. Keys those
 tools know but tunepilot does not use are named in a warning; any other unknown key is an error
@@ -19,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tunepilot.errors import ExitCode, UserError
+from tunepilot.evaluate.settings import EvalSettings
 from tunepilot.health.settings import HealthSettings
 
 
@@ -119,6 +121,7 @@ class RunConfig(_Section):
     train: TrainSettings = Field(default_factory=TrainSettings)
     output: OutputSettings = Field(default_factory=OutputSettings)
     health: HealthSettings = Field(default_factory=HealthSettings)
+    evaluate: EvalSettings = Field(default_factory=EvalSettings)
 
     @model_validator(mode="after")
     def _split_gguf_path(self) -> RunConfig:
@@ -132,7 +135,7 @@ class RunConfig(_Section):
 
 SECTIONS: dict[str, type[_Section]] = {
     "model": ModelSettings, "data": DataSettings, "method": MethodSettings,
-    "train": TrainSettings, "output": OutputSettings, "health": HealthSettings,
+    "train": TrainSettings, "output": OutputSettings, "health": HealthSettings, "evaluate": EvalSettings,
 }
 
 # Flat names from HF TrainingArguments, PEFT LoraConfig and LLaMA-Factory -> (section, field).
@@ -156,8 +159,13 @@ FOREIGN_IGNORED = {
 }
 
 
+# Sections whose keys may be written flat; `health` and `evaluate` keys (enabled, metric, limit,
+# batch_size...) would be ambiguous at the top level, so they are always written inside their section.
+FLAT_SECTIONS = ("model", "data", "method", "train", "output")
+
+
 def _flat_index() -> dict[str, tuple[str, str]]:
-    index = {name: (sec, name) for sec, cls in SECTIONS.items() for name in cls.model_fields}
+    index = {name: (sec, name) for sec in FLAT_SECTIONS for name in SECTIONS[sec].model_fields}
     index.update(ALIASES)
     return index
 

@@ -14,9 +14,9 @@ from tunepilot.config import load_config
 
 
 def train_command(config_path: Path, overrides: list[str], resume: bool, show_progress: bool) -> Result:
+    config, warnings = load_config(config_path, overrides)  # config mistakes first, before heavy imports
     from tunepilot.engines.run import TrainingRun, exit_code_for
 
-    config, warnings = load_config(config_path, overrides)
     with TrainProgress(enabled=show_progress) as progress:
         run = TrainingRun(config, resume=resume, callbacks=[progress.on_record])
         plan = run.setup()
