@@ -76,8 +76,8 @@ def adapter_state(wrapped: dict[str, MultiLoraLinear], slot: int) -> dict[str, t
     """A slot's weights under PEFT's saved key names (`base_model.model.<module>.lora_A.weight`)."""
     state = {}
     for name, layer in wrapped.items():
-        ad = layer.adapters[str(slot)] if str(slot) in layer.adapters else None
-        if ad is not None:
+        if str(slot) in layer.adapters:
+            ad = layer.adapters[str(slot)]
             state[f"base_model.model.{name}.lora_A.weight"] = ad.lora_A.detach().cpu().contiguous()
             state[f"base_model.model.{name}.lora_B.weight"] = ad.lora_B.detach().cpu().contiguous()
     return state

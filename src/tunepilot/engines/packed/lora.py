@@ -31,6 +31,7 @@ class PackContext:
 
     segments: list[tuple[int, int, int]] = field(default_factory=list)  # (slot, first row, end row)
     dropout_seeds: dict[int, int] = field(default_factory=dict)  # slot -> seed of this micro-step
+    widths: dict[int, int] = field(default_factory=dict)  # slot -> its own (unpadded) sequence width
     training: bool = False
 
 
@@ -114,10 +115,16 @@ class MultiLoraLinear(nn.Module):
         return (x @ a.t()) @ b.t() * ad.scaling
 
     def _dropout_mask(self, x: torch.Tensor, slot: int, p: float) -> torch.Tensor:
+        # Drawn at the trial's own width, so the mask does not depend on how far the pack pads it.
         gen = torch.Generator(device=x.device)
         gen.manual_seed(_mix_seed(self.context.dropout_seeds[slot], self.index))
-        keep = torch.rand(x.shape, generator=gen, device=x.device, dtype=torch.float32) >= p
-        return keep.to(x.dtype) / (1.0 - p)
+        shape = list(x.shape)
+        if x.dim() == 3:
+            shape[1] = min(shape[1], self.context.widths.get(slot, shape[1]))
+        keep = (torch.rand(shape, generator=gen, device=x.device, dtype=torch.float32) >= p).to(x.dtype)
+        if shape[1] < x.shape[1]:
+            keep = torch.nn.functional.pad(keep, (0, 0, 0, x.shape[1] - shape[1]))
+        return keep / (1.0 - p)
 
     def _uniform(self, segments: list[tuple[int, int, int]], rows: int) -> bool:
         """Every row targeted, equal segment sizes, equal ranks, no dropout: one batched matmul pair."""

@@ -62,6 +62,7 @@ class Pack:
         ctx = self.context
         ctx.segments, ctx.training = segments, training
         ctx.dropout_seeds = {s: _mix_seed(*k) for s, k in (seeds or {}).items()}
+        ctx.widths = {s: max(len(e["input_ids"]) for e in exs) for s, exs in micro.items()}
         self.model.train(training and self.gradient_checkpointing)  # HF checkpoints only in train mode
         hidden = self.decoder(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"),
                               use_cache=False).last_hidden_state

@@ -14,19 +14,7 @@ from typing import Any
 import torch
 from transformers import get_scheduler
 
-from tunepilot.engines.packed.lora import _mix_seed
-
-
-def total_steps(train: Any, n_examples: int) -> int:
-    """Optimizer steps: max_steps, else epochs x (micro-batches per epoch // accumulation), like HF."""
-    if train.max_steps > 0:
-        return train.max_steps
-    micro = math.ceil(n_examples / train.per_device_train_batch_size)
-    return max(1, math.ceil(train.num_train_epochs * max(1, micro // train.gradient_accumulation_steps)))
-
-
-def warmup_steps(train: Any, steps: int) -> int:
-    return train.warmup_steps if train.warmup_steps > 0 else math.ceil(train.warmup_ratio * steps)
+from tunepilot.engines.plan import epoch_at, make_plan, step_indices
 
 
 def report_steps(fractions: tuple[float, ...], steps: int) -> list[int]:
@@ -34,32 +22,20 @@ def report_steps(fractions: tuple[float, ...], steps: int) -> list[int]:
     return sorted({min(steps, max(1, round(f * steps))) for f in fractions} | {steps})
 
 
-class DataOrder:
-    """An endless stream of micro-batches: a fresh seeded permutation each epoch."""
-
-    def __init__(self, examples: list, micro_batch: int, seed: int):
-        self.examples, self.micro_batch, self.seed = examples, micro_batch, seed
-        self.epoch, self.pos, self.order = 0, 0, self._perm(0)
-
-    def _perm(self, epoch: int) -> list[int]:
-        gen = torch.Generator().manual_seed(_mix_seed(self.seed, epoch))
-        return torch.randperm(len(self.examples), generator=gen).tolist()
-
-    def next(self) -> list:
-        if self.pos >= len(self.order):
-            self.epoch, self.pos = self.epoch + 1, 0
-            self.order = self._perm(self.epoch)
-        idx = self.order[self.pos:self.pos + self.micro_batch]
-        self.pos += self.micro_batch  # the last micro-batch of an epoch may be smaller (no drop_last)
-        return [self.examples[i] for i in idx]
-
-    @property
-    def epoch_float(self) -> float:
-        return self.epoch + self.pos / max(1, len(self.order))
+def trained_tokens(examples: list) -> int:
+    """Positions that carry a loss after the causal shift (labels[1:] != -100), as the loss counts them."""
+    return sum(sum(1 for y in e["labels"][1:] if y != -100) for e in examples)
 
 
 class TrialState:
-    """Optimizer, schedule and counters of one trial; `micro_step` and `maybe_step` drive it."""
+    """Optimizer, schedule and counters of one trial; `next_micro` and `after_backward` drive it.
+
+    The schedule, the data order and the loss normalisation are the standard engine's
+    (`tunepilot.engines.plan`, `engines/run.py`): optimizer step s trains on `step_indices(plan,
+    seed, s)`, and each of its micro-batches contributes (sum of its token losses) / (trained
+    tokens of the whole step), so accumulation gives the token mean over the step, as a single big
+    batch would. Only the order in which the micro-batches run differs: one per packed step.
+    """
 
     def __init__(self, number: int, slot: int, config: Any, params: list[torch.nn.Parameter],
                  train_examples: list, eval_examples: list, fractions: tuple[float, ...]):
@@ -67,46 +43,59 @@ class TrialState:
         self.number, self.slot, self.config = number, slot, config
         self.params = params
         self.train_examples, self.eval_examples = train_examples, eval_examples
-        self.accum = t.gradient_accumulation_steps
-        self.max_grad_norm = t.max_grad_norm
-        self.steps = total_steps(t, len(train_examples))
+        self.plan = make_plan(t, len(train_examples))
+        self.steps = self.plan.total_steps
         self.reports = report_steps(fractions, self.steps)
-        self.data = DataOrder(train_examples, t.per_device_train_batch_size, t.seed)
+        self.max_grad_norm = t.max_grad_norm if t.max_grad_norm > 0 else float("inf")
+        # All LoRA weights are matrices: the standard engine's decay group (ndim >= 2) holds them all.
         self.optimizer = torch.optim.AdamW(params, lr=t.learning_rate, betas=(t.adam_beta1, t.adam_beta2),
                                            eps=t.adam_epsilon, weight_decay=t.weight_decay)
-        name = t.lr_scheduler_type
-        warm = warmup_steps(t, self.steps)
-        if name == "constant" and warm > 0:  # "constant" = no decay after warmup (config doc)
-            name = "constant_with_warmup"
-        self.scheduler = get_scheduler(name, self.optimizer, num_warmup_steps=warm,
+        name = "constant_with_warmup" if t.lr_scheduler_type.startswith("constant") else t.lr_scheduler_type
+        self.scheduler = get_scheduler(name, self.optimizer, num_warmup_steps=self.plan.warmup_steps,
                                        num_training_steps=self.steps)
         self.step = 0  # optimizer steps done
         self.micro = 0  # micro-batches done
-        self.tokens = 0  # trained tokens seen
-        self.loss_acc = 0.0  # sum of this accumulation window's micro-batch losses
+        self.tokens = 0  # trained tokens of finished steps
+        self.window: list[list] = []  # the current step's micro-batches not yet run
+        self.window_tokens = 0
+        self.loss_sum = 0.0  # summed token losses of the current step so far
         self.last_loss: float | None = None
         self.evals: list[tuple[int, float]] = []
+
+    def next_micro(self) -> list:
+        if not self.window:
+            batches = step_indices(self.plan, self.config.train.seed, self.step + 1)
+            self.window = [[self.train_examples[i] for i in idx] for idx in batches]
+            self.window_tokens = max(1, sum(trained_tokens(b) for b in self.window))
+        return self.window.pop(0)
 
     def dropout_key(self) -> tuple[int, int]:
         return (self.config.train.seed, self.micro)
 
-    def after_backward(self, loss: float, tokens: int) -> dict[str, float] | None:
-        """Count a micro-batch; at the end of an accumulation window clip, step, and return the log."""
+    def after_backward(self, loss_sum: float) -> dict[str, float] | None:
+        """Count a micro-batch; when its step's window is done clip, step, and return the log."""
         self.micro += 1
-        self.tokens += tokens
-        self.loss_acc += loss
-        if self.micro % self.accum:
+        self.loss_sum += loss_sum
+        if self.window:
             return None
-        norm = torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm if self.max_grad_norm > 0
-                                              else float("inf"))
+        norm = torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
         lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        self.last_loss = self.loss_acc / self.accum
-        self.loss_acc = 0.0
+        self.tokens += self.window_tokens
+        self.last_loss = self.loss_sum / self.window_tokens
+        self.loss_sum = 0.0
         return {"loss": self.last_loss, "grad_norm": float(norm), "lr": lr}
+
+    @property
+    def best(self) -> float | None:
+        return min((v for _, v in self.evals if math.isfinite(v)), default=None)
+
+    @property
+    def epoch(self) -> float:
+        return round(epoch_at(self.plan, self.step), 4)
 
     @property
     def done(self) -> bool:
@@ -114,5 +103,6 @@ class TrialState:
 
     @property
     def at_report(self) -> bool:
-        return self.micro % self.accum == 0 and self.step in self.reports and \
-            (not self.evals or self.evals[-1][0] != self.step)
+        """Just finished a step that is a report point and not yet evaluated there."""
+        fresh = not self.evals or self.evals[-1][0] != self.step
+        return not self.window and self.step in self.reports and fresh

@@ -1,0 +1,258 @@
+"""PackedEngine: K LoRA trials in K slots on one frozen base model, behind the Engine interface.
+
+    start(spec)  fresh adapters + optimizer for the trial in a free slot (no base reload)
+    advance()    packed steps until some trial reaches a report point (a fraction of its own
+                 schedule); those trials are evaluated together and reported; finished ones leave
+    stop(n)      a pruned trial leaves; its slot is free at once
+
+One packed step: every active trial contributes one micro-batch of its own size, drawn in its own
+order; one forward on the concatenation; per-trial mean token losses, each divided by the trial's
+accumulation count; one backward of their sum; then each trial whose accumulation window is full
+clips its own gradients and steps its own AdamW and schedule. Trials with other accumulation
+counts, micro-batch sizes or lengths simply coexist; a finished trial's rows disappear.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tunepilot.engines.base import Outcome, Progress, Report, TrialSpec
+from tunepilot.engines.packed import memory
+from tunepilot.engines.packed.export import export_adapter
+from tunepilot.engines.packed.inject import add_adapters, remove_adapters, resolve_targets
+from tunepilot.engines.packed.pack import Pack
+from tunepilot.engines.packed.trial import TrialState
+from tunepilot.errors import UserError
+from tunepilot.io import atomic_write_json
+from tunepilot.stream import EvalPoint, MetricsWriter, TrainStep
+
+DataFn = Callable[[Any], tuple[list, list]]  # RunConfig -> (train examples, eval examples)
+
+
+class PackedEngine:
+    name = "packed"
+
+    def __init__(self, config: Any, slots: int | str = "auto", *, model: torch.nn.Module | None = None,
+                 pad_id: int | None = None, data: DataFn | None = None, chunk_rows: int = 2048,
+                 memory_budget: int | None = None, clock: Callable[[], float] = time.monotonic):
+        """`config`: the sweep's base RunConfig (model, data, shapes); model/data injectable for tests."""
+        self.config, self.clock = config, clock
+        if model is None:
+            model, pad_id = _load(config)
+        self.pack = Pack(model, pad_id if pad_id is not None else 0, chunk_rows,
+                         gradient_checkpointing=config.model.gradient_checkpointing)
+        self._data = data or _prepared_data(config)
+        self.shape = memory.Shape.of(model)
+        self.budget = memory_budget if memory_budget is not None else memory.memory_budget(self.pack.device)
+        self.shared = memory.shared_bytes(self.shape, chunk_rows)
+        k = slots if isinstance(slots, int) else memory.slots_that_fit(
+            self.budget, self._estimate(config, list(self.pack.wrapped)), self.shared)
+        self._slots: list[TrialState | None] = [None] * k
+        self._extra: dict[int, dict[str, Any]] = {}  # per slot: writer, targets, start time, run dir
+        self._pending: list[Progress] = []
+
+    # -- the Engine interface ------------------------------------------------------------------
+    @property
+    def slots(self) -> int:
+        return len(self._slots)
+
+    @property
+    def active(self) -> list[int]:
+        return [t.number for t in self._slots if t is not None]
+
+    def start(self, spec: TrialSpec) -> None:
+        free = [i for i, t in enumerate(self._slots) if t is None]
+        if not free:
+            raise RuntimeError(f"packed engine: all {self.slots} slots are busy; stop or advance first")
+        try:
+            self._start(spec, free[0])
+        except UserError as e:  # the trial cannot run here: reported as failed before it starts
+            self._pending.append(Outcome(spec.number, "failed", reason=e.message))
+
+    def advance(self) -> list[Progress]:
+        out, self._pending = self._pending, []
+        while any(self._slots):
+            out += self._step()
+            ready = [t for t in self._slots if t is not None and t.at_report]
+            if ready:
+                return out + self._report(ready)
+            if any(isinstance(p, Outcome) for p in out):
+                return out
+        return out
+
+    def stop(self, number: int, reason: str) -> Outcome:
+        trial = next((t for t in self._slots if t is not None and t.number == number), None)
+        if trial is None:
+            raise KeyError(f"trial {number} is not active in the packed engine")
+        return self._finish(trial, "pruned", trial.evals[-1][1] if trial.evals else None, reason)
+
+    def close(self) -> None:
+        for t in [t for t in self._slots if t is not None]:
+            self._finish(t, "failed", None, "engine closed")
+        self.pack = None  # the base model goes with the last reference
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    # -- slots -----------------------------------------------------------------------------------
+    def _start(self, spec: TrialSpec, slot: int) -> None:
+        cfg = spec.config
+        self._check_compatible(cfg)
+        targets = resolve_targets(self.pack.wrapped, cfg.method.lora_target)
+        self._check_fits(cfg, targets)
+        m = cfg.method
+        params = add_adapters(self.pack.wrapped, targets, slot, m.lora_rank, m.alpha, m.use_rslora,
+                              m.lora_dropout, seed=cfg.train.seed)
+        train, evals = self._data(cfg)
+        if not train:
+            remove_adapters(self.pack.wrapped, slot)
+            raise UserError(f"trial {spec.number}: no training examples")
+        self._slots[slot] = TrialState(spec.number, slot, cfg, params, train, evals, spec.report_fractions)
+        run_dir = Path(spec.run_dir) if spec.run_dir else None
+        self._extra[slot] = {"targets": targets, "t0": self.clock(), "run_dir": run_dir,
+                             "params": spec.params,
+                             "writer": MetricsWriter(run_dir / "metrics.jsonl") if run_dir else None}
+
+    def _check_compatible(self, cfg: Any) -> None:
+        if cfg.method.finetuning_type != "lora" or cfg.model.quantization_bit is not None:
+            raise UserError("the packed engine trains LoRA on an unquantized base; use engine: standard "
+                            "for full fine-tuning or QLoRA")
+        if cfg.model.name_or_path != self.config.model.name_or_path:
+            raise UserError(f"model.name_or_path {cfg.model.name_or_path!r} differs from the packed base "
+                            f"{self.config.model.name_or_path!r}; all packed trials share one base model")
+
+    def _estimate(self, cfg: Any, targets: list[str]) -> int:
+        weights = cfg.method.lora_rank * sum(
+            self.pack.wrapped[n].in_features + self.pack.wrapped[n].out_features for n in targets)
+        return memory.trial_bytes(self.shape, weights, cfg.train.per_device_train_batch_size,
+                                  cfg.data.cutoff_len, self.pack.gradient_checkpointing)
+
+    def _check_fits(self, cfg: Any, targets: list[str]) -> None:
+        if self.budget is None:
+            return
+        need = self._estimate(cfg, targets)
+        used = sum(self._estimate(t.config, self._extra[t.slot]["targets"]) for t in self._slots if t)
+        if used + need + self.shared > self.budget:
+            raise UserError(f"does not fit: needs ~{need / memory.GIB:.1f} GiB next to {len(self.active)} "
+                            f"active trial(s) using ~{used / memory.GIB:.1f} GiB of "
+                            f"{self.budget / memory.GIB:.1f} GiB; lower per_device_train_batch_size or "
+                            "cutoff_len, or enable gradient_checkpointing")
+
+    # -- training --------------------------------------------------------------------------------
+    def _step(self) -> list[Progress]:
+        """One packed forward/backward; each trial steps its optimizer when its window is full."""
+        trials = [t for t in self._slots if t is not None]
+        micro = {t.slot: t.next_micro() for t in trials}
+        losses = self.pack.losses(micro, training=True, seeds={t.slot: t.dropout_key() for t in trials})
+        # Each trial's term is its summed token loss over its whole step's token count: the sum's
+        # gradient w.r.t. a trial's weights is exactly that trial's own gradient.
+        objective = sum(losses[t.slot][0] / t.window_tokens for t in trials)
+        objective.backward()
+        out: list[Progress] = []
+        for t in trials:
+            value = losses[t.slot][0].item()
+            if not math.isfinite(value):
+                out.append(self._finish(t, "failed", None, f"loss is {value} at step {t.step + 1}"))
+                continue
+            log = t.after_backward(value)
+            if log is not None:
+                self._write(t, TrainStep(step=t.step, loss=log["loss"], lr=log["lr"],
+                                         grad_norm=log["grad_norm"], epoch=t.epoch,
+                                         tokens=t.tokens, seconds=self._seconds(t),
+                                         memory_mb=_memory_mb(self.pack.device)))
+        return out
+
+    @torch.no_grad()
+    def evaluate(self, trials: list[TrialState]) -> dict[int, float | None]:
+        """Token-mean eval loss of each trial on its own eval set; trials' batches share forwards."""
+        batches = {t.slot: _chunks(t.eval_examples, t.config.train.per_device_eval_batch_size)
+                   for t in trials}
+        sums = {t.slot: [0.0, 0] for t in trials}
+        for i in range(max((len(b) for b in batches.values()), default=0)):
+            micro = {s: b[i] for s, b in batches.items() if i < len(b)}
+            for s, (total, n) in self.pack.losses(micro, training=False).items():
+                sums[s][0] += float(total)
+                sums[s][1] += n
+        return {t.number: (sums[t.slot][0] / sums[t.slot][1] if sums[t.slot][1] else None) for t in trials}
+
+    def _report(self, ready: list[TrialState]) -> list[Progress]:
+        evals = self.evaluate(ready)
+        out: list[Progress] = []
+        for t in ready:
+            value = evals[t.number] if evals[t.number] is not None else t.last_loss
+            t.evals.append((t.step, value))
+            self._write(t, EvalPoint(step=t.step, eval_loss=evals[t.number], epoch=t.epoch,
+                                     seconds=self._seconds(t)))
+            if not math.isfinite(value):
+                out.append(self._finish(t, "failed", None, f"eval loss is {value} at step {t.step}"))
+            elif t.done:  # the objective of a finished trial is its best eval, as in the standard engine
+                out.append(self._finish(t, "complete", t.best, None))
+            else:
+                out.append(Report(t.number, t.step / t.steps, t.step, value))
+        return out
+
+    def _finish(self, t: TrialState, state: str, value: float | None, reason: str | None) -> Outcome:
+        extra = self._extra.pop(t.slot)
+        run_dir, seconds = extra["run_dir"], self._seconds(t, extra)
+        outcome = Outcome(t.number, state, value=value, reason=reason, steps=t.step, seconds=seconds,
+                          tokens=t.tokens, extra={"engine": self.name, "slot": t.slot})
+        if run_dir is not None:
+            if state == "complete":
+                export_adapter(run_dir / "adapter", self.pack.wrapped, t.slot, extra["targets"],
+                               t.config.method, self.config.model.name_or_path)
+            best = t.best
+            atomic_write_json(run_dir / "summary.json", {
+                "number": t.number, "engine": self.name, "state": state, "value": value, "reason": reason,
+                "params": extra["params"], "steps": t.step, "total_steps": t.steps, "tokens": t.tokens,
+                "seconds": seconds, "best_eval_loss": best, "evals": t.evals,
+                "adapter": str(run_dir / "adapter") if state == "complete" else None})
+            extra["writer"].close()
+        remove_adapters(self.pack.wrapped, t.slot)
+        t.optimizer.zero_grad(set_to_none=True)
+        self._slots[t.slot] = None
+        return outcome
+
+    def _write(self, t: TrialState, record: Any) -> None:
+        writer = self._extra[t.slot]["writer"]
+        if writer is not None:
+            writer.write(record)
+
+    def _seconds(self, t: TrialState, extra: dict | None = None) -> float:
+        return self.clock() - (extra or self._extra[t.slot])["t0"]
+
+
+def _chunks(items: list, size: int) -> list[list]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def _memory_mb(device: torch.device) -> float | None:
+    return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+
+
+def _load(config: Any) -> tuple[torch.nn.Module, int]:
+    from tunepilot.models import load_model, load_tokenizer
+
+    tokenizer = load_tokenizer(config.model)
+    return load_model(config.model), tokenizer.pad_token_id
+
+
+def _prepared_data(config: Any) -> DataFn:
+    """Datasets through tunepilot.data, prepared once per distinct data settings and seed."""
+    from tunepilot.data import prepare_datasets
+    from tunepilot.models import load_tokenizer
+
+    tokenizer, cache = load_tokenizer(config.model), {}
+
+    def data(cfg: Any) -> tuple[list, list]:
+        key = (cfg.data.model_dump_json(), cfg.train.seed)
+        if key not in cache:
+            ds = prepare_datasets(cfg.data, tokenizer, cfg.train.seed)
+            cache[key] = (list(ds.train), list(ds.eval or []))
+        return cache[key]
+
+    return data
