@@ -15,6 +15,7 @@ from tunepilot import __version__
 COMMANDS = (
     "tunepilot.cli.train",
     "tunepilot.cli.evaluate",
+    "tunepilot.cli.sweep",
 )
 
 app = typer.Typer(

@@ -75,7 +75,9 @@ class CurveTable:
         for key, value in params.items():
             column = self.column_for(key, columns)
             if column is None:
-                raise UserError(f"space.{key}: no column for it in {self.path}; columns: {', '.join(self.columns)}")
+                raise UserError(
+                    f"space.{key}: no column for it in {self.path}; columns: {', '.join(self.columns)}"
+                )
             if isinstance(value, float) and not math.isfinite(value):
                 raise ValueError(f"{key}={value} is not a finite number")
             pairs.append((column, value))
@@ -110,9 +112,15 @@ def _read_runs(path: Path, curve: str | None) -> list[Run]:
                 points = [(int(s), float(v)) for s, v in curves[name]]
                 total = int(row.get("total_model_steps") or points[-1][0])
             except (ValueError, KeyError, TypeError, StopIteration) as e:
-                raise UserError(f"{path}:{n}: not a learning-curve record ({e!r}); expected "
-                                "learning_curves: {{name: [[step, value], ...]}}") from e
-            cols = {k: v for k, v in row.items() if k not in NOT_HYPERPARAMETERS and isinstance(v, (int, float, str))}
+                raise UserError(
+                    f"{path}:{n}: not a learning-curve record ({e!r}); expected "
+                    "learning_curves: {{name: [[step, value], ...]}}"
+                ) from e
+            cols = {
+                k: v
+                for k, v in row.items()
+                if k not in NOT_HYPERPARAMETERS and isinstance(v, (int, float, str))
+            }
             if "warmup_ratio" not in cols and isinstance(cols.get("warmup_steps"), (int, float)):
                 cols["warmup_ratio"] = cols["warmup_steps"] / total
             if points:
@@ -158,9 +166,16 @@ class ReplayEngine:
 
     name = "replay"
 
-    def __init__(self, curves: str | Path, curve: str | None = None, slots: int = 1,
-                 columns: dict[str, str] | None = None, advance_delay_s: float = 0.0,
-                 faults: dict[int, str] | None = None, table: CurveTable | None = None):
+    def __init__(
+        self,
+        curves: str | Path,
+        curve: str | None = None,
+        slots: int = 1,
+        columns: dict[str, str] | None = None,
+        advance_delay_s: float = 0.0,
+        faults: dict[int, str] | None = None,
+        table: CurveTable | None = None,
+    ):
         self.table = table or CurveTable(curves, curve)
         self.default_metric = self.table.curve
         self.columns = columns or {}
@@ -178,8 +193,11 @@ class ReplayEngine:
         return list(self._active)
 
     def check_space(self, keys: list[str]) -> list[str]:
-        return [f"space.{k}: no column for it in {self.table.path}; columns: {', '.join(self.table.columns)}"
-                for k in keys if self.table.column_for(k, self.columns) is None]
+        return [
+            f"space.{k}: no column for it in {self.table.path}; columns: {', '.join(self.table.columns)}"
+            for k in keys
+            if self.table.column_for(k, self.columns) is None
+        ]
 
     def start(self, spec: TrialSpec) -> None:
         if len(self._active) >= self._slots:
@@ -217,9 +235,19 @@ class ReplayEngine:
         self._active.clear()
 
     def _outcome(self, act: _Active, state: str, value: float | None, reason: str | None, oom: bool = False):
-        extra = {"replay_index": act.run.index, "total_steps": act.run.total_steps,
-                 "replayed": {c: act.run.columns[c] for c in act.run.columns}}
+        extra = {
+            "replay_index": act.run.index,
+            "total_steps": act.run.total_steps,
+            "replayed": {c: act.run.columns[c] for c in act.run.columns},
+        }
         if oom:
             extra["oom"] = True
-        return Outcome(act.spec.number, state, value, reason, steps=act.steps,
-                       seconds=time.monotonic() - act.started, extra=extra)
+        return Outcome(
+            act.spec.number,
+            state,
+            value,
+            reason,
+            steps=act.steps,
+            seconds=time.monotonic() - act.started,
+            extra=extra,
+        )

@@ -1,0 +1,18 @@
+"""bayes: the sampler proposes every trial, the pruner judges every report (Optuna's usual loop)."""
+
+from __future__ import annotations
+
+import optuna
+
+from tunepilot.search.protocols.base import Ask, Protocol
+
+
+class Bayes(Protocol):
+    name = "bayes"
+
+    def ask(self) -> Ask:
+        trial = self.study.ask(self.space)
+        return Ask(trial, stop_at=float(trial.user_attrs.get("stop_at", 1.0)))
+
+    def should_prune(self, trial: optuna.Trial, fraction: float) -> bool:
+        return trial.should_prune()

@@ -1,0 +1,221 @@
+"""The sweep file: a base config, a search space, an objective, a strategy, a budget and an engine.
+
+    base: train.yaml            # or an inline tunepilot train config (validated by tunepilot.config)
+    space:
+      learning_rate: {low: 1.0e-5, high: 1.0e-3, log: true}
+      lora_rank: [8, 16, 32]
+      lora_alpha_multiplier: [1, 2]   # lora_alpha = multiplier x rank
+    objective: {metric: eval_loss, direction: minimize}
+    sampler: tpe                      # tpe | random | grid | gp, or {name: tpe, seed: 0}
+    pruner: median                    # median | hyperband | successive_halving | none
+    protocol: bayes                   # bayes | staged | ... (tunepilot.search.protocols)
+    budget: {n_trials: 20, seconds: 3600, gpu_hours: 2, price_per_gpu_hour: 2.5}
+    engine: standard                  # standard | replay | packed, or {name: replay, curves: PATH}
+
+Every mistake is reported at once, each with its key path (`space.lora_rank: ...`), as a UserError
+(exit 2). The base config is resolved relative to the sweep file.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tunepilot.config import RunConfig, _flat_index, build_config, load_config, read_yaml
+from tunepilot.errors import ExitCode, UserError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Range(_Strict):
+    low: int | float = Field(..., description="Lowest value.")
+    high: int | float = Field(..., description="Highest value.")
+    log: bool = Field(False, description="Sample on a log scale (learning rates, weight decay).")
+    step: float | None = Field(None, gt=0, description="Quantisation step; int ranges default to 1.")
+    type: Literal["float", "int"] | None = Field(None, description="Default: int when low and high are ints.")
+
+    @model_validator(mode="after")
+    def _check(self) -> Range:
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError("a log range needs low > 0")
+        return self
+
+
+Choices = list[Any]
+
+
+class Objective(_Strict):
+    metric: str | None = Field(None, description="eval_loss (default for training engines) or a task metric.")
+    direction: Literal["minimize", "maximize"] | None = Field(
+        None, description="Default: minimize for losses, maximize for anything else."
+    )
+
+    def resolved(self, default_metric: str) -> tuple[str, str]:
+        metric = self.metric or default_metric
+        direction = self.direction or ("minimize" if "loss" in metric else "maximize")
+        return metric, direction
+
+
+class Named(_Strict):
+    """A pluggable part chosen by name, with its options (`{name: tpe, seed: 0, n_startup_trials: 5}`)."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class Budget(_Strict):
+    n_trials: int | None = Field(20, gt=0, description="Stop after this many finished trials.")
+    seconds: float | None = Field(None, gt=0, description="Wall-clock budget of the sweep.")
+    gpu_hours: float | None = Field(None, gt=0, description="Accelerator-hours budget (all trials together).")
+    train_steps: int | None = Field(None, gt=0, description="Training-steps budget (all trials together).")
+    price_per_gpu_hour: float | None = Field(None, ge=0, description="Money per GPU-hour; adds cost columns.")
+
+
+class SweepSpec(_Strict):
+    base: str | dict[str, Any] | None = Field(None, description="Base train config: a path or inline keys.")
+    space: dict[str, Range | Choices] = Field(default_factory=dict, description="Hyperparameters to search.")
+    objective: Objective = Field(default_factory=Objective)
+    sampler: Named = Field(default_factory=lambda: Named(name="tpe"))
+    pruner: Named = Field(default_factory=lambda: Named(name="median"))
+    protocol: Named = Field(default_factory=lambda: Named(name="bayes"))
+    budget: Budget = Field(default_factory=Budget)
+    engine: Named = Field(default_factory=lambda: Named(name="standard"))
+    storage: str | None = Field(None, description="Optuna RDB URL; default sqlite:///<sweep dir>/study.db.")
+    study_name: str | None = Field(None, description="Default: the sweep file's name.")
+    output_dir: str | None = Field(None, description="Sweep directory; default sweeps/<sweep file name>.")
+    enqueue: list[dict[str, Any]] = Field(default_factory=list, description="Trials to run first (params).")
+    report_every: float = Field(
+        0.05, gt=0, le=0.5, description="Pruning grid: report to the pruner every this share of a schedule."
+    )
+
+    @field_validator("sampler", "pruner", "protocol", "engine", mode="before")
+    @classmethod
+    def _shorthand(cls, v: Any) -> Any:
+        return {"name": v} if isinstance(v, str) else v
+
+    @field_validator("space")
+    @classmethod
+    def _space(cls, space: dict[str, Any]) -> dict[str, Any]:
+        for key, dist in space.items():
+            if isinstance(dist, list) and not dist:
+                raise ValueError(f"{key}: needs at least one choice")
+        return space
+
+    @field_validator("sampler")
+    @classmethod
+    def _sampler(cls, v: Named) -> Named:
+        return _known(v, ("tpe", "random", "grid", "gp"))
+
+    @field_validator("pruner")
+    @classmethod
+    def _pruner(cls, v: Named) -> Named:
+        return _known(v, ("median", "hyperband", "successive_halving", "none"))
+
+
+def _known(v: Named, names: tuple[str, ...]) -> Named:
+    if v.name not in names:
+        raise ValueError(f"{v.name!r} is not one of {', '.join(names)}")
+    return v
+
+
+# Search keys that are not config keys: mapped onto config keys by tunepilot.search.space.
+DERIVED_KEYS = {"lora_alpha_multiplier"}
+
+
+def load_sweep(path: str | Path) -> tuple[SweepSpec, RunConfig | None]:
+    """Read and check a sweep file; returns the spec and its resolved base config (None if absent)."""
+    path = Path(path)
+    raw = read_yaml(path)
+    spec = parse_sweep(raw, source=str(path))
+    base = resolve_base(spec, path.parent, str(path))
+    return spec, base
+
+
+def parse_sweep(raw: dict[str, Any], source: str = "sweep") -> SweepSpec:
+    problems: list[str] = []
+    spec = None
+    try:
+        spec = SweepSpec.model_validate(raw)
+    except ValidationError as e:
+        problems.extend(_format(e))
+    if spec is not None:
+        from tunepilot.search.protocols import PROTOCOLS
+        from tunepilot.search.registry import ENGINES
+
+        if spec.protocol.name not in PROTOCOLS:
+            problems.append(f"protocol.name: {spec.protocol.name!r} is not one of {', '.join(PROTOCOLS)}")
+        entry = ENGINES.get(spec.engine.name)
+        if entry is None:
+            problems.append(f"engine.name: {spec.engine.name!r} is not one of {', '.join(ENGINES)}")
+        problems.extend(_space_problems(spec, config_keys=entry is None or entry.config_keys))
+    if problems:
+        raise UserError(f"{source}: {len(problems)} problem(s) in the sweep file", ExitCode.USAGE, problems)
+    return spec
+
+
+def _format(e: ValidationError) -> list[str]:
+    out = []
+    for err in e.errors():
+        # drop pydantic's union branch names ("Range", "list[any]") from the key path
+        loc = ".".join(str(p) for p in err["loc"] if p not in ("Range", "list[any]", "str", "dict[str,any]"))
+        msg = (
+            "required key is missing"
+            if err["type"] == "missing"
+            else (
+                "unknown key"
+                if err["type"] == "extra_forbidden"
+                else f"{err['input']!r} is invalid ({err['msg']})"
+            )
+        )
+        out.append(f"{loc}: {msg}")
+    return sorted(set(out))
+
+
+def _space_problems(spec: SweepSpec, config_keys: bool) -> list[str]:
+    index = _flat_index()
+    problems = []
+    for key, dist in spec.space.items():
+        if config_keys and key not in index and key not in DERIVED_KEYS:
+            guess = difflib.get_close_matches(key, [*index, *DERIVED_KEYS], n=1, cutoff=0.6)
+            hint = f"; did you mean '{guess[0]}'?" if guess else ""
+            problems.append(f"space.{key}: unknown hyperparameter{hint}")
+        elif (
+            isinstance(dist, Range) and dist.type == "int" and not (_is_int(dist.low) and _is_int(dist.high))
+        ):
+            problems.append(f"space.{key}: an int range needs integer low and high")
+    for i, params in enumerate(spec.enqueue):
+        for key in params:
+            if key not in spec.space:
+                problems.append(f"enqueue.{i}.{key}: not in space; enqueued params must be searched keys")
+    return problems
+
+
+def _is_int(x: float) -> bool:
+    return math.isfinite(x) and float(x).is_integer()
+
+
+def resolve_base(spec: SweepSpec, root: Path, source: str) -> RunConfig | None:
+    """The base train config, validated like `tunepilot train` would; problems prefixed with `base`."""
+    if spec.base is None:
+        return None
+    try:
+        if isinstance(spec.base, str):
+            base_path = Path(spec.base) if Path(spec.base).is_absolute() else root / spec.base
+            config, _ = load_config(base_path)
+        else:
+            config, _ = build_config(spec.base, source=f"{source}: base")
+    except UserError as e:
+        raise UserError(f"{source}: base: {e.message}", e.code, [f"base.{p}" for p in e.problems]) from e
+    return config

@@ -1,0 +1,138 @@
+"""Run a sweep from its file: set up, resume, loop, write results. Top to bottom, one function each.
+
+Re-running the same command resumes: the study is reopened, trials a kill left RUNNING are marked
+failed and retried once with the same params, and the loop continues until the budget is spent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from tunepilot.config import RunConfig
+from tunepilot.engines.base import TrialSpec
+from tunepilot.io import atomic_write_text
+from tunepilot.search import space as space_mod
+from tunepilot.search.budget import BudgetTracker
+from tunepilot.search.loop import SlotLoop
+from tunepilot.search.protocols import PROTOCOLS
+from tunepilot.search.registry import ENGINES, build_engine, engine_gpus
+from tunepilot.search.results import leaderboard, write_results
+from tunepilot.search.spec import SweepSpec, load_sweep
+from tunepilot.search.study import SweepLock, default_storage, open_study, recover_interrupted
+
+
+@dataclass
+class SweepSetup:
+    spec: SweepSpec
+    base: RunConfig | None
+    sweep_dir: Path
+    storage: str
+    study_name: str
+
+
+def prepare(
+    path: str | Path,
+    sweep_dir: str | Path | None = None,
+    storage: str | None = None,
+    n_trials: int | None = None,
+) -> SweepSetup:
+    spec, base = load_sweep(path)
+    if n_trials is not None:
+        spec.budget.n_trials = n_trials
+    if ENGINES[spec.engine.name].config_keys:
+        space_mod.check_space(spec, base)
+    out = Path(sweep_dir or spec.output_dir or Path("sweeps") / Path(path).stem)
+    url = storage or spec.storage or default_storage(out)
+    return SweepSetup(spec, base, out, url, spec.study_name or Path(path).stem)
+
+
+def run_sweep(setup: SweepSetup, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    spec, base, sweep_dir = setup.spec, setup.base, setup.sweep_dir
+    log = log or (lambda msg: None)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    exclusive = setup.storage == default_storage(sweep_dir)
+    with SweepLock(sweep_dir) if exclusive else _nothing():
+        engine = build_engine(spec, base, sweep_dir)
+        try:
+            metric, direction = spec.objective.resolved(getattr(engine, "default_metric", "eval_loss"))
+            study = open_study(spec, setup.storage, setup.study_name, direction, shared=not exclusive)
+            study.set_user_attr("objective", {"metric": metric, "direction": direction})
+            study.set_user_attr("protocol", spec.protocol.name)
+            retried = recover_interrupted(study, exclusive)
+            if retried:
+                log(f"resuming: trial(s) {retried} were interrupted; marked failed and retried once")
+            _enqueue_first(study, spec)
+            atomic_write_text(sweep_dir / "sweep.yaml", spec.model_dump_json(indent=2))
+            protocol = PROTOCOLS[spec.protocol.name](
+                spec, study, space_mod.distributions(spec), base, spec.protocol.options
+            )
+            loop = SlotLoop(
+                study,
+                engine,
+                protocol,
+                BudgetTracker(spec.budget, study),
+                make_spec=_spec_maker(base, sweep_dir),
+                every=spec.report_every,
+                oom_overrides=lambda t: oom_overrides(t, base),
+                gpus=engine_gpus(base) if base else 0.0,
+                price=spec.budget.price_per_gpu_hour,
+                log=log,
+            )
+            why = loop.run()
+        finally:
+            engine.close()
+        results = write_results(sweep_dir, study, base)
+    return {
+        "sweep_dir": str(sweep_dir),
+        "storage": setup.storage,
+        "study": setup.study_name,
+        "objective": {"metric": metric, "direction": direction},
+        "stopped": why,
+        "resumed_trials": retried,
+        "leaderboard": leaderboard(study),
+        "decisions": study.user_attrs.get("decisions", []),
+        **results,
+    }
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+
+def _enqueue_first(study: optuna.Study, spec: SweepSpec) -> None:
+    """The sweep file's `enqueue:` trials, once (skip_if_exists makes a resumed run not repeat them)."""
+    for params in spec.enqueue:
+        study.enqueue_trial(params, skip_if_exists=True)
+
+
+def _spec_maker(base: RunConfig | None, sweep_dir: Path) -> Callable[[optuna.Trial], TrialSpec]:
+    def make(trial: optuna.Trial) -> TrialSpec:
+        overrides = trial.user_attrs.get("overrides") or {}
+        run_dir = sweep_dir / "trials" / f"{trial.number:04d}"
+        if base is None:
+            return TrialSpec(trial.number, {**trial.params, **overrides}, None, run_dir)
+        config = space_mod.trial_config(base, trial.params, overrides)
+        config.output.output_dir = str(run_dir)
+        config.output.overwrite_output_dir = True  # a retried trial starts its run over
+        return TrialSpec(trial.number, trial.params, config, run_dir)
+
+    return make
+
+
+def oom_overrides(trial: optuna.Trial, base: RunConfig | None) -> dict[str, Any] | None:
+    """Half the micro-batch, twice the accumulation: the same effective batch in less memory."""
+    merged = {**trial.params, **(trial.user_attrs.get("overrides") or {})}
+    bs = merged.get("per_device_train_batch_size", base.train.per_device_train_batch_size if base else None)
+    ga = merged.get("gradient_accumulation_steps", base.train.gradient_accumulation_steps if base else 1)
+    if bs is None or int(bs) < 2 or int(bs) % 2:  # an odd micro-batch cannot keep the effective batch
+        return None
+    return {"per_device_train_batch_size": int(bs) // 2, "gradient_accumulation_steps": int(ga) * 2}
