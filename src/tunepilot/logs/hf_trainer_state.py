@@ -60,7 +60,8 @@ def read(path: Path) -> RunLog:
     log.planned_steps = to_int(state.get("max_steps"))
     log.extra["best_metric"] = to_float(state.get("best_metric"))
     log.config.update(flatten({"num_train_epochs": state.get("num_train_epochs"),
-                               "per_device_train_batch_size": state.get("train_batch_size")}))
+                               "per_device_train_batch_size": state.get("train_batch_size"),
+                               "logging_steps": state.get("logging_steps")}))
     apply_siblings(log, path.parent)
     return log
 

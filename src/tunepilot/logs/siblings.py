@@ -29,12 +29,13 @@ _KEYS = {
     "eval_steps": "eval_steps", "early_stopping_patience": "early_stopping_patience",
     "finetuning_type": "finetuning_type", "model_name_or_path": "model_name_or_path",
     "name_or_path": "model_name_or_path", "base_model_name_or_path": "model_name_or_path",
-    "quantization_bit": "quantization_bit",
+    "quantization_bit": "quantization_bit", "logging_steps": "logging_steps",
 }
 _NUMERIC = {"learning_rate", "lora_alpha", "lora_dropout", "num_train_epochs", "warmup_ratio", "weight_decay",
             "max_grad_norm", "val_size"}
 _INTEGER = {"lora_rank", "max_steps", "warmup_steps", "per_device_train_batch_size",
-            "gradient_accumulation_steps", "eval_steps", "early_stopping_patience", "quantization_bit"}
+            "gradient_accumulation_steps", "eval_steps", "early_stopping_patience", "quantization_bit",
+            "logging_steps"}
 
 
 def flatten(raw: dict[str, Any]) -> dict[str, Any]:

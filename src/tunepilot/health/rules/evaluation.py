@@ -1,0 +1,100 @@
+"""The eval curve: overfitting, the train/eval gap, and saying so when there is no eval loss."""
+
+from __future__ import annotations
+
+import math
+
+from tunepilot.health.findings import Change, Finding
+from tunepilot.health.registry import rule
+from tunepilot.health.series import RunView, rel, sig
+
+
+@rule("overfitting")
+def overfitting(view: RunView) -> list[Finding]:
+    """Overfitting: the eval loss rises from its minimum for 2+ evals while the train loss falls."""
+    s = view.settings
+    evals = view.eval_losses
+    if len(evals) < 3:
+        return []
+    best_i = evals.index(min(evals))
+    after = evals[best_i + 1:]
+    best, last = evals[best_i], evals[-1]
+    rise = rel(last, best)
+    if len(after) < 2 or rise < s.overfit_min_rise or min(after) <= best * (1 + s.overfit_min_rise / 2):
+        return []
+    best_step, last_step = view.eval_steps[best_i], view.eval_steps[-1]
+    train_then, train_now = view.train_level_at(best_step), view.train_level_at(last_step)
+    if train_then is not None and train_now is not None and train_now > train_then * 1.02:
+        return []  # both rising: the divergence rule speaks, not this one
+    epoch = view.epoch_at(best_step)
+    train_text = (f" while the train loss went {sig(train_then)} -> {sig(train_now)}"
+                  if train_then is not None and train_now is not None else "")
+    return [Finding(
+        "overfitting", "error" if rise >= 0.05 else "warning",
+        f"overfitting from step {best_step}" + (f" (epoch {sig(epoch, 2)})" if epoch is not None else "")
+        + f": eval loss rose {sig(best, 4)} -> {sig(last, 4)} (+{sig(last - best)}, +{sig(100 * rise, 2)}%) "
+        f"over {len(after)} evals{train_text}",
+        steps=[best_step, last_step],
+        evidence={"from_step": best_step, "from_epoch": epoch, "best_eval_loss": sig(best, 4),
+                  "last_eval_loss": sig(last, 4), "rise": sig(last - best), "rise_relative": sig(rise, 2),
+                  "train_loss_at_best": sig(train_then) if train_then else None,
+                  "train_loss_at_end": sig(train_now) if train_now else None},
+        changes=_overfit_changes(view, best_step, epoch),
+        verdict="overfitting", instance=best_step)]
+
+
+def _overfit_changes(view: RunView, best_step: int, epoch: float | None) -> list[Change]:
+    changes = []
+    if epoch is not None and epoch > 0:
+        changes.append(Change("num_train_epochs", f"the eval loss was best at epoch {sig(epoch, 2)}",
+                              value=max(0.5, math.ceil(epoch * 2) / 2)))
+    else:
+        changes.append(Change("max_steps", f"the eval loss was best at step {best_step}", value=best_step))
+    changes += [Change("early_stopping_patience", "stop when the eval loss stops improving", value=2),
+                Change("load_best_model_at_end", "keep the adapter of the best eval", value=True)]
+    if view.method in (None, "lora"):
+        changes += [Change("lora_alpha", "a smaller LoRA update scale fits the training set less tightly",
+                           factor=0.5),
+                    Change("lora_dropout", "dropout on the adapter input regularises it", minimum=0.05)]
+    return changes
+
+
+@rule("train_eval_gap")
+def train_eval_gap(view: RunView) -> list[Finding]:
+    """Train/eval gap: eval loss far above the train loss at the same step, and widening."""
+    gaps = []
+    for step, loss in zip(view.eval_steps, view.eval_losses, strict=True):
+        train = view.train_level_at(step)
+        if train and train > 0:
+            gaps.append((step, rel(loss, train), loss, train))
+    if len(gaps) < 2:
+        return []
+    first, last = gaps[0], gaps[-1]
+    ratio = view.settings.gap_ratio
+    if last[1] <= ratio or last[1] - first[1] <= ratio / 2:
+        return []
+    return [Finding(
+        "train_eval_gap", "warning",
+        f"eval loss {sig(last[2])} is {sig(100 * last[1], 2)}% above the train loss {sig(last[3])} at step "
+        f"{last[0]} (was {sig(100 * first[1], 2)}% at step {first[0]}): the model fits the training set "
+        "much better than held-out data",
+        steps=[first[0], last[0]],
+        evidence={"first_step": first[0], "first_gap": sig(first[1], 2), "last_step": last[0],
+                  "last_gap": sig(last[1], 2)},
+        changes=[Change("lora_dropout", "regularise the adapter", minimum=0.05),
+                 Change("weight_decay", "regularise the weights", minimum=0.01)],
+        instance=first[0])]
+
+
+@rule("no_eval_data", live=False)
+def no_eval_data(view: RunView) -> list[Finding]:
+    """No eval loss in the log: say that overfitting cannot be judged."""
+    if view.eval_losses or not view.train:
+        return []
+    metrics = sorted({k for e in view.evals for k in e.metrics})
+    what = (f"the evaluations log only {', '.join(metrics[:5])}, no eval loss" if metrics
+            else "no eval loss in the log")
+    return [Finding("no_eval_data", "info", f"{what}: overfitting cannot be judged",
+                    evidence={"eval_points": len(view.evals), "eval_metrics": metrics[:10]},
+                    changes=[Change("val_size", "hold out a small eval split to watch for overfitting",
+                                    minimum=0.05)])]

@@ -1,0 +1,118 @@
+"""Is the run learning: no data, too few points, stalled, or still falling steeply at the end."""
+
+from __future__ import annotations
+
+import math
+from statistics import median
+
+from tunepilot.health.findings import Change, Finding
+from tunepilot.health.registry import rule
+from tunepilot.health.series import RunView, finite, rel, sig
+
+STALL_CHECKS = [
+    "labels: are the response tokens trained (label masking, train_on_prompt)? a batch of masked labels "
+    "gives no gradient",
+    "data: is the training set the one you meant, non-empty and shuffled (not one batch repeated)?",
+    "adapter: does lora_target match the model's module names (trainable parameters > 0)?",
+    "schedule: is the learning rate not stuck near 0 (warmup longer than the run, a constant-0 scheduler)?",
+]
+
+
+@rule("no_training_data", live=False)
+def no_training_data(view: RunView) -> list[Finding]:
+    """No train loss in the log at all (prediction-only logs, logging_steps above the run length)."""
+    if view.train:
+        return []
+    evals = [e for e in view.evals if finite(e.eval_loss)]
+    why = "the log holds no train loss"
+    if view.evals:
+        why += f" (only {len(view.evals)} evaluation(s)" + (", no eval loss either)" if not evals else ")")
+    logging = view.config.get("logging_steps")
+    if view.planned_steps and isinstance(logging, int) and logging > view.planned_steps:
+        why += f"; logging_steps {logging} is larger than the {view.planned_steps} steps of the run"
+    return [Finding("no_training_data", "error", why + ": nothing to judge", verdict="no-training-data",
+                    evidence={"eval_points": len(view.evals)},
+                    changes=[Change("logging_steps", "log the loss often enough to see the curve",
+                                    maximum=10)])]
+
+
+@rule("too_few_points", live=False)
+def too_few_points(view: RunView) -> list[Finding]:
+    """Too few logged train points to judge, or a run cut off far before its planned end."""
+    if not view.train:
+        return []
+    last = view.train[-1].step
+    planned = view.planned_steps
+    if len(view.train) < view.settings.min_points:
+        return [Finding("too_few_points", "warning",
+                        f"only {len(view.train)} logged train point(s) (fewer than "
+                        f"{view.settings.min_points}): too few to judge the curve", verdict="too-short",
+                        evidence={"points": len(view.train), "min_points": view.settings.min_points},
+                        changes=[Change("logging_steps", "log the loss more often", maximum=10)])]
+    share = f"{sig(100 * last / planned, 2)}%" if planned else ""
+    if planned and last < 0.1 * planned:
+        return [Finding("cut_off", "warning",
+                        f"the run stopped at step {last} of its planned {planned} ({share}): "
+                        "too early to judge",
+                        verdict="too-short", steps=[last],
+                        evidence={"last_step": last, "planned_steps": planned})]
+    if planned and last < 0.9 * planned:
+        return [Finding("cut_off", "info",
+                        f"the run stopped at step {last} of its planned {planned} ({share})",
+                        steps=[last], evidence={"last_step": last, "planned_steps": planned})]
+    return []
+
+
+@rule("stalled", live=False)
+def stalled(view: RunView) -> list[Finding]:
+    """Stalled: the smoothed train loss never fell stall_min_improvement below where it started."""
+    s = view.settings
+    if view.n < s.min_points:
+        return []
+    start = view.start_level()
+    best_i = min(range(view.window - 1, view.n), key=lambda i: view.trend[i])
+    best = view.trend[best_i]
+    gain = -rel(best, start) if start > 1e-8 else 0.0
+    if gain >= s.stall_min_improvement:
+        return []
+    lrs = [r.lr for r in view.train if finite(r.lr)]
+    lr_note = "; the logged learning rate is 0 throughout" if lrs and max(lrs) <= 0 else ""
+    return [Finding(
+        "stalled", "warning",
+        f"no real improvement: the smoothed train loss went from {sig(start)} to at best {sig(best)} "
+        f"({sig(100 * gain, 2)}%) over {view.n} points{lr_note}",
+        steps=[view.steps[0], view.steps[-1]],
+        evidence={"start": sig(start), "best": sig(best), "improvement": sig(gain, 2),
+                  "checks": STALL_CHECKS},
+        changes=[Change("learning_rate", "if the pipeline checks pass, the LR is too low to move the loss",
+                        factor=3.0)],
+        verdict="stalled", instance=0)]
+
+
+@rule("underfitting", live=False)
+def underfitting(view: RunView) -> list[Finding]:
+    """Underfitting: the train loss (or the eval loss) is still falling steeply at the end."""
+    s = view.settings
+    if view.n < max(8, s.min_points):
+        return []
+    tail = view.losses[-max(6, math.ceil(s.underfit_tail_share * view.n)):]
+    third = max(2, len(tail) // 3)
+    before, after = median(tail[:third]), median(tail[-third:])
+    drop = -rel(after, before)
+    eval_drop = 0.0  # the last eval against the best before it: still improving, and by how much
+    if len(view.eval_losses) >= 3:
+        eval_drop = -rel(view.eval_losses[-1], min(view.eval_losses[:-1]))
+    if drop < s.underfit_min_drop and eval_drop < s.underfit_min_drop / 2:
+        return []
+    what = (f"the train loss fell {sig(100 * drop, 2)}% over the last {len(tail)} points"
+            if drop >= s.underfit_min_drop else
+            f"the last evaluation beat the best before it by {sig(100 * eval_drop, 2)}%")
+    return [Finding(
+        "underfitting", "warning", f"still learning at the end: {what}; a longer run would likely do better",
+        steps=[view.steps[-len(tail)], view.steps[-1]],
+        evidence={"tail_points": len(tail), "tail_drop": sig(drop, 2), "last_eval_drop": sig(eval_drop, 2),
+                  "end_loss": sig(view.end_level())},
+        changes=[Change("num_train_epochs", "the loss had not levelled off", factor=2.0),
+                 Change("learning_rate", "or reach the plateau sooner with a larger LR", factor=1.5),
+                 Change("lora_rank", "more adapter capacity if a longer run still underfits", factor=2)],
+        verdict="underfitting", instance=0)]
