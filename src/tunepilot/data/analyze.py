@@ -1,0 +1,189 @@
+"""One pass over a split: record checks, rendering, batched tokenization, token checks, and the facts the
+dataset-level checks need. `validate` and `prepare_datasets` both run exactly this code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tunepilot.data.checks.dataset import Labels, Ledger, duplicate_findings, length_findings
+from tunepilot.data.checks.registry import RECORD_CHECKS, TOKEN_CHECKS, severity_of
+from tunepilot.data.checks.tokens import token_context
+from tunepilot.data.formats import Problem
+from tunepilot.data.records import Conversation, Example, Finding
+from tunepilot.data.templates import Rendered, render, render_text
+from tunepilot.data.tokenize import tokenize_batch
+
+BATCH = 512
+
+
+@dataclass
+class Analyzer:
+    settings: object  # DataSettings
+    tokenizer: object | None = None
+    keep_examples: bool = False
+    findings: list[Finding] = field(default_factory=list)
+    examples: list[Example] = field(default_factory=list)
+    ledger: Ledger = field(default_factory=Ledger)
+    labels: Labels = field(default_factory=Labels)
+    records: int = 0
+    dropped: int = 0
+    truncated: int = 0
+    _pending: list[tuple[Conversation, Rendered]] = field(default_factory=list)
+    _ctx: object = None
+
+    def __post_init__(self):
+        if self.tokenizer is not None:
+            self._ctx = token_context(self.tokenizer, self.settings.cutoff_len)
+
+    def add_all(self, conversations: Iterable[Conversation]) -> None:
+        for conv in conversations:
+            self.add(conv)
+        self.flush()
+
+    def add(self, conv: Conversation) -> None:
+        self.records += 1
+        for info, check in RECORD_CHECKS:
+            for message in check(conv):
+                self._emit(info.code, conv, message)
+        self.labels.add(conv)
+        rendered = self._render(conv)
+        if self.tokenizer is None or rendered is None:
+            plen = sum(len(m["content"]) for m in conv.prompt_messages()) if not conv.is_text else 0
+            self.ledger.add(conv, plen, len(conv.answer() or conv.text or ""))
+            return
+        self._pending.append((conv, rendered))
+        if len(self._pending) >= BATCH:
+            self.flush()
+
+    def _render(self, conv: Conversation) -> Rendered | None:
+        s = self.settings
+        if self.tokenizer is None:
+            return None
+        try:
+            if conv.is_text:
+                return render_text(conv.text, self.tokenizer)
+            return render(
+                conv.messages,
+                self.tokenizer,
+                s.template,
+                last_only=s.mask_history,
+                train_on_prompt=s.train_on_prompt,
+            )
+        except Problem as p:
+            self._emit(p.code, conv, p.message)
+            return None
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        batch, self._pending = self._pending, []
+        examples = tokenize_batch([r for _, r in batch], self.tokenizer, self.settings.cutoff_len)
+        for (conv, rendered), ex in zip(batch, examples, strict=True):
+            self._after_tokens(conv, rendered, ex)
+
+    def _after_tokens(self, conv: Conversation, rendered: Rendered, ex: Example) -> None:
+        ex.line, ex.source = conv.line, conv.source
+        for info, check in TOKEN_CHECKS:
+            for message in check(conv, rendered, ex, self._ctx):
+                self._emit(info.code, conv, message)
+        trainable = ex.trainable
+        self.ledger.add(conv, len(ex.input_ids) - trainable, trainable)
+        self.truncated += ex.truncated
+        if ex.truncated and trainable == 0:
+            self.dropped += 1
+            self._emit(
+                "truncated_to_zero",
+                conv,
+                f"no answer token is left within cutoff_len="
+                f"{self.settings.cutoff_len}; the record is dropped",
+            )
+        elif self.keep_examples and trainable > 0:
+            self.examples.append(ex)
+
+    def _emit(self, code: str, conv: Conversation, message: str) -> None:
+        self.findings.append(Finding(severity_of(code), code, conv.line, message, conv.source))
+
+    def finish(self) -> list[Finding]:
+        """Dataset-level findings (call after the last record)."""
+        self.flush()
+        table = self.ledger.table()
+        unit = "tokens" if self.tokenizer is not None else "characters"
+        out = duplicate_findings(table, self.ledger.sources) + length_findings(
+            table, self.ledger.sources, unit
+        )
+        out += self.labels.findings()
+        out += self._rates(table)
+        self.findings.extend(out)
+        return out
+
+    def _rates(self, table: np.ndarray) -> list[Finding]:
+        out, n = [], len(table)
+        src = self.ledger.sources[0] if self.ledger.sources else ""
+        if self.tokenizer is None or n == 0:
+            return out
+        if self.truncated > 0.05 * n:
+            out.append(
+                Finding(
+                    "warning",
+                    "truncation_rate",
+                    None,
+                    f"{self.truncated} of {n} records "
+                    f"({self.truncated / n:.0%}) exceed cutoff_len={self.settings.cutoff_len}; "
+                    "raise cutoff_len or shorten them",
+                    src,
+                )
+            )
+        total = int(table["plen"].sum() + table["alen"].sum())
+        if total and table["alen"].sum() < 0.02 * total and not self.settings.train_on_prompt:
+            out.append(
+                Finding(
+                    "warning",
+                    "low_trainable_share",
+                    None,
+                    f"only {table['alen'].sum() / total:.1%} of tokens train",
+                    src,
+                )
+            )
+        return out
+
+    def stats(self) -> dict:
+        table = self.ledger.table()
+        out = {"records": self.records, "truncated": self.truncated, "dropped": self.dropped}
+        if self.tokenizer is None:
+            out["unit"] = "characters"
+            out["prompt_length"] = _percentiles(table["plen"])
+            out["answer_length"] = _percentiles(table["alen"])
+            return out
+        tokens = table["plen"].astype(np.int64) + table["alen"]
+        trainable = int(table["alen"].sum())
+        out.update(
+            {
+                "unit": "tokens",
+                "tokens": int(tokens.sum()),
+                "trainable_tokens": trainable,
+                "trainable_share": round(trainable / max(1, int(tokens.sum())), 4),
+                "length": _percentiles(tokens),
+                "prompt_length": _percentiles(table["plen"]),
+                "answer_length": _percentiles(table["alen"]),
+            }
+        )
+        return out
+
+
+def _percentiles(x: np.ndarray) -> dict:
+    if len(x) == 0:
+        return {}
+    p = np.percentile(x, [50, 90, 95, 99])
+    return {
+        "min": int(x.min()),
+        "p50": float(p[0]),
+        "p90": float(p[1]),
+        "p95": float(p[2]),
+        "p99": float(p[3]),
+        "max": int(x.max()),
+        "mean": round(float(x.mean()), 1),
+    }

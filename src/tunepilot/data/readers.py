@@ -1,0 +1,280 @@
+"""File readers: JSONL, JSON (array), CSV/TSV, Parquet, a directory of one file type, or a saved
+Hugging Face `datasets` dataset. Each yields `RawRecord`s one at a time, so a large JSONL, CSV or
+Parquet file is read in constant memory (a JSON array is parsed element by element but held as text).
+
+File-level problems (missing, unreadable, empty, binary, unknown type, a directory of mixed types)
+are usage errors (`UserError`, exit 2); a record that does not parse is a `RawRecord` with `error`
+and becomes a finding, so every broken line is reported, not just the first.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from tunepilot.data.records import RawRecord
+from tunepilot.errors import UserError
+
+Reader = Callable[[Path], Iterator[RawRecord]]
+READERS: dict[str, Reader] = {}
+EXTENSIONS = {
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "json",
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".parquet": "parquet",
+}
+_SNIFF_BYTES = 8192
+
+
+def register_reader(kind: str) -> Callable[[Reader], Reader]:
+    def wrap(fn: Reader) -> Reader:
+        READERS[kind] = fn
+        return fn
+
+    return wrap
+
+
+def read_records(path: str | Path) -> Iterator[RawRecord]:
+    """All records of a file or directory, in order (directories: files sorted by name)."""
+    path = Path(path)
+    for file, kind in resolve_files(path):
+        yield from READERS[kind](file)
+
+
+def resolve_files(path: Path) -> list[tuple[Path, str]]:
+    """[(file, reader kind)]; raises UserError for anything that is not readable data."""
+    if not path.exists():
+        raise UserError(f"{path}: not found; give the path of a data file or directory")
+    if path.is_dir():
+        return _resolve_dir(path)
+    return [(path, file_kind(path))]
+
+
+def _resolve_dir(path: Path) -> list[tuple[Path, str]]:
+    if (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists():
+        return [(path, "hf_dataset")]
+    files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+    data = [(p, EXTENSIONS[p.suffix.lower()]) for p in files if p.suffix.lower() in EXTENSIONS]
+    if not data:
+        raise UserError(
+            f"{path}: directory holds no data files ({', '.join(sorted(EXTENSIONS))}) "
+            "and is not a saved datasets dataset"
+        )
+    kinds = {k for _, k in data}
+    if len(kinds) > 1:
+        listing = ", ".join(f"{p.name} ({k})" for p, k in data[:8])
+        raise UserError(
+            f"{path}: directory mixes file types ({', '.join(sorted(kinds))}): {listing}; "
+            "keep one type per directory or point at a single file"
+        )
+    for p, _ in data:
+        file_kind(p)  # empty or binary files inside the directory are usage errors too
+    return data
+
+
+def file_kind(path: Path) -> str:
+    """The reader for one file, from its extension, checked against its first bytes."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(_SNIFF_BYTES)
+    except OSError as e:
+        raise UserError(f"{path}: cannot be read ({e.strerror}); check permissions") from e
+    if head.startswith(b"PAR1"):
+        return "parquet"
+    if not head.strip():
+        raise UserError(f"{path}: file is empty; it holds no records")
+    if b"\x00" in head or _mostly_binary(head):
+        raise UserError(f"{path}: looks like a binary file, not JSONL/JSON/CSV/Parquet text data")
+    kind = EXTENSIONS.get(path.suffix.lower())
+    if kind == "parquet":
+        raise UserError(f"{path}: has a .parquet name but is not a Parquet file (no PAR1 magic)")
+    if kind is None:
+        first = head.lstrip()[:1]
+        if first in (b"{", b"["):
+            return "jsonl" if first == b"{" else "json"
+        raise UserError(
+            f"{path}: unknown file type '{path.suffix or '(none)'}'; use .jsonl, .json, "
+            ".csv, .tsv or .parquet (or a directory / saved datasets dataset)"
+        )
+    return kind
+
+
+def _mostly_binary(head: bytes) -> bool:
+    try:
+        head.decode("utf-8")
+        return False
+    except UnicodeDecodeError as e:
+        # A multi-byte character cut at the sniff boundary is not binary; garbage early on is.
+        if e.start >= len(head) - 4:
+            return False
+    text = head.decode("latin-1")
+    odd = sum(1 for c in text if ord(c) < 32 and c not in "\t\r\n\f")
+    return odd > len(text) * 0.1
+
+
+def _decode(raw: bytes) -> tuple[str, str | None]:
+    try:
+        return raw.decode("utf-8"), None
+    except UnicodeDecodeError as e:
+        return raw.decode("utf-8", errors="replace"), f"invalid UTF-8 at byte {e.start} ({e.reason})"
+
+
+@register_reader("jsonl")
+def read_jsonl(path: Path) -> Iterator[RawRecord]:
+    src = str(path)
+    with path.open("rb") as f:
+        for n, raw in enumerate(f, start=1):
+            if n == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
+            text, bad = _decode(raw)
+            if not text.strip():
+                continue  # blank lines are skipped (counted by the blank_line check)
+            if bad:
+                yield RawRecord(n, src, error=bad)
+                continue
+            try:
+                yield RawRecord(n, src, json.loads(text))
+            except json.JSONDecodeError as e:
+                yield RawRecord(n, src, error=f"invalid JSON at column {e.colno}: {e.msg}")
+            except RecursionError:
+                yield RawRecord(n, src, error="invalid JSON: nested too deeply")
+
+
+@register_reader("json")
+def read_json(path: Path) -> Iterator[RawRecord]:
+    """A JSON array (or {"key": [records]}), element by element with each element's start line."""
+    src = str(path)
+    text, bad = _decode(path.read_bytes())
+    if bad:
+        raise UserError(f"{path}: {bad}; save the file as UTF-8")
+    text = text.lstrip("\ufeff")
+    dec = json.JSONDecoder()
+    i = _skip_ws(text, 0)
+    if text.startswith("{", i):
+        yield from _json_object_top(path, text, dec, i)
+        return
+    if not text.startswith("[", i):
+        raise UserError(f"{path}: expected a JSON array of records at the top level")
+    yield from _json_array(src, text, dec, i + 1)
+
+
+def _json_object_top(path: Path, text: str, dec: json.JSONDecoder, i: int) -> Iterator[RawRecord]:
+    # One object that is {"data": [...]} is a wrapped array; several objects are really JSONL.
+    try:
+        obj, end = dec.raw_decode(text, i)
+    except json.JSONDecodeError as e:
+        yield RawRecord(
+            e.lineno, str(path), error=f"invalid JSON at line {e.lineno} column {e.colno}: {e.msg}"
+        )
+        return
+    if _skip_ws(text, end) < len(text):
+        yield from read_jsonl(path)
+        return
+    lists = [k for k, v in obj.items() if isinstance(v, list)]
+    if len(lists) == 1 and len(obj) <= 3:
+        start = text.index("[", text.index(json.dumps(lists[0]), i))
+        yield from _json_array(str(path), text, dec, start + 1)
+        return
+    yield RawRecord(text.count("\n", 0, i) + 1, str(path), obj)
+
+
+def _json_array(src: str, text: str, dec: json.JSONDecoder, i: int) -> Iterator[RawRecord]:
+    line, pos = 1 + text.count("\n", 0, i), i
+    while True:
+        i = _skip_ws(text, i)
+        if text.startswith("]", i):
+            return
+        line += text.count("\n", pos, i)
+        pos = i
+        try:
+            value, end = dec.raw_decode(text, i)
+        except json.JSONDecodeError as e:
+            # The array cannot be resynchronised after a syntax error: report it and stop.
+            yield RawRecord(
+                e.lineno,
+                src,
+                error=f"invalid JSON at line {e.lineno} column {e.colno}: {e.msg}"
+                " (records after it were not read)",
+            )
+            return
+        yield RawRecord(line, src, value)
+        i = _skip_ws(text, end)
+        if text.startswith(",", i):
+            i += 1
+        elif not text.startswith("]", i):
+            ln = 1 + text.count("\n", 0, i)
+            yield RawRecord(ln, src, error=f"invalid JSON at line {ln}: expected ',' or ']' after a record")
+            return
+
+
+def _skip_ws(text: str, i: int) -> int:
+    n = len(text)
+    while i < n and text[i] in " \t\r\n":
+        i += 1
+    return i
+
+
+def _read_delimited(path: Path, delimiter: str) -> Iterator[RawRecord]:
+    src = str(path)
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+    with path.open("r", encoding="utf-8-sig", errors="replace", newline="") as f:
+        reader = csv.reader(f, delimiter=delimiter)
+        try:
+            header = next(reader)
+        except StopIteration:
+            return
+        prev = reader.line_num
+        for row in reader:
+            start, prev = prev + 1, reader.line_num
+            if not row or all(not c.strip() for c in row):
+                continue
+            if len(row) != len(header):
+                yield RawRecord(start, src, error=f"CSV row has {len(row)} fields, header has {len(header)}")
+                continue
+            yield RawRecord(start, src, dict(zip(header, row, strict=True)))
+
+
+@register_reader("csv")
+def read_csv(path: Path) -> Iterator[RawRecord]:
+    return _read_delimited(path, ",")
+
+
+@register_reader("tsv")
+def read_tsv(path: Path) -> Iterator[RawRecord]:
+    return _read_delimited(path, "\t")
+
+
+@register_reader("parquet")
+def read_parquet(path: Path) -> Iterator[RawRecord]:
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as e:  # pyarrow raises several types for a corrupt file
+        raise UserError(f"{path}: not a readable Parquet file ({e})") from e
+    row = 0
+    for batch in pf.iter_batches(batch_size=4096):
+        for value in batch.to_pylist():
+            row += 1
+            yield RawRecord(row, str(path), value)
+
+
+@register_reader("hf_dataset")
+def read_hf_dataset(path: Path, split: str | None = None) -> Iterator[RawRecord]:
+    """A `datasets` dataset saved with save_to_disk; a DatasetDict gives its `train` split."""
+    from datasets import DatasetDict, load_from_disk
+
+    try:
+        ds = load_from_disk(str(path))
+    except Exception as e:  # datasets raises several types for a broken folder
+        raise UserError(f"{path}: not a readable saved datasets dataset ({e})") from e
+    if isinstance(ds, DatasetDict):
+        name = split or ("train" if "train" in ds else sorted(ds)[0])
+        ds = ds[name]
+    for row, value in enumerate(ds, start=1):
+        yield RawRecord(row, str(path), value)
