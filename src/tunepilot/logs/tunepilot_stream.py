@@ -30,7 +30,9 @@ def read(path: Path) -> RunLog:
         data = read_json(summary, "a tunepilot summary.json")
         if isinstance(data, dict):
             log.planned_steps = to_int(data.get("planned_steps")) or to_int(data.get("max_steps"))
-            log.num_params = to_int(data.get("num_params"))
+            parameters = data.get("parameters")
+            if isinstance(parameters, dict):
+                log.num_params = to_int(parameters.get("total"))
     apply_siblings(log, path.parent)
     return log
 
