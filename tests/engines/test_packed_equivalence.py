@@ -34,22 +34,57 @@ def synthetic_examples(n: int, vocab: int, seed: int) -> list[dict]:
 
 
 def make_config(model_dir, **overrides):
-    raw = {"model_name_or_path": str(model_dir), "dataset": "synthetic", "cutoff_len": 16,
-           "per_device_eval_batch_size": 4, "lora_dropout": 0.0}
+    raw = {
+        "model_name_or_path": str(model_dir),
+        "dataset": "synthetic",
+        "cutoff_len": 16,
+        "per_device_eval_batch_size": 4,
+        "lora_dropout": 0.0,
+    }
     raw.update(overrides)
     return build_config(raw, check_paths=False)[0]
 
 
 MIXED = {  # three trials that differ in everything a trial owns
-    1: dict(lora_rank=4, lora_alpha=8, lora_dropout=0.1, lora_target="all-linear", learning_rate=3e-3,
-            gradient_accumulation_steps=2, per_device_train_batch_size=2, max_steps=4, warmup_steps=1,
-            lr_scheduler_type="cosine", seed=1),
-    2: dict(lora_rank=8, lora_alpha=4, use_rslora=True, lora_target="q_proj,v_proj", learning_rate=1e-2,
-            gradient_accumulation_steps=1, per_device_train_batch_size=3, max_steps=6,
-            lr_scheduler_type="linear", seed=2, weight_decay=0.1),
-    3: dict(lora_rank=2, lora_alpha=16, lora_dropout=0.2, lora_target="o_proj,down_proj", learning_rate=5e-3,
-            gradient_accumulation_steps=3, per_device_train_batch_size=1, max_steps=3,
-            lr_scheduler_type="constant", max_grad_norm=0.05, seed=3),
+    1: dict(
+        lora_rank=4,
+        lora_alpha=8,
+        lora_dropout=0.1,
+        lora_target="all-linear",
+        learning_rate=3e-3,
+        gradient_accumulation_steps=2,
+        per_device_train_batch_size=2,
+        max_steps=4,
+        warmup_steps=1,
+        lr_scheduler_type="cosine",
+        seed=1,
+    ),
+    2: dict(
+        lora_rank=8,
+        lora_alpha=4,
+        use_rslora=True,
+        lora_target="q_proj,v_proj",
+        learning_rate=1e-2,
+        gradient_accumulation_steps=1,
+        per_device_train_batch_size=3,
+        max_steps=6,
+        lr_scheduler_type="linear",
+        seed=2,
+        weight_decay=0.1,
+    ),
+    3: dict(
+        lora_rank=2,
+        lora_alpha=16,
+        lora_dropout=0.2,
+        lora_target="o_proj,down_proj",
+        learning_rate=5e-3,
+        gradient_accumulation_steps=3,
+        per_device_train_batch_size=1,
+        max_steps=3,
+        lr_scheduler_type="constant",
+        max_grad_norm=0.05,
+        seed=3,
+    ),
 }
 
 
@@ -59,6 +94,7 @@ def load(tiny_model):
 
     def fresh():
         return AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+
     return fresh
 
 
@@ -72,8 +108,15 @@ def data(load):
 def run_engine(load, data, tiny_model, tmp_path, trials: dict, slots: int, fractions=(0.5, 1.0)):
     engine = PackedEngine(make_config(tiny_model), slots, model=load(), pad_id=0, data=data, chunk_rows=7)
     for number, params in trials.items():
-        engine.start(TrialSpec(number, params, make_config(tiny_model, **params),
-                               run_dir=tmp_path / f"t{number}", report_fractions=fractions))
+        engine.start(
+            TrialSpec(
+                number,
+                params,
+                make_config(tiny_model, **params),
+                run_dir=tmp_path / f"t{number}",
+                report_fractions=fractions,
+            )
+        )
     outcomes = []
     while engine.active:
         outcomes += [p for p in engine.advance() if isinstance(p, Outcome)]
@@ -93,7 +136,10 @@ def test_packed_trials_equal_trials_alone(load, data, tiny_model, tmp_path):
     for number, params in MIXED.items():
         alone = run_engine(load, data, tiny_model, tmp_path / f"alone{number}", {number: params}, slots=1)
         assert packed[number].state == alone[number].state == "complete"
-        got, want = curves(tmp_path / "pack" / f"t{number}"), curves(tmp_path / f"alone{number}" / f"t{number}")
+        got, want = (
+            curves(tmp_path / "pack" / f"t{number}"),
+            curves(tmp_path / f"alone{number}" / f"t{number}"),
+        )
         assert len(got[0]) == params["max_steps"] and len(got[1]) == 2
         for g, w in zip(got[0], want[0], strict=True):
             assert g[0] == pytest.approx(w[0], abs=1e-5) and g[1] == pytest.approx(w[1], abs=1e-5)
@@ -115,15 +161,30 @@ def peft_reference(load, data, cfg, init_state: dict, steps: int):
     from tunepilot.engines.plan import make_plan, step_indices
 
     m, t = cfg.method, cfg.train
-    model = get_peft_model(load(), LoraConfig(r=m.lora_rank, lora_alpha=m.alpha, lora_dropout=0.0,
-                                              target_modules=m.lora_target, use_rslora=m.use_rslora))
+    model = get_peft_model(
+        load(),
+        LoraConfig(
+            r=m.lora_rank,
+            lora_alpha=m.alpha,
+            lora_dropout=0.0,
+            target_modules=m.lora_target,
+            use_rslora=m.use_rslora,
+        ),
+    )
     set_peft_model_state_dict(model, init_state)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=t.learning_rate, betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_epsilon,
-                            weight_decay=t.weight_decay)
+    opt = torch.optim.AdamW(
+        params,
+        lr=t.learning_rate,
+        betas=(t.adam_beta1, t.adam_beta2),
+        eps=t.adam_epsilon,
+        weight_decay=t.weight_decay,
+    )
     train, _ = data(cfg)
     plan = make_plan(t, len(train))
-    sched = get_scheduler(t.lr_scheduler_type, opt, num_warmup_steps=plan.warmup_steps, num_training_steps=steps)
+    sched = get_scheduler(
+        t.lr_scheduler_type, opt, num_warmup_steps=plan.warmup_steps, num_training_steps=steps
+    )
     out = []
     for step in range(1, steps + 1):
         batches = [collate([train[i] for i in idx], 0) for idx in step_indices(plan, t.seed, step)]
@@ -131,8 +192,9 @@ def peft_reference(load, data, cfg, init_state: dict, steps: int):
         total = 0.0
         for b in batches:
             logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
-            summed = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), b["labels"][:, 1:].flatten(),
-                                                       ignore_index=-100, reduction="sum")
+            summed = torch.nn.functional.cross_entropy(
+                logits[:, :-1].flatten(0, 1), b["labels"][:, 1:].flatten(), ignore_index=-100, reduction="sum"
+            )
             (summed / n).backward()
             total += summed.item()
         norm = torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm)

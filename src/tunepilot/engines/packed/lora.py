@@ -127,20 +127,22 @@ class MultiLoraLinear(nn.Module):
         return keep / (1.0 - p)
 
     def _uniform(self, segments: list[tuple[int, int, int]], rows: int) -> bool:
-        """Every row targeted, equal segment sizes, equal ranks, no dropout: one batched matmul pair."""
+        """Every row targeted, equal segment sizes, no dropout: one batched matmul pair."""
         if len(segments) < 2 or sum(b - a for _, a, b in segments) != rows:
             return False
         sizes = {b - a for _, a, b in segments}
-        ads = [self.adapters[str(s)] for s, _, _ in segments]
-        drop = self.context.training and any(ad.dropout > 0 for ad in ads)
-        return len(sizes) == 1 and len({ad.rank for ad in ads}) == 1 and not drop
+        drop = self.context.training and any(self.adapters[str(s)].dropout > 0 for s, _, _ in segments)
+        return len(sizes) == 1 and not drop
 
     def _batched_delta(self, x: torch.Tensor, segments: list[tuple[int, int, int]]) -> torch.Tensor:
-        # K small matmul pairs become two bmm calls: the launch count stops growing with K.
+        # K small matmul pairs become two bmm calls: the launch count stops growing with K. Lower
+        # ranks are zero-padded to the highest: the padded rows of A meet padded (zero) columns of
+        # B, so they add exactly 0, and no gradient reaches the real weights through them.
         ads = [self.adapters[str(s)] for s, _, _ in segments]
-        k = len(ads)
-        a = torch.stack([ad.lora_A for ad in ads]).to(x.dtype)  # [K, r, in]
-        b = torch.stack([ad.lora_B for ad in ads]).to(x.dtype)  # [K, out, r]
+        k, r = len(ads), max(ad.rank for ad in ads)
+        pad = torch.nn.functional.pad
+        a = torch.stack([pad(ad.lora_A, (0, 0, 0, r - ad.rank)) for ad in ads]).to(x.dtype)  # [K, r, in]
+        b = torch.stack([pad(ad.lora_B, (0, r - ad.rank)) for ad in ads]).to(x.dtype)  # [K, out, r]
         scale = torch.tensor([ad.scaling for ad in ads], dtype=x.dtype, device=x.device).view(k, 1, 1)
         xs = x.reshape(k, -1, x.shape[-1])
         delta = torch.bmm(torch.bmm(xs, a.transpose(1, 2)), b.transpose(1, 2)) * scale

@@ -2,10 +2,12 @@
 
 A trial adds its adapter state (fp32 weights, grads and two AdamW moments: 16 bytes a LoRA weight)
 and the activations its micro-batch keeps for the backward. Per token and decoder layer, a
-Llama/Qwen layer keeps about 16 hidden-size and 4 intermediate-size vectors in the compute dtype
-(inputs of the norms with their fp32 upcasts, q/k/v, rotary outputs, attention output, gate/up and
-their product); with activation checkpointing only the layer input stays, plus one layer's worth
-recomputed at a time. The lm_head + cross-entropy chunk (bf16 logits, fp32 copy and its grad) is
+Llama/Qwen layer keeps about 10 hidden-size and 4.5 intermediate-size vectors in the compute dtype
+(norm inputs with their fp32 upcasts, q/k/v, rotary outputs, attention output, gate/up and their
+product): measured by summing the storages autograd saves (saved_tensors_hooks) for Llama layers of
+hidden 256/512 and intermediate 1,024/2,048, which gave 9 H + 4.25 I, rounded up here. With
+activation checkpointing only the layer input stays, plus one layer's worth recomputed at a time.
+The lm_head + cross-entropy chunk (bf16 logits, fp32 copy and its grad) is
 transient and shared. These are estimates for refusing hopeless trials and picking K before
 starting; the benchmark prints them next to measured peaks.
 """
@@ -36,7 +38,7 @@ class Shape:
 
 
 def activation_bytes(shape: Shape, tokens: int, checkpointing: bool) -> int:
-    per_layer = shape.dtype_bytes * (16 * shape.hidden + 4 * shape.intermediate)
+    per_layer = int(shape.dtype_bytes * (10 * shape.hidden + 4.5 * shape.intermediate))
     if checkpointing:
         return tokens * (shape.layers * shape.dtype_bytes * shape.hidden + per_layer)
     return tokens * shape.layers * per_layer

@@ -1,0 +1,138 @@
+"""The packed engine's parts: the multi-adapter layer, the chunked loss, and the slot mechanics."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from test_packed_equivalence import make_config, synthetic_examples
+
+from tunepilot.engines.base import Engine, Outcome, Report, TrialSpec
+from tunepilot.engines.packed import PackedEngine
+from tunepilot.engines.packed.inject import add_adapters, wrap_linears
+from tunepilot.engines.packed.lora import PackContext
+from tunepilot.engines.packed.loss import chunked_ce_sum, shifted_targets
+from tunepilot.stream import EvalPoint, TrainStep, read_stream
+
+
+def _layer_with_slots(ranks: list[int], rows: list[int]):
+    torch.manual_seed(0)
+    ctx = PackContext()
+    model = torch.nn.Sequential(torch.nn.Linear(6, 5))
+    wrapped = wrap_linears_plain(model, ctx)
+    for slot, r in enumerate(ranks):
+        add_adapters(
+            wrapped, ["0"], slot, r, alpha=2.0 * (slot + 1), use_rslora=slot == 1, dropout=0.0, seed=slot
+        )
+        torch.nn.init.normal_(wrapped["0"].adapters[str(slot)].lora_B)  # nonzero B: the delta matters
+    starts = [sum(rows[:i]) for i in range(len(rows))]
+    ctx.segments = [(s, a, a + n) for s, (a, n) in enumerate(zip(starts, rows, strict=True))]
+    return wrapped["0"], ctx
+
+
+def wrap_linears_plain(model, ctx):
+    model.get_output_embeddings = lambda: None  # a bare Sequential has no lm_head to leave out
+    return wrap_linears(model, ctx)
+
+
+@pytest.mark.parametrize("rows", [[3, 3, 3], [2, 4, 1]])  # batched (equal sizes) and per-segment paths
+def test_multi_lora_layer_is_each_slots_own_lora(rows):
+    layer, ctx = _layer_with_slots([2, 4, 3], rows)
+    x = torch.randn(sum(rows), 4, 6)
+    out = layer(x)
+    out.square().sum().backward()
+    for slot, a, b in ctx.segments:
+        ad = layer.adapters[str(slot)]
+        A, B = ad.lora_A.detach().clone().requires_grad_(), ad.lora_B.detach().clone().requires_grad_()
+        ref = layer.base_layer(x[a:b]) + (x[a:b] @ A.t() @ B.t()) * ad.scaling
+        ref.square().sum().backward()
+        assert torch.allclose(out[a:b], ref, atol=1e-6)
+        assert torch.allclose(ad.lora_A.grad, A.grad, atol=1e-5) and torch.allclose(
+            ad.lora_B.grad, B.grad, atol=1e-5
+        )
+    assert layer.adapters["1"].scaling == pytest.approx(4.0 / 2.0)  # rsLoRA: alpha / sqrt(r), r=4
+
+
+def test_chunked_cross_entropy_equals_the_full_loss():
+    torch.manual_seed(0)
+    head = torch.nn.Linear(8, 11, bias=False)
+    hidden = torch.randn(3, 7, 8, requires_grad=True)
+    labels = torch.randint(0, 11, (3, 7))
+    labels[:, :2] = -100
+    h, y = shifted_targets(hidden, labels)
+    got = chunked_ce_sum(h, y, head, chunk_rows=4)
+    got.backward()
+    grad, hidden.grad = hidden.grad.clone(), None
+    logits = head(hidden)[:, :-1].flatten(0, 1)
+    want = F.cross_entropy(logits, labels[:, 1:].flatten(), ignore_index=-100, reduction="sum")
+    want.backward()
+    assert got.item() == pytest.approx(want.item(), rel=1e-6) and torch.allclose(grad, hidden.grad, atol=1e-6)
+
+
+@pytest.fixture
+def engine(tiny_model):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    train, evals = (
+        synthetic_examples(16, model.config.vocab_size, 0),
+        synthetic_examples(4, model.config.vocab_size, 1),
+    )
+    eng = PackedEngine(make_config(tiny_model), 2, model=model, pad_id=0, data=lambda cfg: (train, evals))
+    yield eng
+    eng.close()
+
+
+def test_slots_stop_and_refill_without_reloading_the_base(engine, tiny_model, tmp_path):
+    assert isinstance(engine, Engine) and engine.slots == 2
+    base = engine.pack.model
+    for n in (1, 2):
+        engine.start(
+            TrialSpec(
+                n,
+                {"learning_rate": 1e-3 * n},
+                make_config(tiny_model, max_steps=4, learning_rate=1e-3 * n),
+                run_dir=tmp_path / f"t{n}",
+                report_fractions=(0.5, 1.0),
+            )
+        )
+    with pytest.raises(RuntimeError, match="slots are busy"):
+        engine.start(TrialSpec(3, {}, make_config(tiny_model, max_steps=2)))
+    reports = engine.advance()
+    assert sorted((r.number, r.fraction, r.step) for r in reports) == [(1, 0.5, 2), (2, 0.5, 2)]
+    assert all(isinstance(r, Report) for r in reports)
+    pruned = engine.stop(1, "pruned by median")
+    assert pruned.state == "pruned" and pruned.steps == 2 and pruned.tokens > 0 and engine.active == [2]
+    assert not any("0" in layer.adapters for layer in engine.pack.wrapped.values())  # slot 0's adapters gone
+    engine.start(
+        TrialSpec(
+            3,
+            {},
+            make_config(tiny_model, max_steps=2, lora_rank=2),
+            run_dir=tmp_path / "t3",
+            report_fractions=(1.0,),
+        )
+    )
+    assert engine.pack.model is base and sorted(engine.active) == [2, 3]
+    outcomes = []
+    while engine.active:
+        outcomes += [p for p in engine.advance() if isinstance(p, Outcome)]
+    assert sorted(o.number for o in outcomes) == [2, 3] and all(o.state == "complete" for o in outcomes)
+    summary = json.loads((tmp_path / "t3" / "summary.json").read_text())
+    assert summary["state"] == "complete" and summary["steps"] == 2 and (tmp_path / "t3" / "adapter").is_dir()
+    records = read_stream(tmp_path / "t2" / "metrics.jsonl")
+    steps = [r for r in records if isinstance(r, TrainStep)]
+    assert [r.step for r in steps] == [1, 2, 3, 4] and all(r.grad_norm > 0 and r.lr > 0 for r in steps)
+    assert [r.step for r in records if isinstance(r, EvalPoint)] == [2, 4]
+    assert json.loads((tmp_path / "t1" / "summary.json").read_text())["state"] == "pruned"
+
+
+def test_trials_that_cannot_run_fail_before_they_start(engine, tiny_model):
+    engine.start(TrialSpec(5, {}, make_config(tiny_model, lora_target="no_such_proj")))
+    engine.budget = 1000  # bytes: nothing fits
+    engine.start(TrialSpec(6, {}, make_config(tiny_model, max_steps=2)))
+    outcomes = engine.advance()
+    assert engine.active == [] and [o.state for o in outcomes] == ["failed", "failed"]
+    assert "no_such_proj" in outcomes[0].reason and "does not fit" in outcomes[1].reason
