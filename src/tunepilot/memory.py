@@ -71,9 +71,13 @@ class MemoryEstimate:
         return sum(self.parts.values())
 
     def to_dict(self) -> dict:
-        return {"parts_gib": {k: round(v / GIB, 3) for k, v in self.parts.items()},
-                "total_gib": round(self.total / GIB, 2), "gpu_memory_gb": self.gpu_memory_gb,
-                "fits": self.fits, "suggestions": self.suggestions}
+        return {
+            "parts_gib": {k: round(v / GIB, 3) for k, v in self.parts.items()},
+            "total_gib": round(self.total / GIB, 2),
+            "gpu_memory_gb": self.gpu_memory_gb,
+            "fits": self.fits,
+            "suggestions": self.suggestions,
+        }
 
 
 def activation_bytes_per_token_layer(info: ModelInfo, plan: MemoryPlan) -> float:
@@ -94,8 +98,12 @@ def _weights(info: ModelInfo, plan: MemoryPlan, settings: MemorySettings) -> flo
     return info.num_params * DTYPE_BYTES.get(plan.dtype, 2)
 
 
-def estimate_memory(info: ModelInfo, plan: MemoryPlan, gpu_memory_gb: float | None = None,
-                    settings: MemorySettings | None = None) -> MemoryEstimate:
+def estimate_memory(
+    info: ModelInfo,
+    plan: MemoryPlan,
+    gpu_memory_gb: float | None = None,
+    settings: MemorySettings | None = None,
+) -> MemoryEstimate:
     s = settings or MemorySettings()
     shard = max(1, plan.shard_gpus)
     tokens = plan.micro_batch * plan.seq_len
@@ -123,34 +131,51 @@ def estimate_memory(info: ModelInfo, plan: MemoryPlan, gpu_memory_gb: float | No
     return est
 
 
-def suggest_changes(info: ModelInfo, plan: MemoryPlan, gpu_memory_gb: float,
-                    settings: MemorySettings) -> list[str]:
+def suggest_changes(
+    info: ModelInfo, plan: MemoryPlan, gpu_memory_gb: float, settings: MemorySettings
+) -> list[str]:
     """Each single change that makes the plan fit, cheapest in quality first."""
     from dataclasses import replace
 
     budget = gpu_memory_gb * GIB * settings.headroom
     candidates: list[tuple[str, MemoryPlan]] = []
     if not plan.gradient_checkpointing:
-        candidates.append(("gradient_checkpointing: true (about 30% slower steps)",
-                           replace(plan, gradient_checkpointing=True)))
+        candidates.append(
+            (
+                "gradient_checkpointing: true (about 30% slower steps)",
+                replace(plan, gradient_checkpointing=True),
+            )
+        )
     mb = plan.micro_batch
     while mb > 1:
         mb //= 2
-        candidates.append((f"per_device_train_batch_size: {mb} (raise gradient_accumulation_steps by "
-                           f"{plan.micro_batch // mb}x to keep the effective batch)",
-                           replace(plan, micro_batch=mb)))
+        candidates.append(
+            (
+                f"per_device_train_batch_size: {mb} (raise gradient_accumulation_steps by "
+                f"{plan.micro_batch // mb}x to keep the effective batch)",
+                replace(plan, micro_batch=mb),
+            )
+        )
     if plan.method != "qlora":
-        candidates.append(("method: qlora (LoRA on a 4-bit base, quantization_bit: 4)",
-                           replace(plan, method="qlora")))
+        candidates.append(
+            ("method: qlora (LoRA on a 4-bit base, quantization_bit: 4)", replace(plan, method="qlora"))
+        )
     cut = plan.seq_len
     while cut > 256:
         cut //= 2
-        candidates.append((f"cutoff_len: {cut} (check how many examples it truncates)",
-                           replace(plan, seq_len=cut)))
-    combined = replace(plan, gradient_checkpointing=True, micro_batch=1,
-                       method="qlora" if plan.method != "full" else "full")
-    candidates.append(("gradient_checkpointing: true with per_device_train_batch_size: 1"
-                       + (" and quantization_bit: 4" if plan.method != "full" else ""), combined))
+        candidates.append(
+            (f"cutoff_len: {cut} (check how many examples it truncates)", replace(plan, seq_len=cut))
+        )
+    combined = replace(
+        plan, gradient_checkpointing=True, micro_batch=1, method="qlora" if plan.method != "full" else "full"
+    )
+    candidates.append(
+        (
+            "gradient_checkpointing: true with per_device_train_batch_size: 1"
+            + (" and quantization_bit: 4" if plan.method != "full" else ""),
+            combined,
+        )
+    )
     out, kinds = [], set()
     for text, p in candidates:
         kind = text.split(":")[0]
@@ -158,5 +183,7 @@ def suggest_changes(info: ModelInfo, plan: MemoryPlan, gpu_memory_gb: float,
         if total <= budget and kind not in kinds:  # the mildest fitting change of each kind
             kinds.add(kind)
             out.append(f"{text} -> {total / GIB:.1f} GiB")
-    return out or [f"no single change fits {gpu_memory_gb:g} GB: shard over more GPUs (FSDP/ZeRO-3) "
-                   "or pick a smaller model"]
+    return out or [
+        f"no single change fits {gpu_memory_gb:g} GB: shard over more GPUs (FSDP/ZeRO-3) "
+        "or pick a smaller model"
+    ]

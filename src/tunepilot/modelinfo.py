@@ -19,8 +19,18 @@ from typing import Any
 from tunepilot.errors import UserError
 
 # model_type -> family whose LoRA learning-rate behaviour was measured together (see transfer/rules.py).
-FAMILIES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen", "qwen3": "qwen", "qwen2_moe": "qwen",
-            "qwen3_moe": "qwen", "gemma": "gemma", "gemma2": "gemma", "gemma3_text": "gemma", "phi3": "phi"}
+FAMILIES = {
+    "llama": "llama",
+    "mistral": "llama",
+    "qwen2": "qwen",
+    "qwen3": "qwen",
+    "qwen2_moe": "qwen",
+    "qwen3_moe": "qwen",
+    "gemma": "gemma",
+    "gemma2": "gemma",
+    "gemma3_text": "gemma",
+    "phi3": "phi",
+}
 # Architectures whose q/k/v projections carry a bias (Qwen2 does; Llama, Qwen3 do not).
 QKV_BIAS = {"qwen2"}
 LINEAR_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -53,8 +63,15 @@ class ModelInfo:
     def linear_shapes(self) -> dict[str, tuple[int, int]]:
         """(in_features, out_features) of each linear module of one decoder layer."""
         h, i = self.hidden_size, self.intermediate_size
-        return {"q_proj": (h, self.q_dim), "k_proj": (h, self.kv_dim), "v_proj": (h, self.kv_dim),
-                "o_proj": (self.q_dim, h), "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
+        return {
+            "q_proj": (h, self.q_dim),
+            "k_proj": (h, self.kv_dim),
+            "v_proj": (h, self.kv_dim),
+            "o_proj": (self.q_dim, h),
+            "gate_proj": (h, i),
+            "up_proj": (h, i),
+            "down_proj": (i, h),
+        }
 
     @property
     def layer_params(self) -> int:
@@ -94,8 +111,10 @@ def resolve_targets(targets: list[str] | tuple[str, ...]) -> list[str]:
         return list(LINEAR_NAMES)
     unknown = [t for t in targets if t not in LINEAR_NAMES]
     if unknown:
-        raise UserError(f"lora_target: {', '.join(unknown)} not known for memory estimates; "
-                        f"use all-linear or some of {', '.join(LINEAR_NAMES)}")
+        raise UserError(
+            f"lora_target: {', '.join(unknown)} not known for memory estimates; "
+            f"use all-linear or some of {', '.join(LINEAR_NAMES)}"
+        )
     return list(dict.fromkeys(targets))
 
 
@@ -110,8 +129,10 @@ def read_model_info(path: str | Path) -> ModelInfo:
         if ggufs:
             return _from_gguf(ggufs[0])
     if not config_path.is_file():
-        raise UserError(f"{path}: no config.json found; give a model directory (a directory holding "
-                        "only its config.json is enough) or a .gguf file")
+        raise UserError(
+            f"{path}: no config.json found; give a model directory (a directory holding "
+            "only its config.json is enough) or a .gguf file"
+        )
     try:
         raw = json.loads(config_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
@@ -122,22 +143,39 @@ def read_model_info(path: str | Path) -> ModelInfo:
 
 def from_config_dict(raw: dict[str, Any], name: str = "model", source: str = "config.json") -> ModelInfo:
     raw = raw.get("text_config", raw) if "hidden_size" not in raw else raw  # multimodal wrappers
-    missing = [k for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size",
-                           "intermediate_size") if k not in raw]
+    missing = [
+        k
+        for k in (
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "vocab_size",
+            "intermediate_size",
+        )
+        if k not in raw
+    ]
     if missing:
-        raise UserError(f"{source}: missing {', '.join(missing)}; tunepilot reads decoder-only LM configs "
-                        "(Llama, Qwen, Mistral, Gemma, Phi-3 shapes)")
+        raise UserError(
+            f"{source}: missing {', '.join(missing)}; tunepilot reads decoder-only LM configs "
+            "(Llama, Qwen, Mistral, Gemma, Phi-3 shapes)"
+        )
     model_type = str(raw.get("model_type", "unknown"))
     heads = int(raw["num_attention_heads"])
     return ModelInfo(
-        name=name, model_type=model_type, family=FAMILIES.get(model_type, model_type),
-        hidden_size=int(raw["hidden_size"]), num_layers=int(raw["num_hidden_layers"]), num_heads=heads,
+        name=name,
+        model_type=model_type,
+        family=FAMILIES.get(model_type, model_type),
+        hidden_size=int(raw["hidden_size"]),
+        num_layers=int(raw["num_hidden_layers"]),
+        num_heads=heads,
         num_kv_heads=int(raw.get("num_key_value_heads") or heads),
         head_dim=int(raw.get("head_dim") or int(raw["hidden_size"]) // heads),
-        intermediate_size=int(raw["intermediate_size"]), vocab_size=int(raw["vocab_size"]),
+        intermediate_size=int(raw["intermediate_size"]),
+        vocab_size=int(raw["vocab_size"]),
         tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
         qkv_bias=bool(raw.get("attention_bias", model_type in QKV_BIAS)),
-        dtype=str(raw.get("torch_dtype") or raw.get("dtype") or "bfloat16"))
+        dtype=str(raw.get("torch_dtype") or raw.get("dtype") or "bfloat16"),
+    )
 
 
 def _from_gguf(path: Path) -> ModelInfo:
@@ -161,10 +199,16 @@ def _from_gguf(path: Path) -> ModelInfo:
     heads = int(field(f"{arch}.attention.head_count"))
     vocab = field(f"{arch}.vocab_size") or len(reader.fields["tokenizer.ggml.tokens"].data)
     names = {t.name for t in reader.tensors}
-    raw = {"model_type": {"qwen2": "qwen2", "qwen3": "qwen3"}.get(arch, arch), "hidden_size": hidden,
-           "num_hidden_layers": field(f"{arch}.block_count"), "num_attention_heads": heads,
-           "num_key_value_heads": field(f"{arch}.attention.head_count_kv", heads),
-           "head_dim": field(f"{arch}.attention.key_length", int(hidden) // heads),
-           "intermediate_size": field(f"{arch}.feed_forward_length"), "vocab_size": vocab,
-           "tie_word_embeddings": "output.weight" not in names, "torch_dtype": "bfloat16"}
+    raw = {
+        "model_type": {"qwen2": "qwen2", "qwen3": "qwen3"}.get(arch, arch),
+        "hidden_size": hidden,
+        "num_hidden_layers": field(f"{arch}.block_count"),
+        "num_attention_heads": heads,
+        "num_key_value_heads": field(f"{arch}.attention.head_count_kv", heads),
+        "head_dim": field(f"{arch}.attention.key_length", int(hidden) // heads),
+        "intermediate_size": field(f"{arch}.feed_forward_length"),
+        "vocab_size": vocab,
+        "tie_word_embeddings": "output.weight" not in names,
+        "torch_dtype": "bfloat16",
+    }
     return from_config_dict(raw, name=path.stem, source=str(path))

@@ -29,8 +29,11 @@ def test_suggestions_fit_and_fitting_plans_have_none(model_configs):
     assert est.fits is False and est.suggestions
     gib = [float(s.rsplit("-> ", 1)[1].split()[0]) for s in est.suggestions if "->" in s]
     assert gib and all(g <= 40 * 0.9 for g in gib)
-    small = estimate_memory(info, MemoryPlan(method="qlora", micro_batch=1, seq_len=512,
-                                             gradient_checkpointing=True), gpu_memory_gb=40)
+    small = estimate_memory(
+        info,
+        MemoryPlan(method="qlora", micro_batch=1, seq_len=512, gradient_checkpointing=True),
+        gpu_memory_gb=40,
+    )
     assert small.fits is True and small.suggestions == []
 
 
@@ -53,8 +56,14 @@ def test_activation_coefficients_match_autograd_saved_tensors(method):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     def saved_bytes(layers: int) -> int:
-        config = LlamaConfig(hidden_size=256, intermediate_size=768, num_hidden_layers=layers,
-                             num_attention_heads=4, num_key_value_heads=1, vocab_size=128)
+        config = LlamaConfig(
+            hidden_size=256,
+            intermediate_size=768,
+            num_hidden_layers=layers,
+            num_attention_heads=4,
+            num_key_value_heads=1,
+            vocab_size=128,
+        )
         config._attn_implementation = "sdpa"
         torch.manual_seed(0)
         model = LlamaForCausalLM(config).to(torch.bfloat16)
@@ -78,7 +87,15 @@ def test_activation_coefficients_match_autograd_saved_tensors(method):
     # CPU SDPA (math kernel) also keeps s x s attention tensors (bf16; 2 with frozen q/k/v, 4 when they
     # train); GPU flash / memory-efficient kernels do not, so the formula leaves them out.
     attention_matrix = (2 if method == "lora" else 4) * 2 * 4 * 32
-    info = from_config_dict({"hidden_size": 256, "intermediate_size": 768, "num_hidden_layers": 1,
-                             "num_attention_heads": 4, "num_key_value_heads": 1, "vocab_size": 128})
+    info = from_config_dict(
+        {
+            "hidden_size": 256,
+            "intermediate_size": 768,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 1,
+            "vocab_size": 128,
+        }
+    )
     predicted = activation_bytes_per_token_layer(info, MemoryPlan(method=method, lora_rank=8))
     assert measured - attention_matrix == pytest.approx(predicted, rel=0.05)

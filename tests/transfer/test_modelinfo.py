@@ -9,9 +9,19 @@ from tunepilot.modelinfo import read_model_info
 from tunepilot.testing import tiny_config
 
 # Parameter counts as the model cards publish them (billions).
-PUBLISHED = {"Llama-3.2-1B": 1.24, "Llama-3.2-3B": 3.21, "Llama-3.1-8B": 8.03, "Llama-3.1-70B": 70.6,
-             "Qwen2.5-0.5B": 0.49, "Qwen2.5-1.5B": 1.54, "Qwen2.5-3B": 3.09, "Qwen2.5-7B": 7.61,
-             "Qwen2.5-14B": 14.7, "Qwen2.5-32B": 32.5, "SmolLM2-135M": 0.1345}
+PUBLISHED = {
+    "Llama-3.2-1B": 1.24,
+    "Llama-3.2-3B": 3.21,
+    "Llama-3.1-8B": 8.03,
+    "Llama-3.1-70B": 70.6,
+    "Qwen2.5-0.5B": 0.49,
+    "Qwen2.5-1.5B": 1.54,
+    "Qwen2.5-3B": 3.09,
+    "Qwen2.5-7B": 7.61,
+    "Qwen2.5-14B": 14.7,
+    "Qwen2.5-32B": 32.5,
+    "SmolLM2-135M": 0.1345,
+}
 
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED))

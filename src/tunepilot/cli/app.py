@@ -16,6 +16,9 @@ COMMANDS = (
     "tunepilot.cli.train",
     "tunepilot.cli.evaluate",
     "tunepilot.cli.sweep",
+    "tunepilot.cli.recommend",
+    "tunepilot.cli.transfer",
+    "tunepilot.cli.diagnose",
 )
 
 app = typer.Typer(
