@@ -19,6 +19,7 @@ COMMANDS = (
     "tunepilot.cli.recommend",
     "tunepilot.cli.transfer",
     "tunepilot.cli.diagnose",
+    "tunepilot.cli.validate",
 )
 
 app = typer.Typer(

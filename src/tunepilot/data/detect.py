@@ -1,60 +1,78 @@
-"""Format auto-detection from the first record that parses (see `tunepilot.data.formats`)."""
+"""Format auto-detection: each of the first records votes for the format its keys fit; the majority
+wins, so one defective record at the top of a file does not decide (or break) detection.
+See `tunepilot.data.formats` for the formats and the column-mapping rules.
+"""
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
-from tunepilot.data.formats import CANONICAL, FormatSpec, canonical_columns, make_spec
+from tunepilot.data.formats import FormatSpec, canonical_columns, make_spec
 from tunepilot.errors import UserError
 
-# (format, keys that must all be present), tried in order; the first match wins.
-SIGNATURES: list[tuple[str, tuple[str, ...]]] = [
-    ("messages", ("messages",)),
-    ("sharegpt", ("conversations",)),
-    ("alpaca", ("instruction", "output")),
-    ("prompt_completion", ("prompt", "completion")),
-    ("prompt_completion", ("prompt", "response")),
-    ("spans", ("userInput",)),
+SAMPLE = 64  # records that vote
+# (format, keys that must all be present, column mapping), tried in order; the first match wins.
+SIGNATURES: list[tuple[str, tuple[str, ...], tuple[tuple[str, str], ...]]] = [
+    ("messages", ("messages",), ()),
+    ("sharegpt", ("conversations",), ()),
+    ("alpaca", ("instruction", "output"), ()),
+    ("prompt_completion", ("prompt", "completion"), ()),
+    ("prompt_completion", ("prompt", "response"), (("response", "response"),)),
+    ("spans", ("userInput",), ()),
+    # Well-known prompt/answer column pairs, accepted without a mapping and named in an info finding.
+    ("prompt_completion", ("question", "answer"), (("prompt", "question"), ("response", "answer"))),
+    ("prompt_completion", ("query", "response"), (("prompt", "query"), ("response", "response"))),
+    ("alpaca", ("instruction", "response"), (("response", "response"),)),
+    ("prompt_completion", ("input", "output"), (("prompt", "input"), ("response", "output"))),
 ]
-# Well-known prompt/answer column pairs accepted without a mapping (reported as an info finding).
-PAIRS = [("question", "answer"), ("query", "response"), ("input", "output"), ("instruction", "response")]
+AMBIGUOUS = "ambiguous"
+
+
+def guess(record: Any) -> tuple[str, tuple[tuple[str, str], ...]] | None:
+    """(format, columns) that this record's keys fit, ("ambiguous", others) for text+label, or None."""
+    if not isinstance(record, dict):
+        return None
+    for name, needed, columns in SIGNATURES:
+        if all(k in record for k in needed):
+            return name, columns
+    if "text" in record:
+        others = tuple((k, k) for k, v in record.items() if k != "text" and isinstance(v, str))
+        return ("text", ()) if not others else (AMBIGUOUS, others)
+    return None
 
 
 def detect_format(
-    record: Any, fmt: str, columns: dict[str, str], system: str | None, source: str
+    records: list[Any], fmt: str, columns: dict[str, str], system: str | None, source: str
 ) -> FormatSpec:
-    """The FormatSpec for `fmt` (or the detected one for `auto`); UserError if nothing fits."""
+    """The FormatSpec for `fmt`, or the one most of `records` fit for `auto`; UserError if none."""
     if fmt != "auto":
         return make_spec(fmt, columns, system)
-    if not isinstance(record, dict):
-        raise UserError(
-            f"{source}: records must be JSON objects (or CSV rows), got {type(record).__name__}; "
-            "cannot detect the format"
-        )
     mapped = canonical_columns(columns)
     if mapped:
         return make_spec(_from_mapping(mapped, source), columns, system)
-    keys = set(record)
-    for name, needed in SIGNATURES:
-        if all(k in keys for k in needed):
-            spec = make_spec(name, {"response": "response"} if "response" in needed else {}, system)
-            return spec
-    for prompt, answer in PAIRS:
-        if prompt in keys and answer in keys:
-            note = f"detected prompt_completion with columns {{prompt: {prompt}, response: {answer}}}"
-            return make_spec("prompt_completion", {"prompt": prompt, "response": answer}, system, note)
-    if "text" in keys:
-        others = [k for k, v in record.items() if k != "text" and isinstance(v, str)]
-        if not others:
-            return make_spec("text", {}, system)
+    votes = Counter(g for g in map(guess, records[:SAMPLE]) if g is not None and g[0] != AMBIGUOUS)
+    if votes:
+        (name, cols), _ = votes.most_common(1)[0]
+        mapping = dict(cols)
+        note = None
+        if "prompt" in mapping:
+            shown = ", ".join(f"{k}: {v}" for k, v in mapping.items())
+            note = f"detected {name} with columns {{{shown}}}"
+        return make_spec(name, mapping, system, note)
+    ambiguous = [g for g in map(guess, records[:SAMPLE]) if g is not None]
+    if ambiguous:
+        others = [k for k, _ in ambiguous[0][1]]
         raise UserError(
-            f"{source}: ambiguous format: a 'text' column next to {others}; this looks like "
-            f"labelled data, not pretraining text. Set data.columns, e.g. "
-            f"{{prompt: text, response: {others[0]}}}, or data.format: text to train on text only"
+            f"{source}: ambiguous format: a 'text' column next to {others}; this looks like labelled data, "
+            f"not pretraining text. Set data.columns, e.g. {{prompt: text, response: {others[0]}}} "
+            "(validate: --column prompt=text --column response=...), or data.format: text to train on "
+            "the text only"
         )
+    keys = sorted({k for r in records[:SAMPLE] if isinstance(r, dict) for k in r})
     raise UserError(
-        f"{source}: unknown format; record keys {sorted(keys)} match none of alpaca, sharegpt, "
-        "messages, prompt_completion, text, spans. Set data.format and data.columns, e.g. "
+        f"{source}: unknown format; record keys {keys} match none of alpaca, sharegpt, messages, "
+        "prompt_completion, text, spans. Set data.format and data.columns, e.g. "
         "columns: {prompt: <your input column>, response: <your answer column>}"
     )
 
@@ -71,6 +89,3 @@ def _from_mapping(mapped: dict[str, str], source: str) -> str:
     if set(mapped) <= {"text", "system"}:
         return "text"
     raise UserError(f"{source}: cannot tell the format from data.columns {sorted(mapped)}; set data.format")
-
-
-__all__ = ["CANONICAL", "detect_format"]

@@ -1,19 +1,20 @@
 """From a data path to canonical conversations, streaming, with structural findings.
 
-The format is detected once, from the first record that parses, and then applied to every record:
-a record that does not fit it is a finding on its line (missing_field, wrong_type, ...), not a
-different guess per line.
+The format is detected once, by a vote of the first records that parse (`detect.SAMPLE`), and then
+applied to every record: a record that does not fit it is a finding on its line (missing_field,
+wrong_type, ...), not a different guess per line.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from itertools import chain
 
-from tunepilot.data.detect import detect_format
+from tunepilot.data.detect import SAMPLE, detect_format, guess
 from tunepilot.data.formats import FormatSpec, Problem, to_conversation
 from tunepilot.data.readers import read_records
-from tunepilot.data.records import Conversation, Finding
+from tunepilot.data.records import Conversation, Finding, RawRecord
 from tunepilot.errors import UserError
 
 
@@ -29,36 +30,38 @@ class ParseState:
 def iter_conversations(
     path: str, fmt: str, columns: dict[str, str], system: str | None, state: ParseState
 ) -> Iterator[Conversation]:
-    for raw in read_records(path):
-        state.records += 1
-        if raw.error is not None:
-            code = "invalid_encoding" if raw.error.startswith("invalid UTF-8") else "malformed_line"
-            code = "csv_field_count" if raw.error.startswith("CSV row") else code
-            state.findings.append(Finding("error", code, raw.line, raw.error, raw.source))
-            continue
-        if state.spec is None:
-            if not isinstance(raw.value, dict) and fmt == "auto":
-                state.findings.append(
-                    Finding(
-                        "error",
-                        "wrong_top_level_type",
-                        raw.line,
-                        f"expected a JSON object per record, got {type(raw.value).__name__}",
-                        raw.source,
-                    )
-                )
-                continue
-            state.spec = detect_format(raw.value, fmt, columns, system, raw.source)
-            if state.spec.note:
-                state.findings.append(Finding("info", "format_detected", None, state.spec.note, raw.source))
-        try:
-            yield to_conversation(raw.value, state.spec, raw.line, raw.source)
-        except Problem as p:
-            state.findings.append(Finding("error", p.code, raw.line, p.message, raw.source))
-    if state.records == 0:
+    raws = read_records(path)
+    head = []
+    for raw in raws:
+        head.append(raw)
+        if sum(r.error is None for r in head) >= SAMPLE:
+            break
+    good = [r for r in head if r.error is None]
+    if not head:
         raise UserError(f"{path}: holds no records")
-    if state.spec is None:
-        raise UserError(
-            f"{path}: no record parsed, so the format cannot be detected; first problems: "
-            + "; ".join(f"line {f.line}: {f.message}" for f in state.findings[:3])
-        )
+    if not good:
+        first = "; ".join(f"line {r.line}: {r.error}" for r in head[:3])
+        raise UserError(f"{path}: no record parses, so this is no known format; first problems: {first}")
+    state.spec = detect_format([r.value for r in good], fmt, columns, system, good[0].source)
+    if state.spec.note:
+        state.findings.append(Finding("info", "format_detected", None, state.spec.note, good[0].source))
+    for raw in chain(head, raws):
+        state.records += 1
+        conv = _convert(raw, state)
+        if conv is not None:
+            yield conv
+
+
+def _convert(raw: RawRecord, state: ParseState) -> Conversation | None:
+    if raw.error is not None:
+        state.findings.append(Finding("error", raw.code, raw.line, raw.error, raw.source))
+        return None
+    try:
+        return to_conversation(raw.value, state.spec, raw.line, raw.source)
+    except Problem as p:
+        message = p.message
+        other = guess(raw.value) if p.code == "missing_field" else None
+        if other is not None and other[0] != state.spec.name and other[0] != "ambiguous":
+            message += f" (the record looks like {other[0]} format; use one format per file)"
+        state.findings.append(Finding("error", p.code, raw.line, message, raw.source))
+        return None

@@ -35,7 +35,17 @@ class PreparedData:
     findings: list[Finding]
 
 
-def check_template(settings) -> None:
+def check_template(settings, tokenizer=None) -> None:
+    if (
+        settings.template == "auto"
+        and tokenizer is not None
+        and not getattr(tokenizer, "chat_template", None)
+    ):
+        raise UserError(
+            "data.template: auto uses the model's chat template, but this tokenizer has none "
+            "(a base model?); "
+            f"set data.template to one of {', '.join(sorted(TEMPLATES))}"
+        )
     if settings.template != "auto" and settings.template not in TEMPLATES:
         raise UserError(
             f"data.template: unknown template {settings.template!r}; use one of {', '.join(template_names())}"
@@ -96,7 +106,7 @@ def _raise_errors(findings: list[Finding]) -> None:
 
 
 def prepare_datasets(settings, tokenizer, seed: int) -> PreparedData:
-    check_template(settings)
+    check_template(settings, tokenizer)
     train, evals, findings = split_conversations(settings, seed)
     train_an = Analyzer(settings, tokenizer, keep_examples=True)
     train_an.add_all(train)

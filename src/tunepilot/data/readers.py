@@ -117,6 +117,46 @@ def _mostly_binary(head: bytes) -> bool:
     return odd > len(text) * 0.1
 
 
+class DuplicateKey(ValueError):
+    pass
+
+
+class BadConstant(ValueError):
+    pass
+
+
+def _strict_object(pairs: list[tuple[str, object]]) -> dict:
+    """A JSON object that refuses a repeated key (json keeps the last one silently)."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        dup = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise DuplicateKey(f"key {dup!r} appears twice in one object; only the last value would be kept")
+    return obj
+
+
+def _reject_constant(name: str) -> None:
+    raise BadConstant(f"invalid JSON: {name} is not a JSON value (write null or a string)")
+
+
+STRICT = json.JSONDecoder(object_pairs_hook=_strict_object, parse_constant=_reject_constant)
+PLAIN = json.JSONDecoder()
+
+
+def parse_json_text(text: str, line: int, src: str) -> RawRecord:
+    """One JSON value as a RawRecord, with the parser's position or the strictness problem."""
+    try:
+        return RawRecord(line, src, STRICT.decode(text))
+    except json.JSONDecodeError as e:
+        return RawRecord(line, src, error=f"invalid JSON at column {e.colno}: {e.msg}")
+    except DuplicateKey as e:
+        return RawRecord(line, src, error=str(e), code="duplicate_key")
+    except BadConstant as e:
+        return RawRecord(line, src, error=str(e))
+    except RecursionError:
+        return RawRecord(line, src, error="invalid JSON: nested too deeply")
+
+
 def _decode(raw: bytes) -> tuple[str, str | None]:
     try:
         return raw.decode("utf-8"), None
@@ -133,16 +173,11 @@ def read_jsonl(path: Path) -> Iterator[RawRecord]:
                 raw = raw[3:]
             text, bad = _decode(raw)
             if not text.strip():
-                continue  # blank lines are skipped (counted by the blank_line check)
+                continue  # blank lines carry no record; JSONL readers skip them too
             if bad:
-                yield RawRecord(n, src, error=bad)
+                yield RawRecord(n, src, error=bad, code="invalid_encoding")
                 continue
-            try:
-                yield RawRecord(n, src, json.loads(text))
-            except json.JSONDecodeError as e:
-                yield RawRecord(n, src, error=f"invalid JSON at column {e.colno}: {e.msg}")
-            except RecursionError:
-                yield RawRecord(n, src, error="invalid JSON: nested too deeply")
+            yield parse_json_text(text, n, src)
 
 
 @register_reader("json")
@@ -153,7 +188,7 @@ def read_json(path: Path) -> Iterator[RawRecord]:
     if bad:
         raise UserError(f"{path}: {bad}; save the file as UTF-8")
     text = text.lstrip("\ufeff")
-    dec = json.JSONDecoder()
+    dec = PLAIN
     i = _skip_ws(text, 0)
     if text.startswith("{", i):
         yield from _json_object_top(path, text, dec, i)
@@ -192,7 +227,13 @@ def _json_array(src: str, text: str, dec: json.JSONDecoder, i: int) -> Iterator[
         line += text.count("\n", pos, i)
         pos = i
         try:
+            value, end = STRICT.raw_decode(text, i)
+            record = RawRecord(line, src, value)
+        except (DuplicateKey, BadConstant) as e:
+            # A valid-syntax element with a repeated key or NaN: report it and go on after it.
             value, end = dec.raw_decode(text, i)
+            code = "duplicate_key" if isinstance(e, DuplicateKey) else "malformed_line"
+            record = RawRecord(line, src, error=str(e), code=code)
         except json.JSONDecodeError as e:
             # The array cannot be resynchronised after a syntax error: report it and stop.
             yield RawRecord(
@@ -202,7 +243,7 @@ def _json_array(src: str, text: str, dec: json.JSONDecoder, i: int) -> Iterator[
                 " (records after it were not read)",
             )
             return
-        yield RawRecord(line, src, value)
+        yield record
         i = _skip_ws(text, end)
         if text.startswith(",", i):
             i += 1
@@ -234,7 +275,12 @@ def _read_delimited(path: Path, delimiter: str) -> Iterator[RawRecord]:
             if not row or all(not c.strip() for c in row):
                 continue
             if len(row) != len(header):
-                yield RawRecord(start, src, error=f"CSV row has {len(row)} fields, header has {len(header)}")
+                yield RawRecord(
+                    start,
+                    src,
+                    error=f"CSV row has {len(row)} fields, header has {len(header)}",
+                    code="csv_field_count",
+                )
                 continue
             yield RawRecord(start, src, dict(zip(header, row, strict=True)))
 

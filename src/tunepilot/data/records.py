@@ -42,6 +42,7 @@ class RawRecord:
     source: str
     value: Any = None
     error: str | None = None
+    code: str = "malformed_line"  # the finding code when `error` is set
 
 
 @dataclass

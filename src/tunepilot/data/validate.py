@@ -1,0 +1,59 @@
+"""`validate` as a pure function: stream a data file (and an eval file) through the same parsing,
+rendering, tokenization and checks as training, and return every finding with statistics.
+
+Memory: records are not kept; per record only fixed-size keys and lengths (see checks/dataset.py)
+and the findings themselves.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+from tunepilot.data.analyze import Analyzer
+from tunepilot.data.checks.dataset import overlap_findings
+from tunepilot.data.parse import ParseState, iter_conversations
+from tunepilot.data.prepare import check_template
+from tunepilot.data.records import SEVERITY_ORDER, Finding
+
+
+@dataclass
+class ValidationReport:
+    findings: list[Finding]
+    stats: dict
+    format: str
+    template: str | None
+
+    @property
+    def errors(self) -> int:
+        return sum(f.severity == "error" for f in self.findings)
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """{code: {"severity": ..., "count": n}}, errors first, then by count."""
+        c = Counter((f.severity, f.code) for f in self.findings)
+        ordered = sorted(c.items(), key=lambda kv: (SEVERITY_ORDER[kv[0][0]], -kv[1], kv[0][1]))
+        return {code: {"severity": sev, "count": n} for (sev, code), n in ordered}
+
+
+def _run_split(path: str, settings, tokenizer) -> tuple[Analyzer, ParseState]:
+    state = ParseState()
+    analyzer = Analyzer(settings, tokenizer)
+    analyzer.add_all(iter_conversations(path, settings.format, settings.columns, settings.system, state))
+    analyzer.finish()
+    return analyzer, state
+
+
+def validate_data(settings, tokenizer=None) -> ValidationReport:
+    """Validate settings.train (and settings.eval): all records, ignoring max_samples and val_size."""
+    check_template(settings, tokenizer)
+    train, train_state = _run_split(settings.train, settings, tokenizer)
+    findings = train_state.findings + train.findings
+    stats = {"train": {**train.stats(), "records_read": train_state.records}, "eval": None}
+    if settings.eval:
+        evals, eval_state = _run_split(settings.eval, settings, tokenizer)
+        findings += eval_state.findings + evals.findings
+        findings += overlap_findings(train.ledger.table(), evals.ledger.table(), evals.ledger.sources)
+        stats["eval"] = {**evals.stats(), "records_read": eval_state.records}
+    findings.sort(key=lambda f: (f.source, f.line if f.line is not None else -1, SEVERITY_ORDER[f.severity]))
+    template = settings.template if tokenizer is not None else None
+    return ValidationReport(findings, stats, train_state.spec.name, template)
