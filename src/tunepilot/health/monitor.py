@@ -12,7 +12,7 @@ run of n steps pays for about 100 * ln(n) passes of O(n) each.
 from __future__ import annotations
 
 from tunepilot.health.diagnose import RunView
-from tunepilot.health.findings import SEVERITY_RANK, Finding
+from tunepilot.health.findings import Finding
 from tunepilot.health.registry import run_rules
 from tunepilot.health.series import finite
 from tunepilot.health.settings import HealthSettings
@@ -30,9 +30,7 @@ class LiveMonitor:
         self.records: list[Record] = []
         self.stop_event: Event | None = None
         self._since_pass = 0
-        self._alerted: dict[tuple[str, int | None], str] = {}  # (code, instance) -> severity alerted
-        self._last_alert_step: dict[str, int] = {}
-        self._gap = max(10, (planned_steps or 0) // 20)  # steps between two alerts of the same rule
+        self._alerted: set[tuple[str, str | None, str]] = set()  # (code, verdict, severity) alerted
 
     def observe(self, record: Record) -> list[Event]:
         """Take one record; return the new alert or stop events to write to the stream."""
@@ -79,24 +77,19 @@ class LiveMonitor:
                 self.stop_event = Event(step, "health.stop", message, "error",
                                         data={"rule": finding.code, **_payload(finding)})
                 return [self.stop_event]
-            if finding.severity == "info" or not self._is_new(finding, step):
+            if finding.severity == "info" or not self._is_new(finding):
                 continue
             events.append(Event(step, f"health.{finding.code}", finding.message, finding.severity,
                                 data=_payload(finding)))
         return events
 
-    def _is_new(self, finding: Finding, step: int) -> bool:
-        """Alert once per episode; again only if it got worse, and not more often than every `_gap` steps."""
-        key = (finding.code, finding.instance)
-        severity = finding.severity if not finding.verdict else "error"
-        before = self._alerted.get(key)
-        if before is not None and SEVERITY_RANK[severity] <= SEVERITY_RANK[before]:
+    def _is_new(self, finding: Finding) -> bool:
+        """Alert once per rule and level: again only when it escalates (a first spike is a warning, many
+        spikes make the run unstable). Values move every step; the condition does not."""
+        key = (finding.code, finding.verdict, finding.severity)
+        if key in self._alerted:
             return False
-        last = self._last_alert_step.get(finding.code)
-        if before is None and last is not None and step - last < self._gap:
-            return False
-        self._alerted[key] = severity
-        self._last_alert_step[finding.code] = step
+        self._alerted.add(key)
         return True
 
 

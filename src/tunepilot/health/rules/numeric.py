@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from statistics import median
-
 from tunepilot.health.findings import Change, Finding, clip_gradients, lower_lr, more_warmup
 from tunepilot.health.registry import rule
 from tunepilot.health.series import RunView, finite, sig
@@ -51,10 +49,10 @@ def zero_collapse(view: RunView) -> list[Finding]:
     if not zeros:
         return []
     first = zeros[0]
-    before = view.losses[max(0, first - view.window): first]
-    level = median(before) if before else 0.0
+    before = view.losses[max(0, first - 3): first]
+    level = min(before) if before else 0.0
     step = view.steps[first]
-    if level > 0.05:  # from a real loss to exactly 0 in one window: not learning, breaking
+    if level > 0.05:  # from a real loss straight to exactly 0: not learning, breaking
         return [Finding(
             "zero_collapse", "error",
             f"loss collapsed to exactly 0 at step {step} from about {sig(level)}; usually no trained tokens "
