@@ -18,7 +18,6 @@ COMMANDS = (
     "tunepilot.cli.sweep",
     "tunepilot.cli.recommend",
     "tunepilot.cli.transfer",
-    "tunepilot.cli.lrfind",
     "tunepilot.cli.diagnose",
     "tunepilot.cli.validate",
 )
