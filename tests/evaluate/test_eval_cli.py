@@ -100,6 +100,18 @@ def test_user_errors_exit_2_with_a_message(workspace, args, needle):
     assert code == 2 and not env["ok"] and needle in env["error"]["message"]
 
 
+def test_eval_split_defaults_to_the_val_size_hold_out(workspace, tmp_path):
+    raw = yaml.safe_load((workspace / "config.yaml").read_text())
+    del raw["data"]["eval"]
+    (tmp_path / "noeval.yaml").write_text(yaml.safe_dump(raw))
+    code, env = _invoke(tmp_path / "noeval.yaml")
+    assert code == 2 and "no eval data" in env["error"]["message"]
+    raw["data"]["val_size"] = 0.5
+    (tmp_path / "val.yaml").write_text(yaml.safe_dump(raw))
+    code, env = _invoke(tmp_path / "val.yaml", "--out", tmp_path / "val.jsonl")
+    assert code == 0 and env["n"] == 3 and env["data"] == "val"
+
+
 def test_directory_without_config_and_bad_evaluate_section(workspace, tmp_path):
     code, env = _invoke(tmp_path)
     assert code == 2 and "not a run directory" in env["error"]["message"]

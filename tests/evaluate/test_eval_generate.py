@@ -94,3 +94,24 @@ def test_from_conversation_needs_an_assistant_turn_and_fixed_subset_is_stable():
     examples = _examples()
     assert fixed_subset(examples, 2) == [examples[0], examples[2]] == fixed_subset(examples, 2)
     assert fixed_subset(examples, 10) == examples
+
+
+def test_task_objective_scores_a_fixed_subset_then_the_full_split(model_and_tokenizer, tmp_path):
+    from tunepilot.config import DataSettings
+    from tunepilot.data import load_conversations
+    from tunepilot.evaluate.objective import TaskObjective
+
+    model, tok = model_and_tokenizer
+    rows = [{"prompt": q, "response": str(i)} for i, q in enumerate(QUESTIONS * 2)]
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = DataSettings(train=str(path), val_size=0.5)
+    settings = EvalSettings(metric="numeric_match", subset_size=2, max_new_tokens=2)
+    objective = TaskObjective(settings, data, seed=3)
+    assert len(objective.examples) == 5 and len(objective.subset) == 2
+    held_out = load_conversations(data, "eval", seed=3)  # the trainer's hold-out: same records
+    assert [e.source for e in objective.examples] == [f"{c.source}:{c.line}" for c in held_out]
+    assert objective(model, tok).n == 2 and objective(model, tok, full=True).n == 5
+    assert objective.better(0.5, None) and objective.better(0.5, 0.4) and not objective.better(0.4, 0.5)
+    lower = TaskObjective(EvalSettings(metric="numeric_match", direction="minimize"), data, seed=3)
+    assert lower.better(0.4, 0.5)

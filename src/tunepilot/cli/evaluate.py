@@ -30,21 +30,14 @@ def _progress_bar(enabled: bool):
 def evaluate_command(target: Path, data: Path | None, limit: int | None, metric: str | None, base: bool,
                      few_shot: int | None, max_new_tokens: int | None, batch_size: int | None,
                      out: Path | None, show_progress: bool) -> Result:
-    from tunepilot.evaluate.command import (
-        apply_overrides,
-        eval_data_path,
-        resolve_target,
-        run_evaluation,
-        summary,
-    )
+    from tunepilot.evaluate.command import apply_overrides, resolve_target, run_evaluation, summary
 
     t, warnings = resolve_target(target, base)
     t.settings = apply_overrides(t.settings, limit=limit, metric=metric, few_shot=few_shot,
                                  max_new_tokens=max_new_tokens, batch_size=batch_size)
-    data_path = eval_data_path(t, data)
     with _progress_bar(show_progress) as progress:
-        scores, path = run_evaluation(t, data_path, out, progress)
-    return Result("evaluate", summary(t, data_path, scores, path), render=_render, warnings=warnings)
+        scores, path, name = run_evaluation(t, data, out, progress)
+    return Result("evaluate", summary(t, name, scores, path), render=_render, warnings=warnings)
 
 
 def _render(console: Console, s: dict[str, Any]) -> None:

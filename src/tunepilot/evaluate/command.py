@@ -15,8 +15,8 @@ from typing import Any
 
 from tunepilot.config import RunConfig, build_config, read_yaml
 from tunepilot.errors import UserError
-from tunepilot.evaluate.data import load_examples
-from tunepilot.evaluate.examples import fixed_subset
+from tunepilot.evaluate.data import load_eval_split, load_examples
+from tunepilot.evaluate.examples import EvalExample, fixed_subset
 from tunepilot.evaluate.runner import EvalScores, evaluate_model, write_results
 from tunepilot.evaluate.settings import EvalSettings
 
@@ -72,12 +72,12 @@ def apply_overrides(settings: EvalSettings, **overrides: Any) -> EvalSettings:
     return settings.model_copy(update=values) if values else settings
 
 
-def results_path(t: Target, data: Path, out: Path | None) -> Path:
+def results_path(t: Target, data_name: str, out: Path | None) -> Path:
     if out is not None:
         return out
     root = t.run_dir or Path(t.config.output.output_dir)
     kind = "adapter" if t.adapter else "base"
-    return root / "eval" / f"{data.stem}-{kind}.jsonl"
+    return root / "eval" / f"{data_name}-{kind}.jsonl"
 
 
 def load_model_for(t: Target):
@@ -93,32 +93,35 @@ def load_model_for(t: Target):
     return model, tokenizer
 
 
-def eval_data_path(t: Target, data: Path | None) -> Path:
-    path = data or (Path(t.config.data.eval) if t.config.data.eval else None)
-    if path is None:
-        raise UserError("no eval data: pass --data FILE or set data.eval in the config")
-    if not path.exists():
-        raise UserError(f"{path}: eval data not found; pass --data FILE or fix data.eval")
-    return path
+def eval_examples(t: Target, data: Path | None) -> tuple[list[EvalExample], str]:
+    """(examples, name): --data FILE, else the config's eval split (data.eval or the val_size hold-out)."""
+    limit = t.settings.limit
+    if data is not None:
+        if not data.exists():
+            raise UserError(f"{data}: eval data not found; pass an existing file to --data")
+        return load_examples(data, t.config.data, limit), data.stem
+    examples = load_eval_split(t.config.data, t.config.train.seed, limit)
+    return examples, Path(t.config.data.eval).stem if t.config.data.eval else "val"
 
 
-def run_evaluation(t: Target, data: Path, out: Path | None,
+def run_evaluation(t: Target, data: Path | None, out: Path | None,
                    progress: Callable[[int], Callable[[int], None] | None] = lambda total: None,
-                   ) -> tuple[EvalScores, Path]:
-    """Load data, shots and model; generate; score; save per-record results. Returns scores and path.
+                   ) -> tuple[EvalScores, Path, str]:
+    """Load data, shots and model; generate; score; save per-record results.
 
     `progress(total)` is called once the record count is known and returns a per-batch callback."""
     s = t.settings
-    examples = load_examples(data, t.config.data, limit=s.limit)
+    examples, name = eval_examples(t, data)
     shots = fixed_subset(load_examples(t.config.data.train, t.config.data), s.few_shot) if s.few_shot else []
     model, tokenizer = load_model_for(t)
-    scores = evaluate_model(model, tokenizer, examples, s, shots=shots, progress=progress(len(examples)))
-    return scores, write_results(results_path(t, data, out), scores)
+    scores = evaluate_model(model, tokenizer, examples, s, shots=shots, template=t.config.data.template,
+                            progress=progress(len(examples)))
+    return scores, write_results(results_path(t, name, out), scores), name
 
 
-def summary(t: Target, data: Path, scores: EvalScores, path: Path) -> dict[str, Any]:
+def summary(t: Target, data: str, scores: EvalScores, path: Path) -> dict[str, Any]:
     return {**scores.summary(), "model": t.config.model.name_or_path,
             "adapter": str(t.adapter) if t.adapter else None, "few_shot": t.settings.few_shot,
-            "data": str(data), "results": str(path),
+            "data": data, "results": str(path),
             "failures": sum(1 for r in scores.records if r.score < 1.0)}
 

@@ -1,52 +1,57 @@
-"""Eval examples from a data file, through the trainer's own data code (readers, formats, columns).
+"""Eval examples through the trainer's own data code: readers, format detection, columns, split.
 
-Same file, same format detection, same column mapping and system prompt as training: an eval set is
-any file `tunepilot train` reads. Records that do not convert are listed all at once (as `validate`
-would report them), since a silently skipped record would change the score.
+Same file, same format, same column mapping and system prompt as training: an eval set is any
+file `tunepilot train` reads. Without a file, the eval split is the trainer's `val_size` hold-out
+(same seed, same records). Records with structural errors are refused all at once, as training
+refuses them, since a silently skipped record would change the score.
 """
 
 from __future__ import annotations
 
+from itertools import islice
 from pathlib import Path
 
 from tunepilot.config import DataSettings
-from tunepilot.errors import UserError
+from tunepilot.errors import ExitCode, UserError
 from tunepilot.evaluate.examples import EvalExample, from_conversation
 
 MAX_LISTED = 10
 
 
-def load_examples(path: str | Path, data: DataSettings, limit: int | None = None) -> list[EvalExample]:
-    """The first `limit` records of `path` (all when None) as prompt + reference examples."""
-    from tunepilot.data.detect import detect_format
-    from tunepilot.data.formats import Problem, to_conversation
-    from tunepilot.data.readers import read_records
-
-    examples: list[EvalExample] = []
-    problems: list[str] = []
-    spec = None
-    for raw in read_records(path):
-        where = f"{raw.source}:{raw.line}"
-        if raw.error:
-            problems.append(f"{where}: {raw.error}")
-            continue
-        spec = spec or detect_format(raw.value, data.format, data.columns, data.system, where)
-        try:
-            conversation = to_conversation(raw.value, spec, raw.line, raw.source)
-        except Problem as e:
-            problems.append(f"{where}: {e.message}")
-            continue
-        if conversation.is_text:
+def _examples(conversations, path) -> list[EvalExample]:
+    out = []
+    for c in conversations:
+        if c.is_text:
             raise UserError(f"{path}: plain-text records have no answer to score; evaluation needs "
                             "prompt/response records (set data.format or data.columns)")
-        examples.append(from_conversation(conversation.messages, where))
-        if limit is not None and len(examples) >= limit:
-            break
-    if problems:
-        shown = problems[:MAX_LISTED] + ([f"... and {len(problems) - MAX_LISTED} more"]
-                                         if len(problems) > MAX_LISTED else [])
-        raise UserError(f"{path}: {len(problems)} record(s) cannot be evaluated; run `tunepilot validate` "
-                        "for details", problems=shown)
-    if not examples:
+        out.append(from_conversation(c.messages, f"{c.source}:{c.line}"))
+    if not out:
         raise UserError(f"{path}: no records to evaluate")
-    return examples
+    return out
+
+
+def load_examples(path: str | Path, data: DataSettings, limit: int | None = None) -> list[EvalExample]:
+    """The first `limit` records of `path` (all when None) as prompt + reference examples."""
+    from tunepilot.data.parse import ParseState, iter_conversations
+
+    state = ParseState()
+    conversations = list(islice(iter_conversations(str(path), data.format, data.columns, data.system, state),
+                                limit))
+    errors = [f"{f.where()}: {f.code}: {f.message}" for f in state.findings if f.severity == "error"]
+    if errors:
+        shown = errors[:MAX_LISTED] + ([f"... and {len(errors) - MAX_LISTED} more"]
+                                       if len(errors) > MAX_LISTED else [])
+        raise UserError(f"{path}: {len(errors)} record(s) cannot be evaluated; fix them or run "
+                        "`tunepilot validate` for details", ExitCode.USAGE, shown)
+    return _examples(conversations, path)
+
+
+def load_eval_split(data: DataSettings, seed: int, limit: int | None = None) -> list[EvalExample]:
+    """The trainer's eval split: data.eval, or the val_size hold-out of data.train made with `seed`."""
+    if data.eval:
+        return load_examples(data.eval, data, limit)
+    if data.val_size <= 0:
+        raise UserError("no eval data: pass --data FILE, or set data.eval (or data.val_size) in the config")
+    from tunepilot.data import load_conversations
+
+    return _examples(load_conversations(data, "eval", seed)[:limit], f"{data.train} (val_size hold-out)")

@@ -88,14 +88,24 @@ def metric_for(settings: EvalSettings, examples: Sequence[EvalExample]) -> Metri
     return build_metric(settings.metric, MetricContext(labels=labels))
 
 
-def render_prompts(tokenizer, examples: Sequence[EvalExample],
-                   shots: Sequence[EvalExample] = ()) -> list[str]:
-    """Each prompt through the model's chat template, ending where the assistant's answer starts."""
-    if not getattr(tokenizer, "chat_template", None):
-        raise UserError("the tokenizer has no chat template; evaluation renders prompts with the model's "
-                        "chat template (use an instruct model or set one on the tokenizer)")
-    return [tokenizer.apply_chat_template(with_shots(e, shots), tokenize=False, add_generation_prompt=True)
-            for e in examples]
+@dataclass(frozen=True)
+class _TemplateChoice:
+    template: str  # what render_prompt reads from the data settings
+
+
+def render_prompts(tokenizer, examples: Sequence[EvalExample], shots: Sequence[EvalExample] = (),
+                   template: str = "auto") -> list[str]:
+    """Each prompt rendered as training renders it (the model's chat template, or the named
+    data.template), ending where the assistant's answer starts."""
+    from tunepilot.data.prepare import check_template
+    from tunepilot.data.templates import render_prompt
+
+    choice = _TemplateChoice(template)
+    check_template(choice, tokenizer)
+    # render_prompt cuts at the last assistant turn; few-shot answers are assistant turns too, so
+    # an empty final answer marks where the prompt ends.
+    answer_slot = {"role": "assistant", "content": ""}
+    return [render_prompt([*with_shots(e, shots), answer_slot], tokenizer, choice) for e in examples]
 
 
 def score_predictions(metric: Metric, examples: Sequence[EvalExample],
@@ -114,7 +124,7 @@ def score_predictions(metric: Metric, examples: Sequence[EvalExample],
 
 
 def evaluate_model(model, tokenizer, examples: Sequence[EvalExample], settings: EvalSettings,
-                   shots: Sequence[EvalExample] = (), metric: Metric | None = None,
+                   shots: Sequence[EvalExample] = (), template: str = "auto", metric: Metric | None = None,
                    progress: Callable[[int], None] | None = None) -> EvalScores:
     """Generate greedy answers for `examples` and score them with `settings.metric`.
 
@@ -124,7 +134,7 @@ def evaluate_model(model, tokenizer, examples: Sequence[EvalExample], settings: 
         raise UserError("no eval records to score; check the eval data file and --limit")
     metric = metric or metric_for(settings, examples)
     start = time.perf_counter()
-    prompts = render_prompts(tokenizer, examples, shots)
+    prompts = render_prompts(tokenizer, examples, shots, template)
     answers = generate(model, tokenizer, prompts, settings.max_new_tokens, settings.batch_size, progress)
     predictions = [a.text for a in answers]
     scored = score_predictions(metric, examples, predictions)
