@@ -202,7 +202,10 @@ class ReplayEngine:
     def start(self, spec: TrialSpec) -> None:
         if len(self._active) >= self._slots:
             raise RuntimeError(f"no free slot for trial {spec.number}")
-        run = self.table.nearest(spec.params, self.columns)
+        # a trial's config overrides (the out-of-memory retry's micro-batch) apply where the file has them
+        overrides = (spec.config or {}).get("overrides") or {} if isinstance(spec.config, dict) else {}
+        mapped = {k: v for k, v in overrides.items() if self.table.column_for(k, self.columns)}
+        run = self.table.nearest({**spec.params, **mapped}, self.columns)
         self._active[spec.number] = _Active(spec, run, started=time.monotonic())
 
     def advance(self) -> list[Progress]:

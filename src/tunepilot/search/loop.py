@@ -100,6 +100,8 @@ class SlotLoop:
         if ask.stage:
             trial.set_user_attr("stage", ask.stage)
         try:
+            if ask.error:
+                raise UserError(ask.error)
             spec = self.make_spec(trial)
             self.engine.start(spec)
         except Exception as e:  # a bad config (UserError), a NaN param, a start that crashed

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import optuna
 from optuna.distributions import (
     BaseDistribution,
     CategoricalDistribution,
@@ -40,6 +41,25 @@ def _distribution(dist: Range | list[Any]) -> BaseDistribution:
     if is_int:
         return IntDistribution(int(dist.low), int(dist.high), log=True)
     return FloatDistribution(dist.low, dist.high, log=dist.log, step=None if dist.log else dist.step)
+
+
+def suggest_all(trial: optuna.Trial, space: dict[str, BaseDistribution]) -> str | None:
+    """Suggest every key of `space` on an asked trial (enqueued values come back fixed).
+
+    Returns why it failed (an enqueued value outside its distribution, a NaN) or None: the trial
+    exists by then, so the loop can record it as failed instead of crashing.
+    """
+    try:
+        for key, dist in space.items():
+            if isinstance(dist, CategoricalDistribution):
+                trial.suggest_categorical(key, dist.choices)
+            elif isinstance(dist, IntDistribution):
+                trial.suggest_int(key, dist.low, dist.high, step=dist.step, log=dist.log)
+            else:
+                trial.suggest_float(key, dist.low, dist.high, step=dist.step, log=dist.log)
+    except ValueError as e:
+        return f"bad parameter value: {e}"
+    return None
 
 
 def config_updates(params: dict[str, Any], overrides: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -19,7 +19,6 @@ Every mistake is reported at once, each with its key path (`space.lora_rank: ...
 from __future__ import annotations
 
 import difflib
-import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -105,14 +104,6 @@ class SweepSpec(_Strict):
     def _shorthand(cls, v: Any) -> Any:
         return {"name": v} if isinstance(v, str) else v
 
-    @field_validator("space")
-    @classmethod
-    def _space(cls, space: dict[str, Any]) -> dict[str, Any]:
-        for key, dist in space.items():
-            if isinstance(dist, list) and not dist:
-                raise ValueError(f"{key}: needs at least one choice")
-        return space
-
     @field_validator("sampler")
     @classmethod
     def _sampler(cls, v: Named) -> Named:
@@ -123,10 +114,24 @@ class SweepSpec(_Strict):
     def _pruner(cls, v: Named) -> Named:
         return _known(v, ("median", "hyperband", "successive_halving", "none"))
 
+    @field_validator("protocol")
+    @classmethod
+    def _protocol(cls, v: Named) -> Named:
+        from tunepilot.search.protocols import PROTOCOLS
+
+        return _known(v, tuple(PROTOCOLS))
+
+    @field_validator("engine")
+    @classmethod
+    def _engine(cls, v: Named) -> Named:
+        from tunepilot.search.registry import ENGINES
+
+        return _known(v, tuple(ENGINES))
+
 
 def _known(v: Named, names: tuple[str, ...]) -> Named:
     if v.name not in names:
-        raise ValueError(f"{v.name!r} is not one of {', '.join(names)}")
+        raise ValueError(f"name {v.name!r} is not one of {', '.join(names)}")
     return v
 
 
@@ -149,61 +154,71 @@ def parse_sweep(raw: dict[str, Any], source: str = "sweep") -> SweepSpec:
     try:
         spec = SweepSpec.model_validate(raw)
     except ValidationError as e:
-        problems.extend(_format(e))
-    if spec is not None:
-        from tunepilot.search.protocols import PROTOCOLS
-        from tunepilot.search.registry import ENGINES
-
-        if spec.protocol.name not in PROTOCOLS:
-            problems.append(f"protocol.name: {spec.protocol.name!r} is not one of {', '.join(PROTOCOLS)}")
-        entry = ENGINES.get(spec.engine.name)
-        if entry is None:
-            problems.append(f"engine.name: {spec.engine.name!r} is not one of {', '.join(ENGINES)}")
-        problems.extend(_space_problems(spec, config_keys=entry is None or entry.config_keys))
+        problems.extend(_format(e, raw))
+    problems.extend(_space_problems(raw))
     if problems:
         raise UserError(f"{source}: {len(problems)} problem(s) in the sweep file", ExitCode.USAGE, problems)
     return spec
 
 
-def _format(e: ValidationError) -> list[str]:
+def _format(e: ValidationError, raw: dict[str, Any]) -> list[str]:
     out = []
     for err in e.errors():
-        # drop pydantic's union branch names ("Range", "list[any]") from the key path
-        loc = ".".join(str(p) for p in err["loc"] if p not in ("Range", "list[any]", "str", "dict[str,any]"))
-        msg = (
-            "required key is missing"
-            if err["type"] == "missing"
-            else (
-                "unknown key"
-                if err["type"] == "extra_forbidden"
-                else f"{err['input']!r} is invalid ({err['msg']})"
-            )
-        )
-        out.append(f"{loc}: {msg}")
+        loc = list(err["loc"])
+        if loc[:1] == ["space"] and len(loc) >= 3:
+            message = _space_error(loc, err, raw.get("space") or {})
+            if message:
+                out.append(message)
+            continue
+        out.append(f"{'.'.join(str(p) for p in loc)}: {_message(err)}")
     return sorted(set(out))
 
 
-def _space_problems(spec: SweepSpec, config_keys: bool) -> list[str]:
-    index = _flat_index()
-    problems = []
-    for key, dist in spec.space.items():
-        if config_keys and key not in index and key not in DERIVED_KEYS:
+def _message(err: dict[str, Any]) -> str:
+    if err["type"] == "missing":
+        return "required key is missing"
+    if err["type"] == "extra_forbidden":
+        return "unknown key"
+    if err["type"] == "value_error":
+        return err["msg"].removeprefix("Value error, ")
+    return f"{err['input']!r} is invalid ({err['msg']})"
+
+
+def _space_error(loc: list[Any], err: dict[str, Any], space: dict[str, Any]) -> str | None:
+    """A space entry is a range (mapping) or choices (list): report the branch the user wrote, once."""
+    key, branch, rest = loc[1], str(loc[2]), loc[3:]
+    written = space.get(key)
+    if not isinstance(written, (dict, list)):
+        return f"space.{key}: {written!r} is neither a range {{low, high[, log, step]}} nor a list of choices"
+    if ("Range" in branch) != isinstance(written, dict):
+        return None
+    return f"{'.'.join(str(p) for p in ['space', key, *rest])}: {_message(err)}"
+
+
+def _space_problems(raw: dict[str, Any]) -> list[str]:
+    """Key checks on the file as written, so they come with the type errors, not after them."""
+    from tunepilot.search.registry import ENGINES
+
+    engine = raw.get("engine")
+    entry = ENGINES.get(engine.get("name") if isinstance(engine, dict) else (engine or "standard"))
+    space = raw.get("space") if isinstance(raw.get("space"), dict) else {}
+    index, problems = _flat_index(), []
+    for key, dist in space.items():
+        if (entry is None or entry.config_keys) and key not in index and key not in DERIVED_KEYS:
             guess = difflib.get_close_matches(key, [*index, *DERIVED_KEYS], n=1, cutoff=0.6)
             hint = f"; did you mean '{guess[0]}'?" if guess else ""
             problems.append(f"space.{key}: unknown hyperparameter{hint}")
-        elif (
-            isinstance(dist, Range) and dist.type == "int" and not (_is_int(dist.low) and _is_int(dist.high))
+        if isinstance(dist, list) and not dist:
+            problems.append(f"space.{key}: needs at least one choice")
+        if isinstance(dist, dict) and dist.get("type") == "int" and not all(
+            isinstance(dist.get(k), int) for k in ("low", "high")
         ):
             problems.append(f"space.{key}: an int range needs integer low and high")
-    for i, params in enumerate(spec.enqueue):
-        for key in params:
-            if key not in spec.space:
+    for i, params in enumerate(raw.get("enqueue") or []):
+        for key in params if isinstance(params, dict) else []:
+            if key not in space:
                 problems.append(f"enqueue.{i}.{key}: not in space; enqueued params must be searched keys")
     return problems
-
-
-def _is_int(x: float) -> bool:
-    return math.isfinite(x) and float(x).is_integer()
 
 
 def resolve_base(spec: SweepSpec, root: Path, source: str) -> RunConfig | None:

@@ -119,7 +119,7 @@ def _spec_maker(base: RunConfig | None, sweep_dir: Path) -> Callable[[optuna.Tri
         overrides = trial.user_attrs.get("overrides") or {}
         run_dir = sweep_dir / "trials" / f"{trial.number:04d}"
         if base is None:
-            return TrialSpec(trial.number, {**trial.params, **overrides}, None, run_dir)
+            return TrialSpec(trial.number, trial.params, {"overrides": overrides}, run_dir)
         config = space_mod.trial_config(base, trial.params, overrides)
         config.output.output_dir = str(run_dir)
         config.output.overwrite_output_dir = True  # a retried trial starts its run over

@@ -25,6 +25,7 @@ class Ask:
     trial: optuna.Trial
     stop_at: float = 1.0  # end the trial (as pruned) once it reached this fraction of its schedule
     stage: str | None = None
+    error: str | None = None  # the trial could not get its params (e.g. an enqueued NaN): it fails
 
 
 class Protocol:

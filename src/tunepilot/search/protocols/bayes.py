@@ -5,14 +5,16 @@ from __future__ import annotations
 import optuna
 
 from tunepilot.search.protocols.base import Ask, Protocol
+from tunepilot.search.space import suggest_all
 
 
 class Bayes(Protocol):
     name = "bayes"
 
     def ask(self) -> Ask:
-        trial = self.study.ask(self.space)
-        return Ask(trial, stop_at=float(trial.user_attrs.get("stop_at", 1.0)))
+        trial = self.study.ask()
+        error = suggest_all(trial, self.space)
+        return Ask(trial, stop_at=float(trial.user_attrs.get("stop_at", 1.0)), error=error)
 
     def should_prune(self, trial: optuna.Trial, fraction: float) -> bool:
         return trial.should_prune()

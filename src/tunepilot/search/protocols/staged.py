@@ -26,6 +26,7 @@ from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from tunepilot.search.protocols.base import Ask, Protocol
+from tunepilot.search.space import suggest_all
 from tunepilot.search.spec import Range
 
 # One distribution per key for every staged trial (Optuna wants the same one per name in a study);
@@ -63,6 +64,12 @@ class Staged(Protocol):
         self.warmup_ratio = float(o.get("warmup_ratio", 0.1))
         self.lrs = [float(x) for x in o.get("learning_rates") or self._default_lrs()]
         self.minimize = self.study.direction == optuna.study.StudyDirection.MINIMIZE
+        # every staged key in the space is pinned to its starting value until its stage decides it
+        self.start: dict[str, Any] = {}
+        if "lora_rank" in self.spec.space:
+            self.start["lora_rank"] = self._base_rank()
+        if "warmup_ratio" in self.spec.space:
+            self.start["warmup_ratio"] = self._base_warmup()
 
     def _default_lrs(self) -> list[float]:
         dist = self.spec.space.get("learning_rate")
@@ -112,13 +119,9 @@ class Staged(Protocol):
         # ask without distributions, then suggest exactly the keys this stage fixed (enqueued values
         # come back from suggest_*), so an unsearched key is never sampled
         trial = self.study.ask()
-        for key in trial.user_attrs.get("keys", []):
-            dist = STAGED_SPACE[key]
-            if isinstance(dist, IntDistribution):
-                trial.suggest_int(key, dist.low, dist.high)
-            else:
-                trial.suggest_float(key, dist.low, dist.high, log=dist.log)
-        return Ask(trial, float(trial.user_attrs.get("stop_at", 1.0)), trial.user_attrs.get("stage"))
+        error = suggest_all(trial, {k: STAGED_SPACE[k] for k in trial.user_attrs.get("keys", [])})
+        attrs = trial.user_attrs
+        return Ask(trial, float(attrs.get("stop_at", 1.0)), attrs.get("stage"), error=error)
 
     # -- the stages ------------------------------------------------------------------------------
 
@@ -144,7 +147,7 @@ class Staged(Protocol):
         return final
 
     def _lr_stage(self):
-        done = self._run_stage("lr", [{"learning_rate": lr} for lr in self.lrs], self.judge_at)
+        done = self._run_stage("lr", [{**self.start, "learning_rate": lr} for lr in self.lrs], self.judge_at)
         if not isinstance(done, list):
             return done
         scored = [(self._judged(t), t) for t in done]
@@ -168,7 +171,7 @@ class Staged(Protocol):
         if "lora_rank" not in self.spec.space:
             self.decide("rank", None, "skipped: lora_rank is not in the search space")
             return winner
-        r = int(winner.params.get("lora_rank") or self._base_rank())
+        r = int(winner.params["lora_rank"])
         # the baseline is the winner itself (it ran at rank r); only 2r is a new run
         candidates = [{**winner.params, "lora_rank": 2 * r}]
         done = self._run_stage("rank", candidates, self.judge_at)
@@ -195,6 +198,11 @@ class Staged(Protocol):
             return self.base.method.lora_rank
         dist = self.spec.space["lora_rank"]
         return int(min(dist) if isinstance(dist, list) else dist.low)
+
+    def _base_warmup(self) -> float:
+        dist = self.spec.space["warmup_ratio"]
+        low = float(min(dist) if isinstance(dist, list) else dist.low)
+        return max(self.base.train.warmup_ratio, low) if self.base is not None else low
 
     def _warmup_stage(self, winner: Winner):
         if "warmup_ratio" not in self.spec.space:
