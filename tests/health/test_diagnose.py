@@ -19,6 +19,8 @@ REAL_VERDICTS = {
     "lf_qwen3_14b_no_points": "no-training-data",  # logging_steps 996 > 768 steps
     "lf_duplicated_lines_cutoff": "too-short",  # 100 of 6566 steps
     "lf_mistral_translator_cutoff": "too-short",  # 200 of 8660 steps
+    "hf_qwen05_full_verifier": "healthy",  # eval 0.108 -> 0.049, flattening as the cosine LR ends
+    "hf_law_lora_sparse_logging": "healthy",  # 6 train points, but 6 evals falling steadily to a plateau
 }
 
 

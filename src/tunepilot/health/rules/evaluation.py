@@ -59,6 +59,9 @@ def _overfit_changes(view: RunView, best_step: int, epoch: float | None) -> list
     return changes
 
 
+MIN_GAP_NATS = 0.1
+
+
 @rule("train_eval_gap")
 def train_eval_gap(view: RunView) -> list[Finding]:
     """Train/eval gap: eval loss far above the train loss at the same step, and widening."""
@@ -71,7 +74,8 @@ def train_eval_gap(view: RunView) -> list[Finding]:
         return []
     first, last = gaps[0], gaps[-1]
     ratio = view.settings.gap_ratio
-    if last[1] <= ratio or last[1] - first[1] <= ratio / 2:
+    # relative gaps mean little at tiny losses (0.02 vs 0.05 is "150%"): also ask for 0.1 nats
+    if last[1] <= ratio or last[1] - first[1] <= ratio / 2 or last[2] - last[3] < MIN_GAP_NATS:
         return []
     return [Finding(
         "train_eval_gap", "warning",

@@ -43,6 +43,11 @@ def too_few_points(view: RunView) -> list[Finding]:
         return []
     last = view.train[-1].step
     planned = view.planned_steps
+    if len(view.train) < view.settings.min_points and len(view.eval_losses) >= 4:
+        # sparse train logging (logging_steps 100 on a short run) but a real eval curve: judge that
+        return [Finding("few_train_points", "info",
+                        f"only {len(view.train)} logged train point(s); the {len(view.eval_losses)} eval "
+                        "losses carry the judgement", evidence={"points": len(view.train)})]
     if len(view.train) < view.settings.min_points:
         return [Finding("too_few_points", "warning",
                         f"only {len(view.train)} logged train point(s) (fewer than "
@@ -102,7 +107,7 @@ def underfitting(view: RunView) -> list[Finding]:
     eval_drop = 0.0  # the last eval against the best before it: still improving, and by how much
     if len(view.eval_losses) >= 3:
         eval_drop = -rel(view.eval_losses[-1], min(view.eval_losses[:-1]))
-    if drop < s.underfit_min_drop and eval_drop < s.underfit_min_drop / 2:
+    if drop < s.underfit_min_drop and eval_drop < s.underfit_min_drop:
         return []
     what = (f"the train loss fell {sig(100 * drop, 2)}% over the last {len(tail)} points"
             if drop >= s.underfit_min_drop else
