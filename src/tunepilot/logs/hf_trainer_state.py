@@ -16,7 +16,7 @@ from typing import Any
 from tunepilot.errors import UserError
 from tunepilot.logs.base import RunLog, sort_and_dedupe
 from tunepilot.logs.siblings import apply_siblings, flatten
-from tunepilot.logs.values import read_json, to_float, to_int
+from tunepilot.logs.values import read_json, to_float, to_int, to_step
 from tunepilot.stream import EvalPoint, Record, TrainStep
 
 NAME = "trainer_state.json"
@@ -53,11 +53,11 @@ def read(path: Path) -> RunLog:
     if not isinstance(history, list):
         raise UserError(f"{path}: no 'log_history' list; expected an HF Trainer trainer_state.json")
     log = RunLog(records=[], source="hf_trainer_state", path=path)
-    log.records = _records(history, to_int(state.get("logging_steps")) or 1, log)
+    log.records = _records(history, to_step(state.get("logging_steps")) or 1, log)
     log.records, dropped = sort_and_dedupe(log.records)
     if dropped:
         log.notes.append(f"{dropped} repeated step(s) dropped (kept the last entry of each)")
-    log.planned_steps = to_int(state.get("max_steps"))
+    log.planned_steps = to_step(state.get("max_steps"))
     log.extra["best_metric"] = to_float(state.get("best_metric"))
     log.config.update(flatten({"num_train_epochs": state.get("num_train_epochs"),
                                "per_device_train_batch_size": state.get("train_batch_size"),
@@ -72,7 +72,7 @@ def _records(history: list[Any], logging_steps: int, log: RunLog) -> list[Record
     for entry in history:
         if not isinstance(entry, dict):
             continue
-        given = to_int(entry.get("step"))
+        given = to_step(entry.get("step"))
         if given is None:
             inferred += 1
             given = step + logging_steps

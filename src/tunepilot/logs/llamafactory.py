@@ -13,7 +13,7 @@ from typing import Any
 
 from tunepilot.logs.base import RunLog, sort_and_dedupe
 from tunepilot.logs.siblings import apply_siblings
-from tunepilot.logs.values import first_json_object, read_json_lines, to_float, to_int, to_seconds
+from tunepilot.logs.values import first_json_object, read_json_lines, to_float, to_int, to_seconds, to_step
 from tunepilot.stream import EvalPoint, Record, TrainStep
 
 NAME = "trainer_log.jsonl"
@@ -38,7 +38,7 @@ def read(path: Path) -> RunLog:
     records: list[Record] = []
     step, inferred = 0, 0
     for _, row in rows:
-        total = to_int(row.get("total_steps"))
+        total = to_step(row.get("total_steps"))
         if total:
             log.planned_steps = max(log.planned_steps or 0, total)
         given = _step(row, log.planned_steps)
@@ -61,12 +61,12 @@ def read(path: Path) -> RunLog:
 
 def _step(row: dict[str, Any], total: int | None) -> int | None:
     for key in ("current_steps", "step", "global_step"):
-        step = to_int(row.get(key))
+        step = to_step(row.get(key))
         if step is not None:
             return step
     percentage = to_float(row.get("percentage"))
     if percentage is not None and total:
-        return int(round(percentage * total / 100))
+        return to_step(percentage * total / 100)
     return None
 
 

@@ -43,6 +43,15 @@ def to_int(value: Any) -> int | None:
     return int(round(number))
 
 
+MAX_STEP = 10**12  # far beyond any real run; larger "steps" are garbage
+
+
+def to_step(value: Any) -> int | None:
+    """A step count: a non-negative integer below MAX_STEP, else None."""
+    step = to_int(value)
+    return step if step is not None and 0 <= step < MAX_STEP else None
+
+
 _DURATION = re.compile(r"^(?:(\d+)\s+days?,\s*)?(\d+):(\d{1,2}):(\d{1,2}(?:\.\d+)?)$")
 
 
