@@ -32,6 +32,8 @@ class Analyzer:
     records: int = 0
     dropped: int = 0
     truncated: int = 0
+    tokens: int = 0  # after truncation: what trains
+    trainable: int = 0
     _pending: list[tuple[Conversation, Rendered]] = field(default_factory=list)
     _ctx: object = None
 
@@ -91,7 +93,10 @@ class Analyzer:
             for message in check(conv, rendered, ex, self._ctx):
                 self._emit(info.code, conv, message)
         trainable = ex.trainable
-        self.ledger.add(conv, len(ex.input_ids) - trainable, trainable)
+        # Lengths before truncation: outliers and percentiles show what cutoff_len would need.
+        self.ledger.add(conv, ex.full_length - ex.full_trainable, ex.full_trainable)
+        self.tokens += len(ex.input_ids)
+        self.trainable += trainable
         self.truncated += ex.truncated
         if ex.truncated and trainable == 0:
             self.dropped += 1
@@ -137,16 +142,10 @@ class Analyzer:
                     src,
                 )
             )
-        total = int(table["plen"].sum() + table["alen"].sum())
-        if total and table["alen"].sum() < 0.02 * total and not self.settings.train_on_prompt:
+        if self.tokens and self.trainable < 0.02 * self.tokens and not self.settings.train_on_prompt:
+            share = self.trainable / self.tokens
             out.append(
-                Finding(
-                    "warning",
-                    "low_trainable_share",
-                    None,
-                    f"only {table['alen'].sum() / total:.1%} of tokens train",
-                    src,
-                )
+                Finding("warning", "low_trainable_share", None, f"only {share:.1%} of tokens train", src)
             )
         return out
 
@@ -158,15 +157,14 @@ class Analyzer:
             out["prompt_length"] = _percentiles(table["plen"])
             out["answer_length"] = _percentiles(table["alen"])
             return out
-        tokens = table["plen"].astype(np.int64) + table["alen"]
-        trainable = int(table["alen"].sum())
+        untruncated = table["plen"].astype(np.int64) + table["alen"]
         out.update(
             {
                 "unit": "tokens",
-                "tokens": int(tokens.sum()),
-                "trainable_tokens": trainable,
-                "trainable_share": round(trainable / max(1, int(tokens.sum())), 4),
-                "length": _percentiles(tokens),
+                "tokens": self.tokens,
+                "trainable_tokens": self.trainable,
+                "trainable_share": round(self.trainable / max(1, self.tokens), 4),
+                "length": _percentiles(untruncated),
                 "prompt_length": _percentiles(table["plen"]),
                 "answer_length": _percentiles(table["alen"]),
             }

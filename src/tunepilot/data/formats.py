@@ -239,29 +239,41 @@ def _chat(record: dict[str, Any], spec: FormatSpec) -> list[dict[str, str]]:
         raise Problem("missing_field", f"required field '{column}' is missing")
     if not isinstance(value, list):
         raise Problem("wrong_type", f"field '{column}' must be a list of messages, got {_tname(value)}")
-    messages = []
-    for i, m in enumerate(value):
-        if not isinstance(m, dict):
-            raise Problem("wrong_type", f"{column}[{i}] must be an object, got {_tname(m)}")
-        # Either key style is accepted in either format (many "sharegpt" files use role/content).
-        rk, ck = ("from", "value") if "from" in m and "role" not in m else ("role", "content")
-        for key in (rk, ck):
-            if m.get(key) is None and not (key == ck and m.get("tool_calls")):
-                raise Problem("missing_field", f"{column}[{i}] has no '{key}'")
-        role, content = m[rk], m.get(ck) or ""
-        if not isinstance(role, str) or not isinstance(content, str):
-            bad = rk if not isinstance(role, str) else ck
-            raise Problem("wrong_type", f"{column}[{i}].{bad} must be a string, got {_tname(m[bad])}")
-        if role not in ROLE_ALIASES:
-            raise Problem(
-                "unknown_role",
-                f"{column}[{i}] has unknown role {role!r}; use system, user, assistant or tool",
-            )
-        messages.append({"role": ROLE_ALIASES[role], "content": content})
+    messages = [_message(m, f"{column}[{i}]") for i, m in enumerate(value)]
     if not any(m["role"] == "system" for m in messages):
         messages = _system_messages(record, spec) + messages
     check_turns(messages, column)
     return messages
+
+
+def _message(m: Any, where: str) -> dict[str, str]:
+    if not isinstance(m, dict):
+        raise Problem("wrong_type", f"{where} must be an object, got {_tname(m)}")
+    # Either key style is accepted in either format (many "sharegpt" files use role/content).
+    rk, ck = ("from", "value") if "from" in m and "role" not in m else ("role", "content")
+    if m.get(rk) is None:
+        raise Problem("missing_field", f"{where} has no '{rk}'")
+    if m.get(ck) is None and not m.get("tool_calls"):
+        raise Problem("missing_field", f"{where} has no '{ck}'")
+    role = m[rk]
+    if not isinstance(role, str):
+        raise Problem("wrong_type", f"{where}.{rk} must be a string, got {_tname(role)}")
+    if role not in ROLE_ALIASES:
+        raise Problem(
+            "unknown_role", f"{where} has unknown role {role!r}; use system, user, assistant or tool"
+        )
+    return {"role": ROLE_ALIASES[role], "content": _content(m.get(ck) or "", f"{where}.{ck}")}
+
+
+def _content(content: Any, where: str) -> str:
+    """A string, or OpenAI content parts [{"type": "text", "text": ...}] joined (text parts only)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and all(isinstance(p, dict) for p in content):
+        if all(p.get("type") == "text" and isinstance(p.get("text"), str) for p in content):
+            return "".join(p["text"] for p in content)
+        raise Problem("wrong_type", f"{where} has non-text content parts; only text can be trained")
+    raise Problem("wrong_type", f"{where} must be a string, got {_tname(content)}")
 
 
 @register_format("messages", {"messages": "messages"})

@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 Severity = Literal["error", "warning", "info"]
@@ -80,7 +80,8 @@ class Example:
     line: int = 0
     source: str = ""
     truncated: bool = False
-    meta: dict[str, Any] = field(default_factory=dict)
+    full_length: int = 0  # tokens before cutoff_len truncation
+    full_trainable: int = 0  # trainable tokens before truncation
 
     @property
     def trainable(self) -> int:

@@ -46,7 +46,9 @@ def tokenize_batch(rendered: Sequence[Rendered], tokenizer, cutoff_len: int | No
         if r.add_bos and bos is not None:
             ids.insert(0, bos)
             labels.insert(0, IGNORE)
-        out.append(Example(ids, labels))
+        ex = Example(ids, labels)
+        ex.full_length, ex.full_trainable = len(ids), ex.trainable
+        out.append(ex)
     if cutoff_len:
         for ex in out:
             if len(ex.input_ids) > cutoff_len:

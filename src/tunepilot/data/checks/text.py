@@ -56,7 +56,7 @@ def control_characters(conv: Conversation) -> Iterator[str]:
 
 @record_check(
     "replacement_character",
-    "error",
+    "warning",
     "Text holds U+FFFD: it was decoded with errors somewhere upstream and the original characters are lost.",
 )
 def replacement_character(conv: Conversation) -> Iterator[str]:
@@ -82,7 +82,7 @@ def _redecodes(fragment: str) -> bool:
 
 @record_check(
     "mojibake",
-    "error",
+    "warning",
     'Text looks like UTF-8 read as Windows-1252/Latin-1 ("cafÃ©", "donâ€™t"): re-decode the source as UTF-8.',
 )
 def mojibake(conv: Conversation) -> Iterator[str]:
