@@ -181,6 +181,19 @@ def test_overfitting_on_the_real_llamafactory_log():
     assert 0.01 < finding.evidence["rise_relative"] < 0.03 and finding.severity == "warning"
 
 
+def test_noisy_flat_eval_losses_are_not_overfitting():
+    """A small eval set: +-3% noise around a plateau. Its lowest point is luck, not a turning point."""
+    wobble = [0.0, 0.03, -0.02, 0.01, -0.03, 0.02, 0.0, -0.01, 0.03, 0.01, 0.02, 0.03]
+    records = [*train_curve(healthy_train, n=240),
+               *[EvalPoint(step=20 * (i + 1), eval_loss=1.2 * (1 + w)) for i, w in enumerate(wobble)]]
+    assert run_rule("overfitting", records) == []
+
+
+def test_fast_convergence_within_the_first_window_is_not_stalled():
+    records = train_curve(lambda s: 1.0 + 2.0 * math.exp(-s / 3), n=600, noise=0.02)
+    assert run_rule("stalled", records) == []
+
+
 def test_eval_rising_with_train_rising_is_not_called_overfitting():
     records = [*train_curve(lambda s: 1.0 + s / 50), *eval_curve(lambda s: 1.0 + s / 40)]
     assert run_rule("overfitting", records) == []

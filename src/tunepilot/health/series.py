@@ -68,8 +68,9 @@ class RunView:
         return len(self.losses)
 
     def start_level(self) -> float:
-        """Typical loss at the start: the median of the first window of points."""
-        return median(self.losses[: self.window])
+        """Loss at the start: the median of the first 3 points (not of a whole window: a run that
+        converges within its first window would otherwise seem to have started where it ended)."""
+        return median(self.losses[:3])
 
     def end_level(self) -> float:
         return median(self.losses[-self.window:])

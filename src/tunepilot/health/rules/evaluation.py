@@ -3,10 +3,25 @@
 from __future__ import annotations
 
 import math
+from statistics import median
 
 from tunepilot.health.findings import Change, Finding
 from tunepilot.health.registry import rule
-from tunepilot.health.series import RunView, rel, sig
+from tunepilot.health.series import RunView, rel, sig, trailing_median
+
+
+def eval_shape(evals: list[float]) -> tuple[list[float], float]:
+    """(curve to judge, noise share) of the eval losses.
+
+    With 6+ evals the curve is a trailing median of 3, so one lucky eval cannot make a minimum, and
+    the noise is the robust spread of the evals around a centred median of 3, relative to their
+    level: small eval sets give noisy eval losses, and noise must not read as a rise.
+    """
+    if len(evals) < 6:
+        return list(evals), 0.0
+    centred = [median(evals[max(0, i - 1): i + 2]) for i in range(len(evals))]
+    spread = median(abs(e - c) for e, c in zip(evals, centred, strict=True))
+    return trailing_median(evals, 3), 1.4826 * spread / abs(median(evals) or 1.0)
 
 
 @rule("overfitting")
@@ -16,12 +31,16 @@ def overfitting(view: RunView) -> list[Finding]:
     evals = view.eval_losses
     if len(evals) < 3:
         return []
-    best_i = evals.index(min(evals))
-    after = evals[best_i + 1:]
+    curve, noise = eval_shape(evals)
+    low_i = curve.index(min(curve))
+    need = max(s.overfit_min_rise, 3 * noise)
+    if (len(curve) - low_i - 1 < 2 or rel(curve[-1], curve[low_i]) < need
+            or min(curve[-2:]) <= curve[low_i] * (1 + need / 2)):
+        return []
+    window = range(max(0, low_i - 2), low_i + 1)  # the raw evals behind the smoothed minimum
+    best_i = min(window, key=lambda i: evals[i]) if len(evals) >= 6 else low_i
     best, last = evals[best_i], evals[-1]
     rise = rel(last, best)
-    if len(after) < 2 or rise < s.overfit_min_rise or min(after) <= best * (1 + s.overfit_min_rise / 2):
-        return []
     best_step, last_step = view.eval_steps[best_i], view.eval_steps[-1]
     train_then, train_now = view.train_level_at(best_step), view.train_level_at(last_step)
     if train_then is not None and train_now is not None and train_now > train_then * 1.02:
@@ -33,10 +52,11 @@ def overfitting(view: RunView) -> list[Finding]:
         "overfitting", "error" if rise >= 0.05 else "warning",
         f"overfitting from step {best_step}" + (f" (epoch {sig(epoch, 2)})" if epoch is not None else "")
         + f": eval loss rose {sig(best, 4)} -> {sig(last, 4)} (+{sig(last - best)}, +{sig(100 * rise, 2)}%) "
-        f"over {len(after)} evals{train_text}",
+        f"over {len(evals) - best_i - 1} evals{train_text}",
         steps=[best_step, last_step],
         evidence={"from_step": best_step, "from_epoch": epoch, "best_eval_loss": sig(best, 4),
                   "last_eval_loss": sig(last, 4), "rise": sig(last - best), "rise_relative": sig(rise, 2),
+                  "eval_noise": sig(noise, 2),
                   "train_loss_at_best": sig(train_then) if train_then else None,
                   "train_loss_at_end": sig(train_now) if train_now else None},
         changes=_overfit_changes(view, best_step, epoch),
