@@ -19,6 +19,7 @@ REAL_VERDICTS = {
     "lf_qwen3_14b_no_points": "no-training-data",  # logging_steps 996 > 768 steps
     "lf_duplicated_lines_cutoff": "too-short",  # 100 of 6566 steps
     "lf_mistral_translator_cutoff": "too-short",  # 200 of 8660 steps
+    "lf_prediction_only": "no-training-data",  # a do_predict run: progress lines only
     "hf_qwen05_full_verifier": "healthy",  # eval 0.108 -> 0.049, flattening as the cosine LR ends
     "hf_law_lora_sparse_logging": "healthy",  # 6 train points, but 6 evals falling steadily to a plateau
 }
@@ -38,6 +39,11 @@ def test_same_run_as_hf_trainer_state_and_llamafactory_log_gets_the_same_verdict
     a, b = diagnose(from_lf), diagnose(from_hf)
     assert a.verdict == b.verdict
     assert [f.code for f in a.findings if f.verdict] == [f.code for f in b.findings if f.verdict]
+
+
+def test_prediction_run_is_named_as_such():
+    d = diagnose(read_log(FIXTURES / "lf_prediction_only"))
+    assert "prediction run" in d.findings[0].message
 
 
 def test_overfitting_patch_has_before_and_after_from_the_logged_config():

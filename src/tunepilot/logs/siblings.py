@@ -29,7 +29,8 @@ _KEYS = {
     "eval_steps": "eval_steps", "early_stopping_patience": "early_stopping_patience",
     "finetuning_type": "finetuning_type", "model_name_or_path": "model_name_or_path",
     "name_or_path": "model_name_or_path", "base_model_name_or_path": "model_name_or_path",
-    "quantization_bit": "quantization_bit", "logging_steps": "logging_steps",
+    "quantization_bit": "quantization_bit", "logging_steps": "logging_steps", "do_predict": "do_predict",
+    "do_train": "do_train",
 }
 _NUMERIC = {"learning_rate", "lora_alpha", "lora_dropout", "num_train_epochs", "warmup_ratio", "weight_decay",
             "max_grad_norm", "val_size"}
@@ -91,6 +92,8 @@ def _merge(log: RunLog, name: str, data: dict[str, Any]) -> None:
             value = to_float(data.get(key))
             if value is not None:
                 log.extra.setdefault(f"final_{key}", value)
+        if any(key.startswith("predict_") for key in data) and "train_loss" not in data:
+            log.config.setdefault("do_predict", True)  # a prediction run's results
         return
     for key, value in flatten(data).items():
         log.config.setdefault(key, value)

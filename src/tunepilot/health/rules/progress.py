@@ -25,6 +25,8 @@ def no_training_data(view: RunView) -> list[Finding]:
         return []
     evals = [e for e in view.evals if finite(e.eval_loss)]
     why = "the log holds no train loss"
+    if view.config.get("do_predict") and not view.config.get("do_train"):
+        why = "a prediction run (do_predict), not a training run: the log holds no train loss"
     if view.evals:
         why += f" (only {len(view.evals)} evaluation(s)" + (", no eval loss either)" if not evals else ")")
     logging = view.config.get("logging_steps")
