@@ -20,6 +20,7 @@ REAL_VERDICTS = {
     "lf_duplicated_lines_cutoff": "too-short",  # 100 of 6566 steps
     "lf_mistral_translator_cutoff": "too-short",  # 200 of 8660 steps
     "lf_prediction_only": "no-training-data",  # a do_predict run: progress lines only
+    "lf_nine_steps": "underfitting",  # 9 steps, loss 3.34 -> 2.40 and still falling 13% at the end
     "hf_qwen05_full_verifier": "healthy",  # eval 0.108 -> 0.049, flattening as the cosine LR ends
     "hf_law_lora_sparse_logging": "healthy",  # 6 train points, but 6 evals falling steadily to a plateau
 }
