@@ -15,7 +15,7 @@ import optuna
 
 from tunepilot.config import RunConfig
 from tunepilot.engines.base import TrialSpec
-from tunepilot.io import atomic_write_text
+from tunepilot.io import atomic_write_json
 from tunepilot.search import space as space_mod
 from tunepilot.search.budget import BudgetTracker
 from tunepilot.search.loop import SlotLoop
@@ -67,7 +67,7 @@ def run_sweep(setup: SweepSetup, log: Callable[[str], None] | None = None) -> di
             if retried:
                 log(f"resuming: trial(s) {retried} were interrupted; marked failed and retried once")
             _enqueue_first(study, spec)
-            atomic_write_text(sweep_dir / "sweep.yaml", spec.model_dump_json(indent=2))
+            _write_meta(setup, exclusive)
             protocol = PROTOCOLS[spec.protocol.name](
                 spec, study, space_mod.distributions(spec), base, spec.protocol.options
             )
@@ -106,6 +106,14 @@ class _nothing:
 
     def __exit__(self, *exc):
         return None
+
+
+def _write_meta(setup: SweepSetup, exclusive: bool) -> None:
+    """What `tunepilot report` needs to find the study again; a shared storage URL may hold a
+    password, so only the sweep-dir default is written (pass --storage to report the others)."""
+    meta = {"study_name": setup.study_name, "storage": setup.storage if exclusive else None,
+            "spec": setup.spec.model_dump(mode="json")}
+    atomic_write_json(setup.sweep_dir / "sweep.json", meta)
 
 
 def _enqueue_first(study: optuna.Study, spec: SweepSpec) -> None:

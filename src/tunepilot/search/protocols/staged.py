@@ -136,15 +136,7 @@ class Staged(Protocol):
         if not isinstance(winner, Winner):
             return winner
         final = self._run_stage("final", [winner.params], 1.0)
-        if isinstance(final, list):
-            self.decide(
-                "final",
-                winner.params,
-                "one full run with the winner",
-                trial=final[0].number if final else None,
-            )
-            return None
-        return final
+        return None if isinstance(final, list) else final
 
     def _lr_stage(self):
         done = self._run_stage("lr", [{**self.start, "learning_rate": lr} for lr in self.lrs], self.judge_at)
@@ -248,11 +240,14 @@ class Staged(Protocol):
 
     @property
     def done(self) -> bool:
-        final = self._trials("final")
         lr = self._trials("lr")
-        lr_all_failed = len(lr) >= len(self.lrs) and all(t.state == TrialState.FAIL for t in lr)
-        return lr_all_failed or any(t.state in FINISHED for t in final)
-
+        if len(lr) >= len(self.lrs) and all(t.state == TrialState.FAIL for t in lr):
+            return True
+        final = [t for t in self._trials("final") if t.state in FINISHED]
+        if final:
+            self.decide("final", final[0].params, "one full run with the winner",
+                        trial=final[0].number, state=final[0].state.name.lower(), value=final[0].value)
+        return bool(final)
 
 def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
     keys = set(a) | set(b)
