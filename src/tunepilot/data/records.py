@@ -77,12 +77,9 @@ class Example:
 
     input_ids: list[int]
     labels: list[int]
+    trainable: int = 0  # tokens whose label is not -100
     line: int = 0
     source: str = ""
     truncated: bool = False
     full_length: int = 0  # tokens before cutoff_len truncation
     full_trainable: int = 0  # trainable tokens before truncation
-
-    @property
-    def trainable(self) -> int:
-        return sum(1 for t in self.labels if t != -100)

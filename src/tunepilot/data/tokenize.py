@@ -17,44 +17,60 @@ from tunepilot.data.templates import Rendered
 IGNORE = -100
 
 
-def _token_at(enc, b: int, char: int, n_chars: int, step: int) -> int | None:
+def _token_at(enc, char: int, n_chars: int, step: int) -> int | None:
     """The token covering `char`, searching forward (step 1) or backward (-1) over uncovered chars."""
     while 0 <= char < n_chars:
-        t = enc.char_to_token(b, char)
+        t = enc.char_to_token(char)
         if t is not None:
             return t
         char += step
     return None
 
 
+def encode(tokenizer, texts: list[str]) -> list:
+    """`tokenizers.Encoding`s (ids + character offsets). The Rust backend of a fast tokenizer is called
+    directly: the transformers wrapper converts every batch to padded Python structures first, which
+    costs about a quarter of the time here and gives the same ids (tests compare the two)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        return backend.encode_batch(texts, add_special_tokens=False)
+    batch = tokenizer(texts, add_special_tokens=False)
+    if not getattr(batch, "encodings", None):
+        raise TypeError("tunepilot needs a fast (Rust) tokenizer for label masking by character offsets")
+    return batch.encodings
+
+
+def label(r: Rendered, enc, bos: int | None) -> Example:
+    ids = enc.ids
+    labels = [IGNORE] * len(ids)
+    trainable = 0
+    n_chars = len(r.text)
+    for start, end in r.spans:
+        first = _token_at(enc, start, n_chars, 1)
+        last = _token_at(enc, end - 1, n_chars, -1)
+        if first is None or last is None or last < first:
+            continue
+        labels[first : last + 1] = ids[first : last + 1]
+        trainable += last + 1 - first
+    if r.add_bos and bos is not None:
+        ids = [bos, *ids]
+        labels.insert(0, IGNORE)
+    return Example(ids, labels, trainable, full_length=len(ids), full_trainable=trainable)
+
+
+def truncate(ex: Example, cutoff_len: int) -> None:
+    if len(ex.input_ids) > cutoff_len:
+        ex.input_ids, ex.labels, ex.truncated = ex.input_ids[:cutoff_len], ex.labels[:cutoff_len], True
+        ex.trainable = sum(1 for t in ex.labels if t != IGNORE)
+
+
 def tokenize_batch(rendered: Sequence[Rendered], tokenizer, cutoff_len: int | None) -> list[Example]:
     if not rendered:
         return []
-    enc = tokenizer([r.text for r in rendered], add_special_tokens=False)
+    encodings = encode(tokenizer, [r.text for r in rendered])
     bos = tokenizer.bos_token_id
-    out = []
-    for b, r in enumerate(rendered):
-        ids = list(enc["input_ids"][b])
-        labels = [IGNORE] * len(ids)
-        n_chars = len(r.text)
-        for start, end in r.spans:
-            first = _token_at(enc, b, start, n_chars, 1)
-            last = _token_at(enc, b, end - 1, n_chars, -1)
-            if first is None or last is None or last < first:
-                continue
-            labels[first : last + 1] = ids[first : last + 1]
-        if r.add_bos and bos is not None:
-            ids.insert(0, bos)
-            labels.insert(0, IGNORE)
-        ex = Example(ids, labels)
-        ex.full_length, ex.full_trainable = len(ids), ex.trainable
-        out.append(ex)
+    out = [label(r, enc, bos) for r, enc in zip(rendered, encodings, strict=True)]
     if cutoff_len:
         for ex in out:
-            if len(ex.input_ids) > cutoff_len:
-                ex.input_ids, ex.labels, ex.truncated = (
-                    ex.input_ids[:cutoff_len],
-                    ex.labels[:cutoff_len],
-                    True,
-                )
+            truncate(ex, cutoff_len)
     return out
