@@ -22,6 +22,7 @@ FLOPs over peak. Peak is the dense bf16 datasheet figure, 989 TFLOP/s for H100 S
 from __future__ import annotations
 
 import argparse
+import contextlib
 import inspect
 import json
 import os
@@ -258,9 +259,12 @@ def run_packed(arch: str, k: int, args, device: torch.device, dtype: torch.dtype
     engine.advance()  # the warm-up steps (allocator, cuBLAS heuristics)
     _sync(device)
     t0 = time.perf_counter()
-    outcomes = engine.advance()
-    _sync(device)
+    with _profiler(args.profile) as prof:
+        outcomes = engine.advance()
+        _sync(device)
     seconds = time.perf_counter() - t0
+    if prof is not None:
+        _print_profile(prof, seconds)
     assert len(outcomes) == k and all(o.state == "complete" for o in outcomes), outcomes
     tokens = k * args.steps * args.micro * (args.seq - 1)  # trained (shifted) tokens
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -278,6 +282,27 @@ def run_packed(arch: str, k: int, args, device: torch.device, dtype: torch.dtype
     engine.close()
     del engine, model
     return result
+
+
+@contextlib.contextmanager
+def _profiler(enabled: bool):
+    if not enabled:
+        yield None
+        return
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        yield prof
+
+
+def _print_profile(prof, seconds: float) -> None:
+    """Where the timed steps went: top operators by device time and by host time, and GPU busy share."""
+    events = prof.key_averages()
+    device_us = sum(e.self_device_time_total for e in events)
+    print(f"  profile: wall {seconds:.3f} s, device kernels {device_us / 1e6:.3f} s "
+          f"({100 * device_us / 1e6 / seconds:.0f}% busy)")
+    print(events.table(sort_by="self_device_time_total", row_limit=25, max_name_column_width=60))
+    print(events.table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=60))
 
 
 def table(results: list[dict]) -> str:
@@ -319,12 +344,14 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--archs", nargs="+", default=["qwen2.5-0.5b", "llama-3.2-1b"])
     p.add_argument("--ks", nargs="+", type=int, default=[1, 4, 8, 16])
+    p.add_argument("--no-baseline", action="store_true", help="packed runs only (profiling)")
     p.add_argument("--micro", type=int, default=4)
     p.add_argument("--seq", type=int, default=1024)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--out", default=None, help="write results JSON here")
     p.add_argument("--workdir", default="/tmp/packed-bench")
+    p.add_argument("--profile", action="store_true", help="torch.profiler tables of the timed packed steps")
     p.add_argument("--smoke", action="store_true", help="tiny shapes on CPU (checks the script)")
     args = p.parse_args()
     if args.smoke:
@@ -336,10 +363,9 @@ def main() -> None:
     env, results = environment(), []
     print(json.dumps(env), flush=True)
     for arch in args.archs:
-        for fn, name in [
-            (lambda a=arch: run_baseline(a, args, device, dtype), "baseline"),
-            *[(lambda a=arch, k=k: run_packed(a, k, args, device, dtype), f"K={k}") for k in args.ks],
-        ]:
+        runs = [(lambda a=arch: run_baseline(a, args, device, dtype), "baseline")] * (not args.no_baseline)
+        runs += [(lambda a=arch, k=k: run_packed(a, k, args, device, dtype), f"K={k}") for k in args.ks]
+        for fn, name in runs:
             try:
                 results.append(fn())
                 print(f"{arch} {name}: {json.dumps(results[-1])}", flush=True)

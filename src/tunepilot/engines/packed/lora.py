@@ -95,8 +95,8 @@ class MultiLoraLinear(nn.Module):
         segments = [(s, a, b) for s, a, b in self.context.segments if str(s) in self.adapters]
         if not segments:
             return out
-        if self._uniform(segments, x.shape[0]):
-            return out + self._batched_delta(x, segments).to(out.dtype)
+        if self._uniform(segments, x.shape[0]) and x.dtype == out.dtype:
+            return self._batched_add(out, x, segments)
         pieces, row = [], 0
         for slot, a, b in segments:
             if a > row:  # rows of slots that do not target this layer: no delta
@@ -111,8 +111,9 @@ class MultiLoraLinear(nn.Module):
         ad = self.adapters[str(slot)]
         if ad.dropout > 0 and self.context.training:
             x = x * self._dropout_mask(x, slot, ad.dropout)
-        a, b = ad.lora_A.to(x.dtype), ad.lora_B.to(x.dtype)
-        return (x @ a.t()) @ b.t() * ad.scaling
+        # The scaling goes into the small B ([out, r]) instead of the big output ([rows, out]).
+        a, b = ad.lora_A.to(x.dtype), (ad.lora_B * ad.scaling).to(x.dtype)
+        return (x @ a.t()) @ b.t()
 
     def _dropout_mask(self, x: torch.Tensor, slot: int, p: float) -> torch.Tensor:
         # Drawn at the trial's own width, so the mask does not depend on how far the pack pads it.
@@ -134,16 +135,17 @@ class MultiLoraLinear(nn.Module):
         drop = self.context.training and any(self.adapters[str(s)].dropout > 0 for s, _, _ in segments)
         return len(sizes) == 1 and not drop
 
-    def _batched_delta(self, x: torch.Tensor, segments: list[tuple[int, int, int]]) -> torch.Tensor:
-        # K small matmul pairs become two bmm calls: the launch count stops growing with K. Lower
-        # ranks are zero-padded to the highest: the padded rows of A meet padded (zero) columns of
-        # B, so they add exactly 0, and no gradient reaches the real weights through them.
+    def _batched_add(self, out: torch.Tensor, x: torch.Tensor, segments: list) -> torch.Tensor:
+        # K small matmul pairs become two bmm calls (the launch count stops growing with K), and
+        # baddbmm adds the delta into the base output in the matmul's epilogue. The scaling is
+        # folded into the small B. Lower ranks are zero-padded to the highest: padded rows of A
+        # meet zero columns of B, so they add exactly 0 and pass no gradient to the real weights.
         ads = [self.adapters[str(s)] for s, _, _ in segments]
         k, r = len(ads), max(ad.rank for ad in ads)
         pad = torch.nn.functional.pad
-        a = torch.stack([pad(ad.lora_A, (0, 0, 0, r - ad.rank)) for ad in ads]).to(x.dtype)  # [K, r, in]
-        b = torch.stack([pad(ad.lora_B, (0, r - ad.rank)) for ad in ads]).to(x.dtype)  # [K, out, r]
-        scale = torch.tensor([ad.scaling for ad in ads], dtype=x.dtype, device=x.device).view(k, 1, 1)
-        xs = x.reshape(k, -1, x.shape[-1])
-        delta = torch.bmm(torch.bmm(xs, a.transpose(1, 2)), b.transpose(1, 2)) * scale
-        return delta.reshape(*x.shape[:-1], delta.shape[-1])
+        a = torch.stack([ad.lora_A if ad.rank == r else pad(ad.lora_A, (0, 0, 0, r - ad.rank))
+                         for ad in ads]).to(x.dtype)  # [K, r, in]
+        b = torch.stack([(ad.lora_B if ad.rank == r else pad(ad.lora_B, (0, r - ad.rank))) * ad.scaling
+                         for ad in ads]).to(x.dtype)  # [K, out, r]
+        xa = torch.bmm(x.reshape(k, -1, x.shape[-1]), a.transpose(1, 2))
+        return torch.baddbmm(out.reshape(k, -1, out.shape[-1]), xa, b.transpose(1, 2)).view(out.shape)

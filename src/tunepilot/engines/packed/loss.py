@@ -2,43 +2,57 @@
 
 The standard causal-LM loss builds logits for every position ([tokens, vocab], upcast to fp32):
 for 8 trials x 4 x 1,024 tokens and a 152k vocabulary that is 20 GB. Here only positions with a
-label (shifted, != -100) reach lm_head at all, in chunks of `chunk_rows`, and each chunk runs under
-activation checkpointing, so its logits are freed after the forward and recomputed in the backward.
-The value is the same as `F.cross_entropy(logits.float(), labels, ignore_index=-100)`.
+label (shifted, != -100) reach lm_head at all, in chunks of `chunk_rows`. The head is frozen, so
+the only gradient needed is the one w.r.t. the hidden states, and it is computed in the same pass
+as the loss, chunk by chunk: softmax(logits) - onehot(label), times the head weight. Each chunk's
+logits are freed at once; nothing is recomputed and no separate backward pass over [rows, vocab]
+runs (the scheme of fused linear-cross-entropy kernels, here with plain torch ops). The value is
+`F.cross_entropy(logits.float(), labels, reduction="sum")` and the gradient is its gradient.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 IGNORE_INDEX = -100
 
 
-def _chunk_loss(hidden: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor,
-                bias: torch.Tensor | None) -> torch.Tensor:
-    logits = F.linear(hidden, weight, bias).float()
-    return F.cross_entropy(logits, labels, reduction="sum")
+class _LinearCrossEntropy(torch.autograd.Function):
+    """Sum of token losses of lm_head(hidden) against labels; d/d hidden computed in the forward."""
+
+    @staticmethod
+    def forward(ctx, hidden, labels, weight, bias, chunk_rows):
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        grad = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
+        for start in range(0, hidden.shape[0], chunk_rows):
+            h, y = hidden[start:start + chunk_rows], labels[start:start + chunk_rows]
+            logp = torch.log_softmax(F.linear(h, weight, bias).float(), dim=-1)
+            total += -logp.gather(1, y[:, None]).sum()
+            if grad is not None:
+                probs = logp.exp_()  # softmax, in place
+                probs[torch.arange(len(y), device=y.device), y] -= 1.0
+                grad[start:start + chunk_rows] = probs.to(h.dtype) @ weight
+        ctx.save_for_backward(grad)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total):
+        (grad,) = ctx.saved_tensors
+        return grad * grad_total.to(grad.dtype), None, None, None, None
 
 
 def shifted_targets(hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Hidden states [n, H] that predict a trained token, and those tokens [n] (causal shift)."""
     h = hidden[:, :-1].reshape(-1, hidden.shape[-1])
     y = labels[:, 1:].reshape(-1)
-    keep = y != IGNORE_INDEX
-    return h[keep], y[keep]
+    keep = (y != IGNORE_INDEX).nonzero().squeeze(1)  # one host sync for both selections
+    return h.index_select(0, keep), y.index_select(0, keep)
 
 
 def chunked_ce_sum(hidden: torch.Tensor, labels: torch.Tensor, head: torch.nn.Module,
                    chunk_rows: int = 4096) -> torch.Tensor:
     """Sum of token losses (fp32 scalar) over rows of `hidden` [n, H] with targets `labels` [n]."""
-    weight, bias = head.weight, getattr(head, "bias", None)
-    total = hidden.new_zeros((), dtype=torch.float32)
-    for start in range(0, hidden.shape[0], chunk_rows):
-        h, y = hidden[start:start + chunk_rows], labels[start:start + chunk_rows]
-        if torch.is_grad_enabled() and h.requires_grad:
-            total = total + checkpoint(_chunk_loss, h, y, weight, bias, use_reentrant=False)
-        else:
-            total = total + _chunk_loss(h, y, weight, bias)
-    return total
+    if head.weight.requires_grad:
+        raise ValueError("chunked_ce_sum computes no lm_head weight gradient; the head must be frozen")
+    return _LinearCrossEntropy.apply(hidden, labels, head.weight, getattr(head, "bias", None), chunk_rows)

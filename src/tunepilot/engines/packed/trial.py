@@ -48,8 +48,10 @@ class TrialState:
         self.reports = report_steps(fractions, self.steps)
         self.max_grad_norm = t.max_grad_norm if t.max_grad_norm > 0 else float("inf")
         # All LoRA weights are matrices: the standard engine's decay group (ndim >= 2) holds them all.
+        # fused: one kernel for all of a trial's tensors on CUDA (the foreach path launches per chunk)
+        fused = params[0].device.type == "cuda"
         self.optimizer = torch.optim.AdamW(params, lr=t.learning_rate, betas=(t.adam_beta1, t.adam_beta2),
-                                           eps=t.adam_epsilon, weight_decay=t.weight_decay)
+                                           eps=t.adam_epsilon, weight_decay=t.weight_decay, fused=fused)
         name = "constant_with_warmup" if t.lr_scheduler_type.startswith("constant") else t.lr_scheduler_type
         self.scheduler = get_scheduler(name, self.optimizer, num_warmup_steps=self.plan.warmup_steps,
                                        num_training_steps=self.steps)
