@@ -23,6 +23,8 @@ REAL_VERDICTS = {
     "lf_nine_steps": "underfitting",  # 9 steps, loss 3.34 -> 2.40 and still falling 13% at the end
     "hf_qwen05_full_verifier": "healthy",  # eval 0.108 -> 0.049, flattening as the cosine LR ends
     "hf_law_lora_sparse_logging": "healthy",  # 6 train points, but 6 evals falling steadily to a plateau
+    "hf_falcon_lora_imdb_slow": "healthy",  # 3.26 -> ~2.95, slow but still moving in the second half
+    "hf_lora_fast_plateau": "healthy",  # 2.31 -> 1.38 in 50 of 250 steps, then converged
 }
 
 

@@ -26,6 +26,7 @@ def problems(findings):
 
 
 HEALTHY_REAL = ["hf_distilbert_imdb_lora", "hf_qvikhr_lora_noeval", "hf_qwen05_full_verifier",
+                "hf_falcon_lora_imdb_slow", "hf_lora_fast_plateau",
                 "hf_law_lora_sparse_logging"]
 
 
@@ -151,6 +152,15 @@ def test_flat_loss_is_stalled_with_pipeline_checks():
     [finding] = run_rule("stalled", records)
     assert finding.verdict == "stalled" and "learning rate is 0" in finding.message
     assert any("label" in check for check in finding.evidence["checks"])
+
+
+def test_a_loss_that_moved_once_and_froze_is_stalled_and_a_too_high_lr_is_lowered():
+    records = train_curve(lambda s: 6.2 if s < 5 else 5.96, n=150, noise=0.005, lr=0.3)
+    [finding] = run_rule("stalled", records, method="lora", num_params=int(1e6))
+    assert finding.evidence["second_half_improvement"] < 0.01
+    assert "flat over the second half" in finding.message
+    [change] = finding.changes
+    assert change.key == "learning_rate" and change.value < 0.3
 
 
 def test_loss_still_falling_steeply_is_underfitting():

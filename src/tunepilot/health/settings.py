@@ -40,6 +40,8 @@ class HealthSettings(BaseModel):
         0.3, gt=0, description="Oscillating: typical point-to-point jump above this share of the loss.")
     stall_min_improvement: float = Field(
         0.03, ge=0, lt=1, description="Stalled: smoothed loss never fell this share below its start.")
+    stall_plateau_gain: float = Field(
+        0.1, ge=0, lt=1, description="Stalled too: flat over the second half after gaining less than this.")
     underfit_tail_share: float = Field(
         0.25, gt=0, lt=1, description="Underfitting: share of the run, at its end, that is checked.")
     underfit_min_drop: float = Field(

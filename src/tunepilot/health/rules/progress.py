@@ -7,6 +7,7 @@ from statistics import median
 
 from tunepilot.health.findings import Change, Finding
 from tunepilot.health.registry import rule
+from tunepilot.health.rules.learning_rate import lr_range
 from tunepilot.health.series import RunView, finite, rel, sig
 
 STALL_CHECKS = [
@@ -72,28 +73,45 @@ def too_few_points(view: RunView) -> list[Finding]:
 
 @rule("stalled", live=False)
 def stalled(view: RunView) -> list[Finding]:
-    """Stalled: the smoothed train loss never fell stall_min_improvement below where it started."""
+    """Stalled: the smoothed loss barely fell from its start, or gained little and is flat since."""
     s = view.settings
     if view.n < s.min_points:
         return []
     start = view.start_level()
-    best_i = min(range(view.window - 1, view.n), key=lambda i: view.trend[i])
-    best = view.trend[best_i]
+    best = min(view.trend[min(view.window, view.n) - 1:])
     gain = -rel(best, start) if start > 1e-8 else 0.0
-    if gain >= s.stall_min_improvement:
+    half = view.trend[view.n // 2:]
+    half_gain = -rel(min(half), half[0]) if half[0] > 1e-8 else 0.0
+    # A converged run is flat too, but only after a real drop; a flat second half after a small
+    # gain is a run that stopped learning early (LR far too high or low, dead adapter, bad labels).
+    plateau = half_gain < 0.01 and gain < s.stall_plateau_gain
+    if gain >= s.stall_min_improvement and not plateau:
         return []
     lrs = [r.lr for r in view.train if finite(r.lr)]
     lr_note = "; the logged learning rate is 0 throughout" if lrs and max(lrs) <= 0 else ""
+    what = (f"the smoothed train loss went from {sig(start)} to at best {sig(best)} ({sig(100 * gain, 2)}%)"
+            + (" and has been flat over the second half of the run" if plateau else "") + lr_note)
     return [Finding(
-        "stalled", "warning",
-        f"no real improvement: the smoothed train loss went from {sig(start)} to at best {sig(best)} "
-        f"({sig(100 * gain, 2)}%) over {view.n} points{lr_note}",
-        steps=[view.steps[0], view.steps[-1]],
+        "stalled", "warning", f"no real improvement: {what}",
+        steps=[view.steps[0], view.steps[view.n // 2], view.steps[-1]],
         evidence={"start": sig(start), "best": sig(best), "improvement": sig(gain, 2),
-                  "checks": STALL_CHECKS},
-        changes=[Change("learning_rate", "if the pipeline checks pass, the LR is too low to move the loss",
-                        factor=3.0)],
+                  "second_half_improvement": sig(half_gain, 2), "checks": STALL_CHECKS},
+        changes=_stall_lr_change(view, plateau),
         verdict="stalled", instance=0)]
+
+
+def _stall_lr_change(view: RunView, plateau: bool) -> list[Change]:
+    """A loss that never moved wants a larger LR; one that moved once and froze may have had one far
+    too large (the weights saturate and the gradients vanish): the usual range decides."""
+    lr, method = view.learning_rate, view.method if view.method in ("lora", "full") else "lora"
+    low, high = lr_range(method, view.num_params)
+    if lr and lr > high:
+        return [Change("learning_rate", "far above the usual range: the loss froze after the first steps",
+                       value=sig(high / 2, 2))]
+    if plateau and not (lr and lr < low):
+        return []
+    return [Change("learning_rate", "if the pipeline checks pass, the LR is too low to move the loss",
+                   factor=3.0)]
 
 
 @rule("underfitting", live=False)
