@@ -191,6 +191,15 @@ def test_overfitting_on_the_real_llamafactory_log():
     assert 0.01 < finding.evidence["rise_relative"] < 0.03 and finding.severity == "warning"
 
 
+def test_per_epoch_evals_one_clear_rise_is_overfitting_a_small_one_is_not():
+    train = train_curve(lambda s: 0.6 * math.exp(-s / 100) + 0.1, n=300)
+    clear = [EvalPoint(100, 0.35), EvalPoint(200, 0.30), EvalPoint(300, 0.33)]  # +10% at the last epoch
+    [finding] = run_rule("overfitting", [*train, *clear])
+    assert finding.evidence["from_step"] == 200 and finding.evidence["rise_relative"] == pytest.approx(0.1)
+    small = [EvalPoint(100, 0.35), EvalPoint(200, 0.30), EvalPoint(300, 0.306)]  # +2%: noise for one eval
+    assert run_rule("overfitting", [*train, *small]) == []
+
+
 def test_noisy_flat_eval_losses_are_not_overfitting():
     """A small eval set: +-3% noise around a plateau. Its lowest point is luck, not a turning point."""
     wobble = [0.0, 0.03, -0.02, 0.01, -0.03, 0.02, 0.0, -0.01, 0.03, 0.01, 0.02, 0.03]

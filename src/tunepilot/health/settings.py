@@ -48,5 +48,7 @@ class HealthSettings(BaseModel):
         0.06, gt=0, lt=1, description="Underfitting: the loss still fell this share in that end part.")
     overfit_min_rise: float = Field(
         0.01, gt=0, description="Overfitting: eval loss ends this share above its minimum (2+ evals).")
+    overfit_single_rise: float = Field(
+        0.05, gt=0, description="Overfitting on one eval after the minimum: the rise must reach this share.")
     gap_ratio: float = Field(
         0.5, gt=0, description="Gap alert: eval loss this share above the train loss at that step.")

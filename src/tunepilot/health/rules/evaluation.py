@@ -29,13 +29,16 @@ def overfitting(view: RunView) -> list[Finding]:
     """Overfitting: the eval loss rises from its minimum for 2+ evals while the train loss falls."""
     s = view.settings
     evals = view.eval_losses
-    if len(evals) < 3:
+    if len(evals) < 2:
         return []
     curve, noise = eval_shape(evals)
     low_i = curve.index(min(curve))
-    need = max(s.overfit_min_rise, 3 * noise)
-    if (len(curve) - low_i - 1 < 2 or rel(curve[-1], curve[low_i]) < need
-            or min(curve[-2:]) <= curve[low_i] * (1 + need / 2)):
+    evals_after = len(curve) - low_i - 1
+    # one eval after the minimum (per-epoch evals of a short run) must show a clear rise; two or more
+    # may show a smaller one, as long as both of the last two stay up
+    need = max(s.overfit_min_rise if evals_after >= 2 else s.overfit_single_rise, 3 * noise)
+    if (evals_after < 1 or rel(curve[-1], curve[low_i]) < need
+            or (evals_after >= 2 and min(curve[-2:]) <= curve[low_i] * (1 + need / 2))):
         return []
     window = range(max(0, low_i - 2), low_i + 1)  # the raw evals behind the smoothed minimum
     best_i = min(window, key=lambda i: evals[i]) if len(evals) >= 6 else low_i

@@ -46,8 +46,8 @@ def too_few_points(view: RunView) -> list[Finding]:
         return []
     last = view.train[-1].step
     planned = view.planned_steps
-    if len(view.train) < view.settings.min_points and len(view.eval_losses) >= 4:
-        # sparse train logging (logging_steps 100 on a short run) but a real eval curve: judge that
+    if len(view.train) < view.settings.min_points and len(view.eval_losses) >= 3:
+        # sparse train logging (per epoch, or logging_steps 100 on a short run) but an eval curve: judge it
         return [Finding("few_train_points", "info",
                         f"only {len(view.train)} logged train point(s); the {len(view.eval_losses)} eval "
                         "losses carry the judgement", evidence={"points": len(view.train)})]
