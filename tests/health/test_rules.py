@@ -213,9 +213,13 @@ def test_fast_convergence_within_the_first_window_is_not_stalled():
     assert run_rule("stalled", records) == []
 
 
-def test_eval_rising_with_train_rising_is_not_called_overfitting():
-    records = [*train_curve(lambda s: 1.0 + s / 50), *eval_curve(lambda s: 1.0 + s / 40)]
+def test_eval_rising_with_train_rising_is_not_called_overfitting_but_divergence():
+    records = [*train_curve(lambda s: 1.0 + s / 500), *eval_curve(lambda s: 1.0 + s / 100)]
     assert run_rule("overfitting", records) == []
+    [finding] = run_rule("eval_divergence", records)
+    assert finding.verdict == "diverged" and finding.evidence["from_step"] == 20
+    milder = [*train_curve(lambda s: 1.0 + s / 2000), *eval_curve(lambda s: 1.0 + s / 500)]
+    assert run_rule("eval_divergence", milder)[0].verdict == "unstable"
 
 
 def test_widening_train_eval_gap():

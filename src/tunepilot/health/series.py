@@ -76,8 +76,9 @@ class RunView:
         return median(self.losses[-self.window:])
 
     def train_level_at(self, step: int) -> float | None:
-        """Smoothed train loss at a step (the last trend value at or before it)."""
-        best = None
+        """Smoothed train loss at a step: the last trend value at or before it (the first one when the
+        step comes before any logged train loss, as an eval at step 0 or a first log after the eval)."""
+        best = self.trend[0] if self.trend else None
         for s, t in zip(self.steps, self.trend, strict=True):
             if s > step:
                 break

@@ -9,6 +9,9 @@ from tunepilot.health.findings import Change, Finding
 from tunepilot.health.registry import rule
 from tunepilot.health.series import RunView, rel, sig, trailing_median
 
+MIN_GAP_NATS = 0.1  # relative gaps mean little at tiny losses: a gap must also be this large
+EVAL_DIVERGENCE_RISE = 0.2  # eval loss 20% above its best is no noise; with train loss rising, no overfit
+
 
 def eval_shape(evals: list[float]) -> tuple[list[float], float]:
     """(curve to judge, noise share) of the eval losses.
@@ -66,6 +69,36 @@ def overfitting(view: RunView) -> list[Finding]:
         verdict="overfitting", instance=best_step)]
 
 
+@rule("eval_divergence")
+def eval_divergence(view: RunView) -> list[Finding]:
+    """Both curves got worse: the eval loss ends well above its minimum and the train loss rose too."""
+    evals = view.eval_losses
+    if len(evals) < 3 or not view.losses:
+        return []
+    curve, noise = eval_shape(evals)
+    low_i = curve.index(min(curve))
+    eval_rise = rel(curve[-1], curve[low_i])
+    train_then = view.train_level_at(view.eval_steps[low_i])
+    train_now = view.train_level_at(view.eval_steps[-1])
+    train_rise = rel(train_now, train_then) if train_then else 0.0
+    if eval_rise < max(EVAL_DIVERGENCE_RISE, 3 * noise) or train_rise < 0.02 or low_i == len(curve) - 1:
+        return []
+    diverged = max(eval_rise, train_rise) >= 0.5
+    best_step = view.eval_steps[low_i]
+    return [Finding(
+        "eval_divergence", "error" if diverged else "warning",
+        f"the run got worse after step {best_step}: eval loss +{sig(100 * eval_rise, 2)}% above its best "
+        f"and train loss +{sig(100 * train_rise, 2)}% over the same span (not overfitting: the train loss "
+        "rose too); the updates are too large",
+        steps=[best_step, view.eval_steps[-1]],
+        evidence={"from_step": best_step, "eval_rise": sig(eval_rise, 2), "train_rise": sig(train_rise, 2),
+                  "eval_noise": sig(noise, 2)},
+        changes=[Change("learning_rate", "both losses rose: the steps are too large", factor=0.3),
+                 Change("warmup_ratio", "a longer warmup lets the optimizer statistics settle", minimum=0.05),
+                 Change("max_grad_norm", "clip gradients", value=1.0)],
+        verdict="diverged" if diverged else "unstable", instance=best_step)]
+
+
 def _overfit_changes(view: RunView, best_step: int, epoch: float | None) -> list[Change]:
     changes = []
     if epoch is not None and epoch > 0:
@@ -82,9 +115,6 @@ def _overfit_changes(view: RunView, best_step: int, epoch: float | None) -> list
     return changes
 
 
-MIN_GAP_NATS = 0.1
-
-
 @rule("train_eval_gap")
 def train_eval_gap(view: RunView) -> list[Finding]:
     """Train/eval gap: eval loss far above the train loss at the same step, and widening."""
@@ -97,7 +127,6 @@ def train_eval_gap(view: RunView) -> list[Finding]:
         return []
     first, last = gaps[0], gaps[-1]
     ratio = view.settings.gap_ratio
-    # relative gaps mean little at tiny losses (0.02 vs 0.05 is "150%"): also ask for 0.1 nats
     if last[1] <= ratio or last[1] - first[1] <= ratio / 2 or last[2] - last[3] < MIN_GAP_NATS:
         return []
     return [Finding(
