@@ -225,3 +225,22 @@ def test_real_data_has_no_errors(name, shared_data, tok):
     report = validate_data(DataSettings(train=str(shared_data / name), columns=columns), tok)
     assert report.errors == 0, [f for f in report.findings if f.severity == "error"][:5]
     assert report.stats["train"]["records"] > 1000
+
+
+def test_misc_markup_blank_lines_and_symbol_answers():
+    expected = {2: "blank_line", 4: "template_markup", 5: "no_word_characters", 6: "template_markup"}
+    check_file("misc.jsonl", expected, clean=[1, 3, 7])
+
+
+def test_csv_encoding_and_unclosed_quote():
+    check_file("latin1.csv", {3: "invalid_encoding", 6: "malformed_line"}, clean=[2, 4, 5])
+
+
+def test_truncation_is_estimated_without_a_tokenizer(jsonl):
+    rows = [{"prompt": "Short question?", "completion": "Short answer."} for _ in range(3)]
+    rows[1] = {"prompt": "x " * 300, "completion": "cut away"}  # 600 chars = ~150 tokens > 100
+    rows[2] = {"prompt": "Question?", "completion": "word " * 100}  # answer partly cut
+    report = validate_data(DataSettings(train=str(jsonl(rows)), cutoff_len=100))
+    found = by_line(report)
+    assert "truncated_to_zero" in found[2] and "truncated" in found[3] and not found[1] - {"exact_duplicate"}
+    assert "estimated" in next(f.message for f in report.findings if f.line == 2)

@@ -100,7 +100,8 @@ def validate_command(
         []
         if tokenizer is not None
         else [
-            "no model given: token checks (template, masking, truncation, token lengths) were skipped; "
+            "no model given: template, masking and token checks were skipped and truncation is estimated "
+            "from characters; "
             "pass --model or --config"
         ]
     )

@@ -18,6 +18,7 @@ from tunepilot.data.templates import Rendered, render, render_text
 from tunepilot.data.tokenize import tokenize_batch
 
 BATCH = 512
+CHARS_PER_TOKEN = 4
 
 
 @dataclass
@@ -55,11 +56,37 @@ class Analyzer:
         rendered = self._render(conv)
         if self.tokenizer is None or rendered is None:
             plen = sum(len(m["content"]) for m in conv.prompt_messages()) if not conv.is_text else 0
-            self.ledger.add(conv, plen, len(conv.answer() or conv.text or ""))
+            alen = len(conv.answer() or conv.text or "")
+            self.ledger.add(conv, plen, alen)
+            if self.tokenizer is None:
+                self._estimate_truncation(conv, plen, alen)
             return
         self._pending.append((conv, rendered))
         if len(self._pending) >= BATCH:
             self.flush()
+
+    def _estimate_truncation(self, conv: Conversation, plen: int, alen: int) -> None:
+        """Without a tokenizer, truncation is estimated at CHARS_PER_TOKEN characters per token (English
+        text with BPE vocabularies of 32k-150k), so that grossly overlong records are still caught."""
+        cutoff_chars = self.settings.cutoff_len * CHARS_PER_TOKEN
+        note = f"(estimated at {CHARS_PER_TOKEN} characters per token; pass --model for exact counts)"
+        if plen >= cutoff_chars:
+            self.dropped += 1
+            self.truncated += 1
+            self._emit(
+                "truncated_to_zero",
+                conv,
+                f"the prompt alone exceeds cutoff_len={self.settings.cutoff_len} "
+                f"tokens {note}; the record would be dropped",
+            )
+        elif plen + alen > cutoff_chars:
+            self.truncated += 1
+            self._emit(
+                "truncated",
+                conv,
+                f"longer than cutoff_len={self.settings.cutoff_len} tokens {note}; "
+                "the end of the answer would be cut",
+            )
 
     def _render(self, conv: Conversation) -> Rendered | None:
         s = self.settings

@@ -195,12 +195,11 @@ def _history(record: dict[str, Any], spec: FormatSpec) -> list[dict[str, str]]:
 
 
 def _pair(record: dict[str, Any], spec: FormatSpec) -> list[dict[str, str]]:
-    prompt = required_str(record, spec, "prompt", allow_empty=True)
+    # An empty instruction is a defect even when `input` has text: the task itself is missing.
+    prompt = required_str(record, spec, "prompt")
     query = optional_str(record, spec, "query")
     if query and query.strip():
-        prompt = f"{prompt}\n{query}" if prompt.strip() else query
-    if not prompt.strip():
-        raise Problem("empty_field", f"prompt field '{spec.fields['prompt']}' is empty")
+        prompt = f"{prompt}\n{query}"
     response = required_str(record, spec, "response")
     return [
         *_system_messages(record, spec),

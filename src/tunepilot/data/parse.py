@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import chain
 
+from tunepilot.data.checks.registry import severity_of
 from tunepilot.data.detect import SAMPLE, detect_format, guess
 from tunepilot.data.formats import FormatSpec, Problem, to_conversation
 from tunepilot.data.readers import read_records
@@ -54,7 +55,7 @@ def iter_conversations(
 
 def _convert(raw: RawRecord, state: ParseState) -> Conversation | None:
     if raw.error is not None:
-        state.findings.append(Finding("error", raw.code, raw.line, raw.error, raw.source))
+        state.findings.append(Finding(severity_of(raw.code), raw.code, raw.line, raw.error, raw.source))
         return None
     try:
         return to_conversation(raw.value, state.spec, raw.line, raw.source)

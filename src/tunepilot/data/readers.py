@@ -157,6 +157,14 @@ def parse_json_text(text: str, line: int, src: str) -> RawRecord:
         return RawRecord(line, src, error="invalid JSON: nested too deeply")
 
 
+def _more_follows(f) -> bool:
+    """Is there anything but whitespace after the current position (trailing blank lines are fine)?"""
+    pos = f.tell()
+    rest = f.read(65536)
+    f.seek(pos)
+    return bool(rest.strip())
+
+
 def _decode(raw: bytes) -> tuple[str, str | None]:
     try:
         return raw.decode("utf-8"), None
@@ -173,7 +181,10 @@ def read_jsonl(path: Path) -> Iterator[RawRecord]:
                 raw = raw[3:]
             text, bad = _decode(raw)
             if not text.strip():
-                continue  # blank lines carry no record; JSONL readers skip them too
+                # A blank line is no record; reported (as a warning) because strict JSONL readers fail on it.
+                if _more_follows(f):
+                    yield RawRecord(n, src, error="blank line (no record)", code="blank_line")
+                continue
             if bad:
                 yield RawRecord(n, src, error=bad, code="invalid_encoding")
                 continue
@@ -260,29 +271,71 @@ def _skip_ws(text: str, i: int) -> int:
     return i
 
 
+MAX_FIELD_LINES = 200  # a quoted field spanning more lines than this is taken for an unclosed quote
+
+
+def _decoded_lines(f, bad_lines: set[int]) -> Iterator[str]:
+    """Physical lines decoded one by one, so an undecodable line is reported on its own line."""
+    for n, raw in enumerate(f, start=1):
+        if n == 1 and raw.startswith(b"\xef\xbb\xbf"):
+            raw = raw[3:]
+        text, bad = _decode(raw)
+        if bad:
+            bad_lines.add(n)
+        yield text
+
+
 def _read_delimited(path: Path, delimiter: str) -> Iterator[RawRecord]:
     src = str(path)
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
-    with path.open("r", encoding="utf-8-sig", errors="replace", newline="") as f:
-        reader = csv.reader(f, delimiter=delimiter)
-        try:
-            header = next(reader)
-        except StopIteration:
+    bad_lines: set[int] = set()
+    with path.open("rb") as f:
+        # strict: a quote left open at the end of the file is an error, not one giant last field.
+        reader = csv.reader(_decoded_lines(f, bad_lines), delimiter=delimiter, strict=True)
+        header = next(reader, None)
+        if header is None:
             return
+        if len(set(header)) != len(header):
+            dup = sorted({h for h in header if header.count(h) > 1})
+            raise UserError(f"{path}:1: the CSV header repeats column names {dup}; rename them")
         prev = reader.line_num
-        for row in reader:
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as e:
+                start, prev = prev + 1, reader.line_num
+                yield RawRecord(start, src, error=f"CSV syntax: {e} (an unclosed or stray quote?)")
+                continue
             start, prev = prev + 1, reader.line_num
-            if not row or all(not c.strip() for c in row):
-                continue
-            if len(row) != len(header):
-                yield RawRecord(
-                    start,
-                    src,
-                    error=f"CSV row has {len(row)} fields, header has {len(header)}",
-                    code="csv_field_count",
-                )
-                continue
-            yield RawRecord(start, src, dict(zip(header, row, strict=True)))
+            record = _csv_record(header, row, start, prev, src, bad_lines)
+            if record is not None:
+                yield record
+
+
+def _csv_record(header: list[str], row: list[str], start: int, end: int, src: str, bad: set[int]):
+    if not row or all(not c.strip() for c in row):
+        return None
+    if any(n in bad for n in range(start, end + 1)):
+        return RawRecord(
+            start, src, error="invalid UTF-8 in this row; save the file as UTF-8", code="invalid_encoding"
+        )
+    if end - start > MAX_FIELD_LINES:
+        return RawRecord(
+            start,
+            src,
+            error=f"a quoted field runs from line {start} to {end}: probably an "
+            "unclosed quote (the rows inside it were not read)",
+        )
+    if len(row) != len(header):
+        return RawRecord(
+            start,
+            src,
+            error=f"CSV row has {len(row)} fields, header has {len(header)}",
+            code="csv_field_count",
+        )
+    return RawRecord(start, src, dict(zip(header, row, strict=True)))
 
 
 @register_reader("csv")

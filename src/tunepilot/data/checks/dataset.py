@@ -167,7 +167,7 @@ def length_findings(t: np.ndarray, sources: list[str], unit: str) -> list[Findin
     for column, what in (("plen", "prompt"), ("alen", "answer")):
         x = t[column].astype(float)
         ok = x > 0
-        if ok.sum() < 20:
+        if ok.sum() < 5:
             continue
         logs = np.log(x[ok])
         med = float(np.median(logs))

@@ -63,6 +63,7 @@ def severity_of(code: str) -> Severity:
 for _code, _sev, _doc in [
     ("malformed_line", "error", "The line is not valid JSON (the parser's column is given)."),
     ("invalid_encoding", "error", "The line is not valid UTF-8."),
+    ("blank_line", "warning", "A blank line inside a JSONL file (strict JSONL readers reject it)."),
     ("csv_field_count", "error", "A CSV row has a different number of fields than the header."),
     ("duplicate_key", "error", "A JSON object names the same key twice (the parser keeps only the last)."),
     ("wrong_top_level_type", "error", "The record is not an object (e.g. an array, string or number)."),

@@ -25,6 +25,13 @@ _TEMPLATE_LEFTOVER = re.compile(
     r"\{\{\s*\w+\s*\}\}|\{(instruction|input|output|question|answer|prompt|"
     r"response|text|query|context)\}"
 )
+# Template markup or a speaker label baked into the text by an earlier formatting step.
+_MARKUP = re.compile(
+    r"^\s*(assistant|gpt|bot|ai|answer|response|output)\s*:|### (instruction|response|input)\s*:|"
+    r"<\|(assistant|user|system)\|>|\[/?INST\]|<</?SYS>>",
+    re.IGNORECASE,
+)
+_WORD = re.compile(r"\w")
 _HTML = re.compile(r"&(amp|lt|gt|quot|nbsp|#\d+);|<br\s*/?>|</?(div|span|p)>", re.IGNORECASE)
 
 
@@ -145,11 +152,39 @@ def html_markup(conv: Conversation) -> Iterator[str]:
 
 
 @record_check(
+    "template_markup",
+    "warning",
+    'Text holds prompt-template markup or a speaker label ("### Response:", "Assistant:", [INST]) from '
+    "an earlier formatting step: the template adds its own, so the model learns it twice.",
+)
+def template_markup(conv: Conversation) -> Iterator[str]:
+    for name, text in fields(conv):
+        hit = _first(_MARKUP, text)
+        if hit:
+            yield f"{name} contains template markup {hit.strip()!r}"
+            return
+
+
+@record_check(
+    "no_word_characters",
+    "warning",
+    'An answer has no letter or digit (".", "-", "???"); JSON answers such as {} are fine.',
+)
+def no_word_characters(conv: Conversation) -> Iterator[str]:
+    answer = conv.answer()
+    if answer and answer.strip() and not _WORD.search(answer) and answer.strip()[:1] not in "{[":
+        yield f"the answer {answer.strip()[:20]!r} has no letter or digit"
+
+
+@record_check(
     "answer_equals_prompt", "warning", "The answer repeats the prompt verbatim: the model learns to copy."
 )
 def answer_equals_prompt(conv: Conversation) -> Iterator[str]:
     answer, prompt = conv.answer(), conv.prompt_messages()
-    if answer and prompt and prompt[-1]["role"] == "user" and _norm(answer) == _norm(prompt[-1]["content"]):
+    if not (answer and prompt and prompt[-1]["role"] == "user"):
+        return
+    question = prompt[-1]["content"]
+    if abs(len(answer) - len(question)) < 0.2 * len(question) + 4 and _norm(answer) == _norm(question):
         yield "the answer is the same text as the prompt"
 
 
