@@ -25,6 +25,7 @@ REAL_VERDICTS = {
     "hf_law_lora_sparse_logging": "healthy",  # 6 train points, but 6 evals falling steadily to a plateau
     "hf_falcon_lora_imdb_slow": "healthy",  # 3.26 -> ~2.95, slow but still moving in the second half
     "hf_lora_fast_plateau": "healthy",  # 2.31 -> 1.38 in 50 of 250 steps, then converged
+    "hf_news_sentiment_classifier_overfit": "overfitting",  # eval best at epoch 3, +12% by epoch 10
     "hf_whisper_small_lr_too_high": "diverged",  # LR 3e-3: train 1.24 -> 2.16 -> 1.79, eval best at epoch 1
 }
 

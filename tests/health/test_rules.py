@@ -120,6 +120,18 @@ def test_one_spike_warns_many_spikes_are_unstable():
     assert finding.evidence["count"] == 6 and finding.verdict == "unstable"
 
 
+def test_rounding_at_tiny_losses_and_small_grad_norms_are_not_spikes():
+    records = train_curve(lambda s: 0.0001, noise=0.0)
+    for r in records[::7]:
+        r.loss = 0.0003  # a loss logged to 4 decimals: 3x, but nothing happened
+    for r in records[::9]:
+        r.grad_norm = 0.5  # 5x the usual 0.1 here, still under a clip norm of 1
+        r.loss = 0.0003
+    for r in records:
+        r.grad_norm = r.grad_norm if r.grad_norm == 0.5 else 0.01
+    assert run_rule("loss_spikes", records) == [] and run_rule("grad_norm", records) == []
+
+
 def test_bouncing_loss_is_oscillation():
     records = train_curve(lambda s: healthy_train(s) * (1.5 if s % 2 else 0.7), noise=0.02)
     [finding] = run_rule("oscillation", records)

@@ -65,12 +65,18 @@ def divergence(view: RunView) -> list[Finding]:
         verdict="unstable", instance=view.steps[begin])]
 
 
-def _spikes(values: list[float], window: int, factor: float) -> list[int]:
-    """Indices where a value exceeds factor x the median of the window before it."""
+# Below these a "spike" is rounding (losses logged to 4 decimals: 0.0001 -> 0.0003 is 3x) or harmless
+# (a grad norm under the usual clip norm of 1 cannot blow up an update).
+LOSS_SPIKE_MIN_JUMP = 0.05
+GRAD_SPIKE_MIN_NORM = 1.0
+
+
+def _spikes(values: list[float], window: int, factor: float, floor: float = 0.0) -> list[int]:
+    """Indices where a value exceeds factor x the median of the window before it (and the floor)."""
     out = []
     for i in range(window, len(values)):
         base = median(values[i - window: i])
-        if base > 0 and values[i] > factor * base:
+        if base > 0 and values[i] > factor * base and values[i] > floor:
             out.append(i)
     return out
 
@@ -83,7 +89,8 @@ def _unstable(count: int, n: int, share: float) -> bool:
 def loss_spikes(view: RunView) -> list[Finding]:
     """Loss spikes: a point above spike_factor x the median of the points before it."""
     s = view.settings
-    idx = _spikes(view.losses, view.window, s.spike_factor)
+    idx = [i for i in _spikes(view.losses, view.window, s.spike_factor)
+           if view.losses[i] - median(view.losses[i - view.window: i]) >= LOSS_SPIKE_MIN_JUMP]
     if not idx:
         return []
     steps = [view.steps[i] for i in idx]
@@ -131,9 +138,9 @@ def grad_norm(view: RunView) -> list[Finding]:
     if len(pairs) < view.window + 1:
         return []
     norms = [g for _, g in pairs]
-    idx = _spikes(norms, view.window, s.grad_norm_factor)
+    idx = _spikes(norms, view.window, s.grad_norm_factor, floor=GRAD_SPIKE_MIN_NORM)
     early, late = median(norms[: max(3, len(norms) // 4)]), median(norms[-max(3, len(norms) // 4):])
-    growing = len(norms) >= 12 and early > 0 and late > s.grad_norm_factor * early
+    growing = len(norms) >= 12 and early > 0 and late > max(s.grad_norm_factor * early, GRAD_SPIKE_MIN_NORM)
     if not idx and not growing:
         return []
     many = _unstable(len(idx), len(norms), s.unstable_share) or growing
