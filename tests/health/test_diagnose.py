@@ -90,3 +90,19 @@ def test_healthy_run_has_no_change_to_make():
 def test_verdicts_are_the_fixed_set():
     assert VERDICTS == ("no-training-data", "diverged", "too-short", "unstable", "overfitting", "stalled",
                         "underfitting", "healthy")
+
+
+def test_all_labels_masked_pattern_is_diverged(tmp_path):
+    """The log_history of a real report (an IndoT5 run whose collator masked every label): eval loss NaN,
+    train loss 0.0 with a NaN grad norm, BLEU kept as a metric."""
+    import json
+
+    evals = [{"eval_loss": float("nan"), "eval_bleu_4": 0.0277, "eval_rouge_l": 0.0, "epoch": e, "step": s}
+             for e, s in ((1.0, 28), (2.0, 56), (3.0, 84))]
+    history = [evals[0], {"loss": 0.0, "grad_norm": float("nan"), "learning_rate": 9.8e-05, "epoch": 1.8, "step": 50},
+               evals[1], evals[2], {"train_loss": 0.0, "epoch": 3.0, "step": 84}]
+    path = tmp_path / "trainer_state.json"
+    path.write_text(json.dumps({"log_history": history, "max_steps": 84}))  # NaN written as JSON's NaN token
+    d = diagnose(read_log(path))
+    assert d.verdict == "diverged" and d.findings[0].code == "nan_inf"
+    assert read_log(path).eval_points[0].metrics == {"bleu_4": 0.0277, "rouge_l": 0.0}
