@@ -289,6 +289,13 @@ def test_noisy_per_step_healthy_run_stays_healthy():
     assert diagnose(as_log(records)).verdict == "healthy"
 
 
+def test_a_loss_that_goes_negative_is_not_judged_by_ratios():
+    """Some preference-optimisation losses cross zero; a ratio to a negative minimum means nothing."""
+    records = train_curve(lambda s: max(-0.5, 0.7 - s / 100) if s < 150 else -0.4, noise=0.02)
+    for code in ("divergence", "stalled", "loss_spikes", "oscillation"):
+        assert problems(run_rule(code, records)) == [], code
+
+
 def test_a_train_step_without_loss_is_ignored_by_the_rules():
     records = [*healthy(), TrainStep(step=201, loss=None)]
     assert diagnose(as_log(records, method="lora", learning_rate=1e-4)).verdict == "healthy"

@@ -78,6 +78,8 @@ def stalled(view: RunView) -> list[Finding]:
     if view.n < s.min_points:
         return []
     start = view.start_level()
+    if start < 0:
+        return []  # a loss that can be negative (some preference losses): no relative gain to judge
     best = min(view.trend[min(view.window, view.n) - 1:])
     gain = -rel(best, start) if start > 1e-8 else 0.0
     half = view.trend[view.n // 2:]

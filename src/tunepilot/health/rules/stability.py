@@ -24,7 +24,7 @@ def _rising_stretch(view: RunView) -> tuple[int, int, int] | None:
         # "worse than where it began" only counts once the loss had first improved past the start
         # phase: a slightly rising first few steps of warmup is common and harmless
         worse = t > 1.25 * start and t > 1.5 * run_min and min_i >= view.window
-        high = t > s.divergence_factor * run_min or worse
+        high = run_min > 0 and (t > s.divergence_factor * run_min or worse)  # ratios need a positive loss
         if high and i > min_i:
             begin = i if begin is None else begin
             stretch = (begin, i, min_i)
