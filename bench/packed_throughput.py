@@ -325,6 +325,7 @@ def environment() -> dict:
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
     ).stdout.strip()
+    commit = commit or os.environ.get("BENCH_COMMIT", "")  # the device copy has no .git: pass it in
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     import peft
     import transformers

@@ -114,9 +114,11 @@ class PackedEngine:
             raise UserError(f"trial {spec.number}: no training examples")
         self._slots[slot] = TrialState(spec.number, slot, cfg, params, train, evals, spec.report_fractions)
         run_dir = Path(spec.run_dir) if spec.run_dir else None
+        writer = MetricsWriter(run_dir / "metrics.jsonl") if run_dir else None
+        if writer is not None:
+            writer.truncate_after(0)  # a rerun trial in the same directory starts a fresh stream
         self._extra[slot] = {"targets": targets, "t0": self.clock(), "run_dir": run_dir,
-                             "params": spec.params,
-                             "writer": MetricsWriter(run_dir / "metrics.jsonl") if run_dir else None}
+                             "params": spec.params, "writer": writer}
 
     def _check_compatible(self, cfg: Any) -> None:
         if cfg.method.finetuning_type != "lora" or cfg.model.quantization_bit is not None:
@@ -235,10 +237,10 @@ def _memory_mb(device: torch.device) -> float | None:
 
 
 def _load(config: Any) -> tuple[torch.nn.Module, int]:
-    from tunepilot.models import load_model, load_tokenizer
+    from tunepilot.models import load_model, load_tokenizer, resolve_device
 
     tokenizer = load_tokenizer(config.model)
-    return load_model(config.model), tokenizer.pad_token_id
+    return load_model(config.model, resolve_device(config.train.device)), tokenizer.pad_token_id
 
 
 def _prepared_data(config: Any) -> DataFn:
