@@ -250,6 +250,7 @@ def run_packed(arch: str, k: int, args, device: torch.device, dtype: torch.dtype
     budget = pmem.memory_budget(device)
     checkpointing = budget is not None and k * per_trial + pmem.shared_bytes(shape, 2048) > budget
     if checkpointing:  # K trials' activations would not fit: recompute them instead
+        per_trial = pmem.trial_bytes(shape, lora_param_count(model), args.micro, args.seq, True)
         base = build_config({**raw, "gradient_checkpointing": True}, check_paths=False)[0]
     engine = PackedEngine(base, k, model=model, pad_id=0, data=lambda cfg: (train, []))
     for i in range(k):
