@@ -50,8 +50,9 @@ class Finding:
         return data
 
 
-def lower_lr(factor: float, reason: str) -> Change:
-    return Change("learning_rate", reason, factor=factor)
+def lower_lr(factor: float, reason: str, ceiling: float | None = None) -> Change:
+    """LR x factor, and no higher than `ceiling` (a factor of 0.3 does not fix an LR 1000x too high)."""
+    return Change("learning_rate", reason, factor=factor, maximum=ceiling)
 
 
 def clip_gradients(reason: str = "clip gradients so one bad batch cannot blow up the update") -> Change:

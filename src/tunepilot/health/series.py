@@ -105,3 +105,11 @@ def sig(x: float, digits: int = 3) -> float:
     if not finite(x) or x == 0:
         return x
     return round(x, -int(math.floor(math.log10(abs(x)))) + digits - 1)
+
+
+def size_text(n: float) -> str:
+    """7B, 135M, 49K: a parameter count as people say it."""
+    for scale, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if abs(n) >= scale:
+            return f"{sig(n / scale, 2):g}{unit}"
+    return f"{n:g}"

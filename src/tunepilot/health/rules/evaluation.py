@@ -5,8 +5,9 @@ from __future__ import annotations
 import math
 from statistics import median
 
-from tunepilot.health.findings import Change, Finding
+from tunepilot.health.findings import Change, Finding, lower_lr
 from tunepilot.health.registry import rule
+from tunepilot.health.rules.learning_rate import lr_ceiling
 from tunepilot.health.series import RunView, rel, sig, trailing_median
 
 MIN_GAP_NATS = 0.1  # relative gaps mean little at tiny losses: a gap must also be this large
@@ -93,7 +94,7 @@ def eval_divergence(view: RunView) -> list[Finding]:
         steps=[best_step, view.eval_steps[-1]],
         evidence={"from_step": best_step, "eval_rise": sig(eval_rise, 2), "train_rise": sig(train_rise, 2),
                   "eval_noise": sig(noise, 2)},
-        changes=[Change("learning_rate", "both losses rose: the steps are too large", factor=0.3),
+        changes=[lower_lr(0.3, "both losses rose: the steps are too large", lr_ceiling(view)),
                  Change("warmup_ratio", "a longer warmup lets the optimizer statistics settle", minimum=0.05),
                  Change("max_grad_norm", "clip gradients", value=1.0)],
         verdict="diverged" if diverged else "unstable", instance=best_step)]

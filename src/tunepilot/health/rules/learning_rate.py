@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from tunepilot.health.findings import Change, Finding
 from tunepilot.health.registry import rule
-from tunepilot.health.series import RunView, sig
+from tunepilot.health.series import RunView, sig, size_text
 
 BASE_RANGE = {"lora": (1e-5, 1e-3), "full": (1e-6, 1e-4)}
 SIZE_EXPONENT = {"lora": 0.25, "full": 0.5}
@@ -27,23 +27,31 @@ def lr_range(method: str, num_params: int | None) -> tuple[float, float]:
     return low, high
 
 
+def usual_range(view: RunView) -> tuple[float, float, str]:
+    """(low, high, method label) for the run; an unknown method gets the union of both ranges."""
+    if view.method in BASE_RANGE:
+        low, high = lr_range(view.method, view.num_params)
+        return low, high, view.method
+    return lr_range("full", view.num_params)[0], lr_range("lora", view.num_params)[1], "lora or full"
+
+
+def lr_ceiling(view: RunView) -> float:
+    """The most an instability fix should suggest: half the top of the usual range."""
+    return sig(usual_range(view)[1] / 2, 2)
+
+
 @rule("lr_range")
 def lr_out_of_range(view: RunView) -> list[Finding]:
     """Configured (or peak logged) learning rate outside the usual range for the method and size."""
     lr = view.learning_rate
     if not lr or lr <= 0:
         return []
-    if view.method in BASE_RANGE:
-        method = view.method
-        low, high = lr_range(method, view.num_params)
-    else:  # method unknown: only flag what is out of range for both methods
-        method = "lora or full"
-        low, high = lr_range("full", view.num_params)[0], lr_range("lora", view.num_params)[1]
+    low, high, method = usual_range(view)  # method unknown: only what is out of range for both
     if low <= lr <= high:
         return []
     above = lr > high
     suggestion = high / 2 if above else low * 2
-    size = f", {sig(view.num_params / 1e9, 2)}B parameters" if view.num_params else ""
+    size = f", {size_text(view.num_params)} parameters" if view.num_params else ""
     return [Finding(
         "lr_range", "warning",
         f"learning rate {sig(lr)} is {'above' if above else 'below'} the usual range {sig(low, 2)} .. "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from tunepilot.health.findings import Change, Finding, clip_gradients, lower_lr, more_warmup
 from tunepilot.health.registry import rule
+from tunepilot.health.rules.learning_rate import lr_ceiling
 from tunepilot.health.series import RunView, finite, sig
 
 
@@ -29,7 +30,7 @@ def nan_inf(view: RunView) -> list[Finding]:
             "likely corrupted from there on",
             steps=bad[:20], evidence={"first_step": bad[0], "count": len(bad),
                                       "last_finite_step": last_good[-1] if last_good else None},
-            changes=[lower_lr(0.3, "NaN/Inf almost always means the update was too large"),
+            changes=[lower_lr(0.3, "NaN/Inf almost always means the update was too large", lr_ceiling(view)),
                      clip_gradients(), more_warmup(0.05)],
             verdict="diverged", stop=view.settings.stop_on_nan, instance=bad[0])]
     if grad_bad:
@@ -59,7 +60,8 @@ def zero_collapse(view: RunView) -> list[Finding]:
             "in the batch (label masking), or an fp16 overflow reported as 0",
             steps=[view.steps[i] for i in zeros[:20]],
             evidence={"step": step, "loss_before": sig(level), "zero_points": len(zeros)},
-            changes=[lower_lr(0.3, "a collapse after a real loss follows an update that was too large")],
+            changes=[lower_lr(0.3, "a collapse after a real loss follows an update that was too large",
+                              lr_ceiling(view))],
             verdict="diverged", stop=view.settings.stop_on_collapse, instance=step)]
     return [Finding(
         "zero_loss", "warning",

@@ -6,6 +6,7 @@ from statistics import median
 
 from tunepilot.health.findings import Change, Finding, clip_gradients, lower_lr, more_warmup
 from tunepilot.health.registry import rule
+from tunepilot.health.rules.learning_rate import lr_ceiling
 from tunepilot.health.series import RunView, finite, rel, sig
 
 
@@ -47,7 +48,7 @@ def divergence(view: RunView) -> list[Finding]:
     evidence = {"min_step": view.steps[min_i], "min_loss": sig(view.trend[min_i]),
                 "from_step": view.steps[begin], "loss": sig(view.trend[end]),
                 "ratio_to_min": sig(view.trend[end] / view.trend[min_i]) if view.trend[min_i] else None}
-    changes = [lower_lr(0.3, "the loss ran away from its minimum: the steps are too large"),
+    changes = [lower_lr(0.3, "the loss ran away from its minimum: the steps are too large", lr_ceiling(view)),
                more_warmup(0.05), clip_gradients()]
     if ongoing:
         return [Finding(
@@ -102,7 +103,8 @@ def loss_spikes(view: RunView) -> list[Finding]:
         f"{view.steps[worst]}: {sig(view.losses[worst])})" + ("; too many for a stable run" if many else ""),
         steps=steps[:50], evidence={"count": len(idx), "share": sig(len(idx) / view.n),
                                     "worst_step": view.steps[worst], "worst_loss": sig(view.losses[worst])},
-        changes=[lower_lr(0.5, "spikes are updates that overshoot"), clip_gradients(), more_warmup(0.05)],
+        changes=[lower_lr(0.5, "spikes are updates that overshoot", lr_ceiling(view)), clip_gradients(),
+                 more_warmup(0.05)],
         verdict="unstable" if many else None, instance=steps[-1])]
 
 
@@ -125,7 +127,7 @@ def oscillation(view: RunView) -> list[Finding]:
         "this batch size, or the batches are very uneven",
         steps=[view.steps[view.n // 2], view.steps[-1]],
         evidence={"median_jump": sig(jump), "level": sig(level), "ratio": sig(ratio)},
-        changes=[lower_lr(0.4, "smaller steps stop the bouncing"), more_warmup(0.1),
+        changes=[lower_lr(0.4, "smaller steps stop the bouncing", lr_ceiling(view)), more_warmup(0.1),
                  Change("gradient_accumulation_steps", "a larger batch averages the noise out", factor=2)],
         verdict="unstable", instance=view.steps[view.n // 2])]
 
@@ -153,5 +155,6 @@ def grad_norm(view: RunView) -> list[Finding]:
         evidence={"count": len(idx), "early_median": sig(early), "late_median": sig(late),
                   "max": sig(max(norms)), "max_step": pairs[norms.index(max(norms))][0],
                   "growth": sig(rel(late, early) + 1, 2)},
-        changes=[clip_gradients(), lower_lr(0.5, "large gradients times a large LR are the instability")],
+        changes=[clip_gradients(),
+                 lower_lr(0.5, "large gradients times a large LR are the instability", lr_ceiling(view))],
         verdict="unstable" if many else None, instance=steps[-1] if steps else 0)]
