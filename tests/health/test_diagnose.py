@@ -106,3 +106,11 @@ def test_all_labels_masked_pattern_is_diverged(tmp_path):
     d = diagnose(read_log(path))
     assert d.verdict == "diverged" and d.findings[0].code == "nan_inf"
     assert read_log(path).eval_points[0].metrics == {"bleu_4": 0.0277, "rouge_l": 0.0}
+
+
+def test_an_lr_far_too_high_is_brought_into_the_usual_range_not_just_scaled():
+    records = train_curve(lambda s: 1.0 + 2.0 * math.exp(-s / 40))
+    records[120].loss = math.nan
+    d = diagnose(as_log(records, method="lora", learning_rate=0.5, num_params=int(7e9)))
+    lr = next(r for r in d.recommendations if r["key"] == "learning_rate")
+    assert lr["before"] == 0.5 and lr["after"] == pytest.approx(3e-4, rel=0.05)  # half of 6.1e-4, not 0.15
