@@ -187,9 +187,10 @@ class PackedEngine:
         out: list[Progress] = []
         for t in ready:
             value = evals[t.number] if evals[t.number] is not None else t.last_loss
-            t.evals.append((t.step, value))
-            self._write(t, EvalPoint(step=t.step, eval_loss=evals[t.number], epoch=t.epoch,
-                                     seconds=self._seconds(t)))
+            t.evals.append((t.step, value))  # without an eval set the objective is the train loss
+            if evals[t.number] is not None:
+                self._write(t, EvalPoint(step=t.step, eval_loss=evals[t.number], epoch=t.epoch,
+                                         seconds=self._seconds(t)))
             if not math.isfinite(value):
                 out.append(self._finish(t, "failed", None, f"eval loss is {value} at step {t.step}"))
             elif t.done:  # the objective of a finished trial is its best eval, as in the standard engine

@@ -16,6 +16,7 @@ from torch import nn
 from tunepilot.engines.packed.inject import wrap_linears
 from tunepilot.engines.packed.lora import PackContext, _mix_seed
 from tunepilot.engines.packed.loss import IGNORE_INDEX, chunked_ce_sum, shifted_targets
+from tunepilot.errors import UserError
 
 Example = dict[str, Any]  # {"input_ids": [...], "labels": [...]}
 
@@ -23,6 +24,9 @@ Example = dict[str, Any]  # {"input_ids": [...], "labels": [...]}
 class Pack:
     def __init__(self, model: nn.Module, pad_id: int, chunk_rows: int = 4096,
                  gradient_checkpointing: bool = False):
+        if getattr(model.config, "final_logit_softcapping", None) or getattr(model.config, "logit_scale", None):
+            raise UserError(f"{model.config.model_type}: logits are soft-capped or scaled after lm_head; the "
+                            "packed engine's fused loss does not do that; use engine: standard")
         self.model = model
         self.pad_id = pad_id
         self.chunk_rows = chunk_rows
