@@ -41,7 +41,7 @@ class HealthSettings(BaseModel):
     stall_min_improvement: float = Field(
         0.03, ge=0, lt=1, description="Stalled: smoothed loss never fell this share below its start.")
     stall_plateau_gain: float = Field(
-        0.1, ge=0, lt=1, description="Stalled too: flat over the second half after gaining less than this.")
+        0.06, ge=0, lt=1, description="Stalled too: flat over the second half after gaining less than this.")
     underfit_tail_share: float = Field(
         0.25, gt=0, lt=1, description="Underfitting: share of the run, at its end, that is checked.")
     underfit_min_drop: float = Field(

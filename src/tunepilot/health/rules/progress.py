@@ -10,6 +10,8 @@ from tunepilot.health.registry import rule
 from tunepilot.health.rules.learning_rate import lr_range
 from tunepilot.health.series import RunView, finite, rel, sig
 
+UNDERFIT_MIN_PACE = 0.4  # the end must fall at 40% or more of the run's average pace per point
+
 STALL_CHECKS = [
     "labels: are the response tokens trained (label masking, train_on_prompt)? a batch of masked labels "
     "gives no gradient",
@@ -126,6 +128,13 @@ def underfitting(view: RunView) -> list[Finding]:
     third = max(2, len(tail) // 3)
     before, after = median(tail[:third]), median(tail[-third:])
     drop = -rel(after, before)
+    # "steeply": the end still falls at a good share of the run's average pace, not a long tail
+    # flattening out (a 6% drop at the end of a run that fell 60% is convergence)
+    overall = view.start_level() - view.end_level()  # in loss units: relative drops shrink with the level
+    tail_rate = (before - after) / max(1, len(tail) - third)
+    pace = tail_rate / (overall / max(1, view.n - 1)) if overall > 0 else 0.0
+    if pace < UNDERFIT_MIN_PACE:
+        drop = 0.0
     eval_drop = 0.0  # the last eval against the best before it: still improving, and by how much
     if len(view.eval_losses) >= 3:
         eval_drop = -rel(view.eval_losses[-1], min(view.eval_losses[:-1]))
@@ -137,7 +146,8 @@ def underfitting(view: RunView) -> list[Finding]:
     return [Finding(
         "underfitting", "warning", f"still learning at the end: {what}; a longer run would likely do better",
         steps=[view.steps[-len(tail)], view.steps[-1]],
-        evidence={"tail_points": len(tail), "tail_drop": sig(drop, 2), "last_eval_drop": sig(eval_drop, 2),
+        evidence={"tail_points": len(tail), "tail_drop": sig(drop, 2), "tail_pace": sig(pace, 2),
+                  "last_eval_drop": sig(eval_drop, 2),
                   "end_loss": sig(view.end_level())},
         changes=[Change("num_train_epochs", "the loss had not levelled off", factor=2.0),
                  Change("learning_rate", "or reach the plateau sooner with a larger LR", factor=1.5),

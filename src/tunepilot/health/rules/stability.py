@@ -108,6 +108,17 @@ def loss_spikes(view: RunView) -> list[Finding]:
         verdict="unstable" if many else None, instance=steps[-1])]
 
 
+def _zigzag(values: list[float], window: int) -> float:
+    """Lag-1 autocorrelation of the residuals around a centred median: about 0 for batch noise,
+    strongly negative when each step overshoots the last (the loss bounces up, down, up)."""
+    half = window // 2
+    resid = [v - median(values[max(0, i - half): i + half + 1]) for i, v in enumerate(values)]
+    mean = sum(resid) / len(resid)
+    dev = [r - mean for r in resid]
+    var = sum(d * d for d in dev)
+    return sum(a * b for a, b in zip(dev, dev[1:], strict=False)) / var if var > 0 else 0.0
+
+
 @rule("oscillation")
 def oscillation(view: RunView) -> list[Finding]:
     """Oscillation: the typical step-to-step jump is large relative to the smoothed loss level."""
@@ -119,17 +130,21 @@ def oscillation(view: RunView) -> list[Finding]:
     level = median(half)
     if level < 0.05 or jump / level <= s.oscillation_ratio:
         return []
-    ratio = jump / level
+    ratio, zigzag = jump / level, _zigzag(half, max(3, view.window | 1))
+    # Small batches make a per-step loss noisy without anything being wrong: that is a warning.
+    # A bouncing loss (each step overshooting the last) or an extreme jump is an unstable run.
+    unstable = zigzag < -0.25 or ratio > 2 * s.oscillation_ratio
     return [Finding(
         "oscillation", "warning",
         f"the loss jumps by {sig(100 * ratio, 2)}% of its level from one logged point to the next over the "
-        f"second half of the run (median jump {sig(jump)} at level {sig(level)}): the LR is too high for "
-        "this batch size, or the batches are very uneven",
+        f"second half of the run (median jump {sig(jump)} at level {sig(level)})"
+        + (": it bounces, the LR is too high for this batch size" if unstable
+           else ": noisy batches (a larger batch or gradient accumulation would smooth it)"),
         steps=[view.steps[view.n // 2], view.steps[-1]],
-        evidence={"median_jump": sig(jump), "level": sig(level), "ratio": sig(ratio)},
+        evidence={"median_jump": sig(jump), "level": sig(level), "ratio": sig(ratio), "zigzag": sig(zigzag, 2)},
         changes=[lower_lr(0.4, "smaller steps stop the bouncing", lr_ceiling(view)), more_warmup(0.1),
                  Change("gradient_accumulation_steps", "a larger batch averages the noise out", factor=2)],
-        verdict="unstable", instance=view.steps[view.n // 2])]
+        verdict="unstable" if unstable else None, instance=view.steps[view.n // 2])]
 
 
 @rule("grad_norm")
