@@ -46,30 +46,27 @@ def too_few_points(view: RunView) -> list[Finding]:
     """Too few logged train points to judge, or a run cut off far before its planned end."""
     if not view.train:
         return []
-    last = view.train[-1].step
-    planned = view.planned_steps
-    if len(view.train) < view.settings.min_points and len(view.eval_losses) >= 3:
+    last, planned = view.train[-1].step, view.planned_steps
+    share = f"{sig(100 * last / planned, 2)}%" if planned else ""
+    evidence = {"last_step": last, "planned_steps": planned}
+    if planned and last < 0.1 * planned:
+        return [Finding("cut_off", "warning", f"the run stopped at step {last} of its planned {planned} "
+                        f"({share}): too early to judge", verdict="too-short", steps=[last], evidence=evidence)]
+    few = len(view.train) < view.settings.min_points
+    if few and len(view.eval_losses) >= 3:
         # sparse train logging (per epoch, or logging_steps 100 on a short run) but an eval curve: judge it
         return [Finding("few_train_points", "info",
                         f"only {len(view.train)} logged train point(s); the {len(view.eval_losses)} eval "
                         "losses carry the judgement", evidence={"points": len(view.train)})]
-    if len(view.train) < view.settings.min_points:
+    if few:
         return [Finding("too_few_points", "warning",
                         f"only {len(view.train)} logged train point(s) (fewer than "
                         f"{view.settings.min_points}): too few to judge the curve", verdict="too-short",
                         evidence={"points": len(view.train), "min_points": view.settings.min_points},
                         changes=[Change("logging_steps", "log the loss more often", maximum=10)])]
-    share = f"{sig(100 * last / planned, 2)}%" if planned else ""
-    if planned and last < 0.1 * planned:
-        return [Finding("cut_off", "warning",
-                        f"the run stopped at step {last} of its planned {planned} ({share}): "
-                        "too early to judge",
-                        verdict="too-short", steps=[last],
-                        evidence={"last_step": last, "planned_steps": planned})]
     if planned and last < 0.9 * planned:
-        return [Finding("cut_off", "info",
-                        f"the run stopped at step {last} of its planned {planned} ({share})",
-                        steps=[last], evidence={"last_step": last, "planned_steps": planned})]
+        return [Finding("cut_off", "info", f"the run stopped at step {last} of its planned {planned} ({share})",
+                        steps=[last], evidence=evidence)]
     return []
 
 
