@@ -115,3 +115,21 @@ def test_task_objective_scores_a_fixed_subset_then_the_full_split(model_and_toke
     assert objective.better(0.5, None) and objective.better(0.5, 0.4) and not objective.better(0.4, 0.5)
     lower = TaskObjective(EvalSettings(metric="numeric_match", direction="minimize"), data, seed=3)
     assert lower.better(0.4, 0.5)
+
+
+def test_training_continues_after_an_eval_point(tiny_model):
+    """evaluate_model inside a training loop: the adapter still trains afterwards, in train mode."""
+    from peft import get_peft_model
+
+    from tunepilot.config import MethodSettings
+    from tunepilot.models import lora_config
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model), lora_config(MethodSettings()))
+    model.train()
+    evaluate_model(model, tok, _examples(), EvalSettings(metric="exact_match", max_new_tokens=3))
+    assert model.training
+    batch = tok(["How many clips? #### 72"], return_tensors="pt")
+    model(**batch, labels=batch["input_ids"]).loss.backward()
+    grads = [p.grad for n, p in model.named_parameters() if "lora_A" in n]
+    assert grads and all(g is not None for g in grads)

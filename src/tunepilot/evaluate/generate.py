@@ -35,7 +35,7 @@ def _device_of(model) -> torch.device:
     return next(model.parameters()).device
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: tensors a model caches here may be reused in training
 def generate_batch(model, tokenizer, prompts: Sequence[str], max_new_tokens: int) -> list[Generation]:
     """Greedy answers for one batch of rendered prompts (their special tokens are already in the text)."""
     enc = tokenizer(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
