@@ -8,6 +8,7 @@ a finished log is judged exactly as the live run was at its last step.
 from __future__ import annotations
 
 import math
+from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from statistics import median
@@ -78,12 +79,9 @@ class RunView:
     def train_level_at(self, step: int) -> float | None:
         """Smoothed train loss at a step: the last trend value at or before it (the first one when the
         step comes before any logged train loss, as an eval at step 0 or a first log after the eval)."""
-        best = self.trend[0] if self.trend else None
-        for s, t in zip(self.steps, self.trend, strict=True):
-            if s > step:
-                break
-            best = t
-        return best
+        if not self.trend:
+            return None
+        return self.trend[max(0, bisect_right(self.steps, step) - 1)]
 
     def epoch_at(self, step: int) -> float | None:
         epochs = [(abs(r.step - step), r.epoch) for r in (*self.train, *self.evals) if finite(r.epoch)]
