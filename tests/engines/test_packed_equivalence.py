@@ -237,3 +237,34 @@ def test_packed_trial_is_standard_peft_lora_and_exports_a_peft_adapter(load, dat
     final = PeftModel.from_pretrained(load(), tmp_path / "t7" / "adapter")  # the exported final adapter
     assert final.peft_config["default"].r == 8 and final.peft_config["default"].use_rslora
     engine.close()
+
+
+def test_packed_trial_equals_the_standard_engine_trial(tiny_config, tmp_path):
+    """Real data path (prepare_datasets), real model loading: the packed trial is `tunepilot train`'s run."""
+    from safetensors.torch import load_file
+
+    from tunepilot.engines.run import TrainingRun
+    from tunepilot.models import load_trainable_state
+
+    cfg = tiny_config(lora_dropout=0.0, lora_rank=4, lora_alpha=16, use_rslora=True, learning_rate=5e-3,
+                      gradient_accumulation_steps=2, per_device_train_batch_size=3, max_steps=4,
+                      weight_decay=0.01, max_grad_norm=0.5, lora_target="q_proj,down_proj", device="cpu")
+    engine = PackedEngine(cfg, 1)
+    engine.start(TrialSpec(0, {}, cfg, run_dir=tmp_path / "packed", report_fractions=(0.5, 1.0)))
+    export_adapter(tmp_path / "init", engine.pack.wrapped, 0, engine._extra[0]["targets"], cfg.method, "x")
+    init = load_file(tmp_path / "init" / "adapter_model.safetensors")
+    outcome = engine.advance() + engine.advance()
+    engine.close()
+
+    run = TrainingRun(cfg, tmp_path / "standard", eval_fractions=(0.5, 1.0))
+    run.setup()
+    load_trainable_state(run.model, {k.replace(".weight", ".default.weight"): v for k, v in init.items()})
+    points = list(run.steps())
+    summary = run.finish()
+    got, want = curves(tmp_path / "packed"), curves(tmp_path / "standard")
+    assert len(got[0]) == 4 and len(want[0]) == 4 and len(points) == 2
+    for g, w in zip(got[0], want[0], strict=True):
+        assert g[0] == pytest.approx(w[0], abs=1e-5) and g[1] == pytest.approx(w[1], abs=1e-5)
+        assert g[2] == pytest.approx(w[2], rel=1e-9) and g[3] == w[3]
+    assert got[1] == pytest.approx(want[1], abs=1e-5)
+    assert outcome[-1].state == "complete" and outcome[-1].value == pytest.approx(summary["best_eval_loss"], abs=1e-5)

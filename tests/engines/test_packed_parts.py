@@ -136,3 +136,17 @@ def test_trials_that_cannot_run_fail_before_they_start(engine, tiny_model):
     outcomes = engine.advance()
     assert engine.active == [] and [o.state for o in outcomes] == ["failed", "failed"]
     assert "no_such_proj" in outcomes[0].reason and "does not fit" in outcomes[1].reason
+
+
+def test_early_stopping_patience_counts_evals_without_a_real_gain(tiny_model):
+    from tunepilot.engines.packed.trial import TrialState
+
+    p = torch.nn.Parameter(torch.zeros(2, 2))
+    cfg = make_config(tiny_model, early_stopping_patience=2, early_stopping_threshold=0.01, max_steps=10)
+    t = TrialState(0, 0, cfg, [p], synthetic_examples(8, 50, 0), [], (1.0,))
+    t.evals = [(1, 2.0), (2, 1.5), (3, 1.495)]  # the last gain is under the threshold: 1 eval without gain
+    assert not t.patience_spent
+    t.evals.append((4, 1.6))
+    assert t.patience_spent and t.best == 1.495
+    t.evals.append((5, 1.0))
+    assert not t.patience_spent

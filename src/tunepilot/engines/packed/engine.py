@@ -25,7 +25,7 @@ import torch
 from tunepilot.engines.base import Outcome, Progress, Report, TrialSpec
 from tunepilot.engines.packed import memory
 from tunepilot.engines.packed.export import export_adapter
-from tunepilot.engines.packed.inject import add_adapters, remove_adapters, resolve_targets
+from tunepilot.engines.packed.inject import adapter_state, add_adapters, remove_adapters, resolve_targets
 from tunepilot.engines.packed.pack import Pack
 from tunepilot.engines.packed.trial import TrialState
 from tunepilot.errors import UserError
@@ -191,10 +191,12 @@ class PackedEngine:
             if evals[t.number] is not None:
                 self._write(t, EvalPoint(step=t.step, eval_loss=evals[t.number], epoch=t.epoch,
                                          seconds=self._seconds(t)))
+            if t.best == value and t.config.train.load_best_model_at_end:
+                self._extra[t.slot]["best_state"] = adapter_state(self.pack.wrapped, t.slot)  # CPU copy
             if not math.isfinite(value):
                 out.append(self._finish(t, "failed", None, f"eval loss is {value} at step {t.step}"))
-            elif t.done:  # the objective of a finished trial is its best eval, as in the standard engine
-                out.append(self._finish(t, "complete", t.best, None))
+            elif t.done or t.patience_spent:  # the objective is the best eval, as in the standard engine
+                out.append(self._finish(t, "complete", t.best, None if t.done else "early_stopping"))
             else:
                 out.append(Report(t.number, t.step / t.steps, t.step, value))
         return out
@@ -206,8 +208,9 @@ class PackedEngine:
                           tokens=t.tokens, extra={"engine": self.name, "slot": t.slot})
         if run_dir is not None:
             if state == "complete":
+                # the adapter of the best eval when load_best_model_at_end (as the standard engine does)
                 export_adapter(run_dir / "adapter", self.pack.wrapped, t.slot, extra["targets"],
-                               t.config.method, self.config.model.name_or_path)
+                               t.config.method, self.config.model.name_or_path, extra.get("best_state"))
             best = t.best
             atomic_write_json(run_dir / "summary.json", {
                 "number": t.number, "engine": self.name, "state": state, "value": value, "reason": reason,

@@ -96,6 +96,18 @@ class TrialState:
         return min((v for _, v in self.evals if math.isfinite(v)), default=None)
 
     @property
+    def patience_spent(self) -> bool:
+        """early_stopping_patience evals in a row without a gain over early_stopping_threshold."""
+        t = self.config.train
+        if not t.early_stopping_patience or not self.evals:
+            return False
+        best_i, best = 0, self.evals[0][1]
+        for i, (_, v) in enumerate(self.evals[1:], start=1):
+            if best - v > t.early_stopping_threshold:
+                best_i, best = i, v
+        return len(self.evals) - 1 - best_i >= t.early_stopping_patience
+
+    @property
     def epoch(self) -> float:
         return round(epoch_at(self.plan, self.step), 4)
 
