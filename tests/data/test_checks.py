@@ -131,11 +131,7 @@ def test_classification_labels_csv():
 
 
 def test_label_imbalance(tmp_path):
-    rows = (
-        ["text,label"]
-        + [f"good review {i},pos" for i in range(60)]
-        + [f"bad review {i},neg" for i in range(4)]
-    )
+    rows = ["text,label"] + [f"good review {i},pos" for i in range(60)] + [f"bad review {i},neg" for i in range(4)]
     path = tmp_path / "imbalanced.csv"
     path.write_text("\n".join(rows) + "\n")
     report = validate_data(DataSettings(train=str(path), columns={"prompt": "text", "response": "label"}))
@@ -153,10 +149,7 @@ def test_spans(tok):
 
 
 def test_lengths_truncation_and_outliers(tok, jsonl):
-    rows = [
-        {"prompt": f"Question number {i} about apples?", "completion": f"Answer {i} is apples."}
-        for i in range(30)
-    ]
+    rows = [{"prompt": f"Question number {i} about apples?", "completion": f"Answer {i} is apples."} for i in range(30)]
     rows[10] = {"prompt": "Tell me about apples " * 40, "completion": "Apples are fruit."}  # answer cut away
     rows[20] = {"prompt": "Short?", "completion": "Apples " * 60}  # answer partly cut; long answer
     report = validate_data(DataSettings(train=str(jsonl(rows)), cutoff_len=96), tok)
@@ -244,3 +237,15 @@ def test_truncation_is_estimated_without_a_tokenizer(jsonl):
     found = by_line(report)
     assert "truncated_to_zero" in found[2] and "truncated" in found[3] and not found[1] - {"exact_duplicate"}
     assert "estimated" in next(f.message for f in report.findings if f.line == 2)
+
+
+def test_answers_that_do_not_end_like_the_rest():
+    report = check_file(
+        "math_answers.jsonl",
+        {7: "answer_format_outlier", 15: {"answer_format_outlier", "length_outlier"}},
+        clean=[1, 2, 6, 8, 14, 16, 24],
+    )
+    assert "####" in next(f.message for f in report.findings if f.line == 7)
+    check_file(
+        "json_answers.jsonl", {10: "answer_format_outlier", 18: "answer_format_outlier"}, clean=[1, 9, 11, 17, 19, 22]
+    )

@@ -33,9 +33,7 @@ def test_same_records_from_every_file_type(tmp_path, jsonl):
     (tmp_path / "array.json").write_text(json.dumps(ROWS, indent=2))
     (tmp_path / "wrapped.json").write_text(json.dumps({"version": 1, "data": ROWS}))
     header = "instruction\tinput\toutput\n"
-    (tmp_path / "rows.tsv").write_text(
-        header + "".join(f"{r['instruction']}\t\t{r['output']}\n" for r in ROWS)
-    )
+    (tmp_path / "rows.tsv").write_text(header + "".join(f"{r['instruction']}\t\t{r['output']}\n" for r in ROWS))
     pq.write_table(pa.Table.from_pylist(ROWS), tmp_path / "rows.parquet")
     DatasetDict({"train": Dataset.from_list(ROWS)}).save_to_disk(str(tmp_path / "hf"))
     parts = tmp_path / "parts"

@@ -55,16 +55,13 @@ def test_config_supplies_data_settings_and_model(tiny_model, tmp_path, jsonl):
     path = jsonl([{"q": "Why?", "a": "Because."}, {"q": "How?", "a": "Like so."}])
     config = tmp_path / "run.yaml"
     config.write_text(
-        f"model_name_or_path: {tiny_model}\ndataset: {path}\ncolumns: {{prompt: q, response: a}}\n"
-        "template: chatml\n"
+        f"model_name_or_path: {tiny_model}\ndataset: {path}\ncolumns: {{prompt: q, response: a}}\ntemplate: chatml\n"
     )
     body = json.loads(run(str(path), "--config", str(config), "--json").stdout)
     assert body["tokenizer"] == str(tiny_model) and body["template"] == "chatml" and body["ok"]
 
 
-@pytest.mark.parametrize(
-    "name", ["empty.jsonl", "image.jsonl", "unknown_keys.jsonl", "mixed_dir", "missing.jsonl"]
-)
+@pytest.mark.parametrize("name", ["empty.jsonl", "image.jsonl", "unknown_keys.jsonl", "mixed_dir", "missing.jsonl"])
 def test_usage_errors_exit_2(name):
     result = run(str(FIXTURES / name), "--json")
     assert result.exit_code == 2

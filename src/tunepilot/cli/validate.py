@@ -46,7 +46,13 @@ def _tokenizer(model: str | None, config_model):
             if model.endswith(".gguf")
             else ModelSettings(name_or_path=model)
         )
-        return load_tokenizer(settings), model
+        try:
+            return load_tokenizer(settings), model
+        except ValueError as e:  # a directory without tokenizer files: transformers raises ValueError
+            raise UserError(
+                f"--model {model}: no tokenizer could be loaded from it ({str(e).splitlines()[0]}); "
+                "pass a model directory with tokenizer files, a .gguf file or a hub id"
+            ) from e
     if config_model is not None:
         return load_tokenizer(config_model), config_model.name_or_path
     return None, None
@@ -125,9 +131,7 @@ def render(console: Console, d: dict[str, Any]) -> None:
         for f in by_code[code][:FIRST_LINES]:
             where = f"{f['source']}:{f['line']}" if f["line"] is not None else f["source"]
             console.print(f"           {escape(where)}: {escape(f['message'])}")
-    verdict = (
-        f"[red]{d['errors']} error(s)[/]: fix them before training" if d["errors"] else "[green]no errors[/]"
-    )
+    verdict = f"[red]{d['errors']} error(s)[/]: fix them before training" if d["errors"] else "[green]no errors[/]"
     console.print(f"{verdict}; {d['warnings']} warning(s)")
 
 
@@ -154,12 +158,8 @@ def register(app: typer.Typer) -> None:
     def validate(
         data: Path = typer.Argument(..., help="Data file (jsonl/json/csv/tsv/parquet) or directory."),
         config: Path = typer.Option(None, "--config", help="Run config: its data and model sections apply."),
-        model: str = typer.Option(
-            None, "--model", help="Model (dir, hub id or .gguf) whose tokenizer to use."
-        ),
-        eval_path: Path = typer.Option(
-            None, "--eval", help="Eval file: validated too, and checked for overlap."
-        ),
+        model: str = typer.Option(None, "--model", help="Model (dir, hub id or .gguf) whose tokenizer to use."),
+        eval_path: Path = typer.Option(None, "--eval", help="Eval file: validated too, and checked for overlap."),
         fmt: str = typer.Option(
             None,
             "--format",

@@ -11,6 +11,7 @@ import numpy as np
 
 from tunepilot.data.checks.dataset import Labels, Ledger, duplicate_findings, length_findings
 from tunepilot.data.checks.registry import RECORD_CHECKS, TOKEN_CHECKS, severity_of
+from tunepilot.data.checks.shapes import shape_findings
 from tunepilot.data.checks.tokens import token_context
 from tunepilot.data.formats import Problem
 from tunepilot.data.records import Conversation, Example, Finding
@@ -84,8 +85,7 @@ class Analyzer:
             self._emit(
                 "truncated",
                 conv,
-                f"longer than cutoff_len={self.settings.cutoff_len} tokens {note}; "
-                "the end of the answer would be cut",
+                f"longer than cutoff_len={self.settings.cutoff_len} tokens {note}; the end of the answer would be cut",
             )
 
     def _render(self, conv: Conversation) -> Rendered | None:
@@ -130,8 +130,7 @@ class Analyzer:
             self._emit(
                 "truncated_to_zero",
                 conv,
-                f"no answer token is left within cutoff_len="
-                f"{self.settings.cutoff_len}; the record is dropped",
+                f"no answer token is left within cutoff_len={self.settings.cutoff_len}; the record is dropped",
             )
         elif self.keep_examples and trainable > 0:
             self.examples.append(ex)
@@ -144,9 +143,8 @@ class Analyzer:
         self.flush()
         table = self.ledger.table()
         unit = "tokens" if self.tokenizer is not None else "characters"
-        out = duplicate_findings(table, self.ledger.sources) + length_findings(
-            table, self.ledger.sources, unit
-        )
+        out = duplicate_findings(table, self.ledger.sources) + length_findings(table, self.ledger.sources, unit)
+        out += shape_findings(table, self.ledger.sources, self.ledger.shapes)
         out += self.labels.findings()
         out += self._rates(table)
         self.findings.extend(out)
@@ -171,9 +169,7 @@ class Analyzer:
             )
         if self.tokens and self.trainable < 0.02 * self.tokens and not self.settings.train_on_prompt:
             share = self.trainable / self.tokens
-            out.append(
-                Finding("warning", "low_trainable_share", None, f"only {share:.1%} of tokens train", src)
-            )
+            out.append(Finding("warning", "low_trainable_share", None, f"only {share:.1%} of tokens train", src))
         return out
 
     def stats(self) -> dict:

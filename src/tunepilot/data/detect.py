@@ -42,9 +42,7 @@ def guess(record: Any) -> tuple[str, tuple[tuple[str, str], ...]] | None:
     return None
 
 
-def detect_format(
-    records: list[Any], fmt: str, columns: dict[str, str], system: str | None, source: str
-) -> FormatSpec:
+def detect_format(records: list[Any], fmt: str, columns: dict[str, str], system: str | None, source: str) -> FormatSpec:
     """The FormatSpec for `fmt`, or the one most of `records` fit for `auto`; UserError if none."""
     if fmt != "auto":
         return make_spec(fmt, columns, system)

@@ -21,6 +21,7 @@ ambiguous and refused with a hint, because guessing "pretraining text" would sil
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -59,6 +60,9 @@ ROLE_ALIASES = {
 }
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 class Problem(Exception):
     """A record-level defect found while converting; becomes a finding with this code."""
 
@@ -89,13 +93,9 @@ def register_format(name: str, native: dict[str, str]) -> Callable[[Converter], 
     return wrap
 
 
-def make_spec(
-    name: str, columns: dict[str, str], system: str | None = None, note: str | None = None
-) -> FormatSpec:
+def make_spec(name: str, columns: dict[str, str], system: str | None = None, note: str | None = None) -> FormatSpec:
     if name not in FORMATS:
-        raise UserError(
-            f"data.format: unknown format {name!r}; use auto or one of {', '.join(sorted(FORMATS))}"
-        )
+        raise UserError(f"data.format: unknown format {name!r}; use auto or one of {', '.join(sorted(FORMATS))}")
     fields = dict(FORMATS[name][0])
     fields.update(canonical_columns(columns))
     return FormatSpec(name, fields, note, system)
@@ -130,6 +130,16 @@ def to_conversation(record: Any, spec: FormatSpec, line: int, source: str) -> Co
     if not isinstance(record, dict):
         raise Problem("wrong_top_level_type", f"expected a JSON object per record, got {_tname(record)}")
     out = FORMATS[spec.name][1](record, spec)
+    texts = [out] if isinstance(out, str) else [m["content"] for m in out]
+    for text in texts:
+        hit = _SURROGATE.search(text)
+        if hit:
+            # json accepts "\ud800" escapes; such a string is not valid Unicode and cannot be tokenized.
+            raise Problem(
+                "invalid_encoding",
+                f"text holds a lone UTF-16 surrogate U+{ord(hit.group()):04X} "
+                "(a broken \\u escape); it is not valid Unicode",
+            )
     if isinstance(out, str):
         return Conversation(line, [], source, text=out)
     return Conversation(line, out, source)
@@ -219,9 +229,7 @@ register_format(
         "history": "history",
     },
 )(_pair)
-register_format("prompt_completion", {"prompt": "prompt", "response": "completion", "system": "system"})(
-    _pair
-)
+register_format("prompt_completion", {"prompt": "prompt", "response": "completion", "system": "system"})(_pair)
 
 
 @register_format("text", {"text": "text"})
@@ -258,9 +266,7 @@ def _message(m: Any, where: str) -> dict[str, str]:
     if not isinstance(role, str):
         raise Problem("wrong_type", f"{where}.{rk} must be a string, got {_tname(role)}")
     if role not in ROLE_ALIASES:
-        raise Problem(
-            "unknown_role", f"{where} has unknown role {role!r}; use system, user, assistant or tool"
-        )
+        raise Problem("unknown_role", f"{where} has unknown role {role!r}; use system, user, assistant or tool")
     return {"role": ROLE_ALIASES[role], "content": _content(m.get(ck) or "", f"{where}.{ck}")}
 
 

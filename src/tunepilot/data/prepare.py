@@ -36,11 +36,7 @@ class PreparedData:
 
 
 def check_template(settings, tokenizer=None) -> None:
-    if (
-        settings.template == "auto"
-        and tokenizer is not None
-        and not getattr(tokenizer, "chat_template", None)
-    ):
+    if settings.template == "auto" and tokenizer is not None and not getattr(tokenizer, "chat_template", None):
         raise UserError(
             "data.template: auto uses the model's chat template, but this tokenizer has none "
             "(a base model?); "
@@ -54,15 +50,11 @@ def check_template(settings, tokenizer=None) -> None:
 
 def read_split(path: str, settings, limit: int | None) -> tuple[list[Conversation], ParseState]:
     state = ParseState()
-    convs = list(
-        islice(iter_conversations(path, settings.format, settings.columns, settings.system, state), limit)
-    )
+    convs = list(islice(iter_conversations(path, settings.format, settings.columns, settings.system, state), limit))
     return convs, state
 
 
-def split_conversations(
-    settings, seed: int
-) -> tuple[list[Conversation], list[Conversation] | None, list[Finding]]:
+def split_conversations(settings, seed: int) -> tuple[list[Conversation], list[Conversation] | None, list[Finding]]:
     """(train, eval or None, structural findings) after max_samples / val_size / max_eval_samples."""
     train, state = read_split(settings.train, settings, settings.max_samples)
     findings = list(state.findings)
@@ -95,9 +87,7 @@ def _raise_errors(findings: list[Finding]) -> None:
         return
     problems = [f"{f.where()}: {f.code}: {f.message}" for f in errors[:MAX_LISTED]]
     if len(errors) > MAX_LISTED:
-        problems.append(
-            f"... and {len(errors) - MAX_LISTED} more; run `tunepilot validate` for the full list"
-        )
+        problems.append(f"... and {len(errors) - MAX_LISTED} more; run `tunepilot validate` for the full list")
     raise UserError(
         f"data: {len(errors)} error(s) in the data; fix them (or remove the records) and retry",
         ExitCode.USAGE,
@@ -119,9 +109,7 @@ def prepare_datasets(settings, tokenizer, seed: int) -> PreparedData:
         eval_an.finish()
         findings += eval_an.findings
         if settings.eval:
-            findings += overlap_findings(
-                train_an.ledger.table(), eval_an.ledger.table(), eval_an.ledger.sources
-            )
+            findings += overlap_findings(train_an.ledger.table(), eval_an.ledger.table(), eval_an.ledger.sources)
     _raise_errors(findings)
     if not train_an.examples:
         raise UserError(

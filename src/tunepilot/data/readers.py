@@ -88,8 +88,10 @@ def file_kind(path: Path) -> str:
         return "parquet"
     if not head.strip():
         raise UserError(f"{path}: file is empty; it holds no records")
-    if b"\x00" in head or _mostly_binary(head):
-        raise UserError(f"{path}: looks like a binary file, not JSONL/JSON/CSV/Parquet text data")
+    what = _binary_kind(head)
+    if what is not None:
+        hint = "save it as UTF-8" if what.startswith("UTF-16") else "give a JSONL/JSON/CSV/Parquet data file"
+        raise UserError(f"{path}: is {what} (a binary file), not text data; {hint}")
     kind = EXTENSIONS.get(path.suffix.lower())
     if kind == "parquet":
         raise UserError(f"{path}: has a .parquet name but is not a Parquet file (no PAR1 magic)")
@@ -104,17 +106,29 @@ def file_kind(path: Path) -> str:
     return kind
 
 
-def _mostly_binary(head: bytes) -> bool:
-    try:
-        head.decode("utf-8")
-        return False
-    except UnicodeDecodeError as e:
-        # A multi-byte character cut at the sniff boundary is not binary; garbage early on is.
-        if e.start >= len(head) - 4:
-            return False
-    text = head.decode("latin-1")
-    odd = sum(1 for c in text if ord(c) < 32 and c not in "\t\r\n\f")
-    return odd > len(text) * 0.1
+_MAGIC = {
+    b"\x1f\x8b": "gzip-compressed data",
+    b"PK\x03\x04": "a zip archive",
+    b"%PDF": "a PDF document",
+    b"\x89PNG": "a PNG image",
+    b"\xff\xd8\xff": "a JPEG image",
+    b"BZh": "bzip2-compressed data",
+    b"\xfd7zXZ": "xz-compressed data",
+    b"\x28\xb5\x2f\xfd": "zstd-compressed data",
+    b"SQLite format 3": "an SQLite database",
+    b"\xff\xfe": "UTF-16 text",
+    b"\xfe\xff": "UTF-16 text",
+}
+
+
+def _binary_kind(head: bytes) -> str | None:
+    """What a file is when it is not text; None for text (even with a stray NUL or bad byte,
+    which become findings on their lines)."""
+    for magic, what in _MAGIC.items():
+        if head.startswith(magic):
+            return what
+    odd = sum(1 for b in head if b < 32 and b not in (9, 10, 12, 13))
+    return "binary data" if odd > len(head) * 0.05 else None
 
 
 class DuplicateKey(ValueError):
@@ -214,9 +228,7 @@ def _json_object_top(path: Path, text: str, dec: json.JSONDecoder, i: int) -> It
     try:
         obj, end = dec.raw_decode(text, i)
     except json.JSONDecodeError as e:
-        yield RawRecord(
-            e.lineno, str(path), error=f"invalid JSON at line {e.lineno} column {e.colno}: {e.msg}"
-        )
+        yield RawRecord(e.lineno, str(path), error=f"invalid JSON at line {e.lineno} column {e.colno}: {e.msg}")
         return
     if _skip_ws(text, end) < len(text):
         yield from read_jsonl(path)
@@ -250,8 +262,7 @@ def _json_array(src: str, text: str, dec: json.JSONDecoder, i: int) -> Iterator[
             yield RawRecord(
                 e.lineno,
                 src,
-                error=f"invalid JSON at line {e.lineno} column {e.colno}: {e.msg}"
-                " (records after it were not read)",
+                error=f"invalid JSON at line {e.lineno} column {e.colno}: {e.msg} (records after it were not read)",
             )
             return
         yield record
@@ -318,9 +329,7 @@ def _csv_record(header: list[str], row: list[str], start: int, end: int, src: st
     if not row or all(not c.strip() for c in row):
         return None
     if any(n in bad for n in range(start, end + 1)):
-        return RawRecord(
-            start, src, error="invalid UTF-8 in this row; save the file as UTF-8", code="invalid_encoding"
-        )
+        return RawRecord(start, src, error="invalid UTF-8 in this row; save the file as UTF-8", code="invalid_encoding")
     if end - start > MAX_FIELD_LINES:
         return RawRecord(
             start,

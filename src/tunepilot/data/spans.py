@@ -35,8 +35,7 @@ def span_values(text: str, labels: Any, column: str) -> dict[str, str]:
         if not (isinstance(start, int) and isinstance(end, int) and 0 <= start < end <= len(text)):
             raise Problem(
                 "bad_span",
-                f"{column}[{i}] ({slot}): span [{start}, {end}) is outside the "
-                f"text of length {len(text)} or empty",
+                f"{column}[{i}] ({slot}): span [{start}, {end}) is outside the text of length {len(text)} or empty",
             )
         value = text[start:end]
         if slot in {s for _, s, _ in found}:
@@ -44,8 +43,7 @@ def span_values(text: str, labels: Any, column: str) -> dict[str, str]:
             if prior != value:
                 raise Problem(
                     "bad_span",
-                    f"{column}[{i}]: slot '{slot}' is labelled twice with "
-                    f"different values ({prior!r}, {value!r})",
+                    f"{column}[{i}]: slot '{slot}' is labelled twice with different values ({prior!r}, {value!r})",
                 )
             continue
         found.append((start, slot, value))

@@ -51,8 +51,7 @@ def register_template(t: NamedTemplate) -> NamedTemplate:
 
 
 _ALPACA_SYSTEM = (
-    "Below is an instruction that describes a task. Write a response that appropriately "
-    "completes the request."
+    "Below is an instruction that describes a task. Write a response that appropriately completes the request."
 )
 register_template(
     NamedTemplate(
@@ -90,9 +89,7 @@ register_template(
     )
 )
 register_template(
-    NamedTemplate(
-        "llama2", "[INST] <<SYS>>\n{content}\n<</SYS>>\n\n", "[INST] {content} [/INST]", " ", "{eos}", ""
-    )
+    NamedTemplate("llama2", "[INST] <<SYS>>\n{content}\n<</SYS>>\n\n", "[INST] {content} [/INST]", " ", "{eos}", "")
 )
 register_template(NamedTemplate("mistral", "{content}\n\n", "[INST] {content}[/INST]", "", "{eos}", ""))
 register_template(
@@ -228,8 +225,7 @@ def render(
         if not getattr(tokenizer, "chat_template", None):
             raise Problem(
                 "template_render_failure",
-                "the tokenizer has no chat template; set data.template to "
-                f"one of {', '.join(sorted(TEMPLATES))}",
+                f"the tokenizer has no chat template; set data.template to one of {', '.join(sorted(TEMPLATES))}",
             )
         out = render_auto(messages, tokenizer, last_only)
     else:

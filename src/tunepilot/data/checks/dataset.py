@@ -15,11 +15,10 @@ import numpy as np
 
 from tunepilot.data.checks.keys import light, loose, record_keys
 from tunepilot.data.checks.registry import declare
+from tunepilot.data.checks.shapes import answer_shape
 from tunepilot.data.records import Conversation, Finding
 
-declare(
-    "exact_duplicate", "warning", "The record repeats an earlier one exactly: it is trained twice.", "dataset"
-)
+declare("exact_duplicate", "warning", "The record repeats an earlier one exactly: it is trained twice.", "dataset")
 declare(
     "normalized_duplicate",
     "warning",
@@ -55,8 +54,7 @@ declare("label_variant", "warning", "Two labels differ only in case, spacing or 
 declare(
     "length_outlier",
     "warning",
-    "A prompt or answer is far longer or shorter than the rest (>8x off the "
-    "median and >5 robust deviations).",
+    "A prompt or answer is far longer or shorter than the rest (>8x off the median and >5 robust deviations).",
     "dataset",
 )
 declare(
@@ -88,15 +86,25 @@ class Ledger:
             ("src", "i4"),
             ("plen", "i4"),
             ("alen", "i4"),
+            ("shape", "i4"),  # index into `shapes`; -1 for plain-text records
         ]
     )
+    shapes: list[str] = field(default_factory=list)
+    _shape_ids: dict[str, int] = field(default_factory=dict)
 
     def add(self, conv: Conversation, plen: int, alen: int) -> None:
         if not self.sources or self.sources[-1] != conv.source:
             self.sources.append(conv.source)
-        self.rows.append((*record_keys(conv), conv.line, len(self.sources) - 1, plen, alen))
+        shape = -1 if conv.is_text else self._shape_id(answer_shape(conv.answer()))
+        self.rows.append((*record_keys(conv), conv.line, len(self.sources) - 1, plen, alen, shape))
         if len(self.rows) >= 65536:
             self._flush()
+
+    def _shape_id(self, shape: str) -> int:
+        if shape not in self._shape_ids:
+            self._shape_ids[shape] = len(self.shapes)
+            self.shapes.append(shape)
+        return self._shape_ids[shape]
 
     def _flush(self) -> None:
         if self.rows:
@@ -163,8 +171,11 @@ def _f(code: str, t: np.ndarray, sources: list[str], i: int, message: str) -> Fi
 
 
 def length_findings(t: np.ndarray, sources: list[str], unit: str) -> list[Finding]:
+    """Lengths more than 8x and 5 robust deviations (MAD of log length) off the median. Prompts are
+    checked on the long side only: short prompts ("Hi", "7") are normal in chat data, while a very
+    short answer among long ones (a bare "72" among worked solutions) is a defect."""
     out = []
-    for column, what in (("plen", "prompt"), ("alen", "answer")):
+    for column, what, both_sides in (("plen", "prompt", False), ("alen", "answer", True)):
         x = t[column].astype(float)
         ok = x > 0
         if ok.sum() < 5:
@@ -172,17 +183,10 @@ def length_findings(t: np.ndarray, sources: list[str], unit: str) -> list[Findin
         logs = np.log(x[ok])
         med = float(np.median(logs))
         spread = max(5 * 1.4826 * float(np.median(np.abs(logs - med))), np.log(8))
-        idx = np.flatnonzero(ok)[np.abs(logs - med) > spread]
-        for i in idx:
-            out.append(
-                _f(
-                    "length_outlier",
-                    t,
-                    sources,
-                    int(i),
-                    f"{what} is {int(x[i])} {unit}; the median is {np.exp(med):.0f}",
-                )
-            )
+        off = (np.abs(logs - med) if both_sides else logs - med) > spread
+        for i in np.flatnonzero(ok)[off]:
+            message = f"{what} is {int(x[i])} {unit}; the median is {np.exp(med):.0f}"
+            out.append(_f("length_outlier", t, sources, int(i), message))
     return out
 
 
@@ -290,9 +294,7 @@ def overlap_findings(train: np.ndarray, evals: np.ndarray, sources: list[str]) -
     for i in np.flatnonzero(np.isin(eval_keys, keys)):
         same = lookup[int(eval_keys[i])] == int(evals["answer"][i])
         what = "with the same answer" if same else "with a different answer"
-        out.append(
-            _f("train_eval_overlap", evals, sources, int(i), f"this eval prompt is also in train {what}")
-        )
+        out.append(_f("train_eval_overlap", evals, sources, int(i), f"this eval prompt is also in train {what}"))
     return out
 
 

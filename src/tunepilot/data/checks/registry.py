@@ -35,9 +35,7 @@ def declare(code: str, severity: Severity, doc: str, stage: str) -> CheckInfo:
     return info
 
 
-def record_check(
-    code: str, severity: Severity, doc: str
-) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def record_check(code: str, severity: Severity, doc: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     def wrap(fn):
         RECORD_CHECKS.append((declare(code, severity, doc, "record"), fn))
         return fn
@@ -45,9 +43,7 @@ def record_check(
     return wrap
 
 
-def token_check(
-    code: str, severity: Severity, doc: str
-) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def token_check(code: str, severity: Severity, doc: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     def wrap(fn):
         TOKEN_CHECKS.append((declare(code, severity, doc, "tokens"), fn))
         return fn

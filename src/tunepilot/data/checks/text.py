@@ -11,11 +11,10 @@ from tunepilot.data.records import Conversation
 
 # C0 controls except tab/newline/carriage return, DEL, and C1 controls.
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
-_INVISIBLE = re.compile(r"[\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]")
+# Zero-width, bidi controls, BOM, soft hyphen, line/paragraph separators, private-use characters.
+_INVISIBLE = re.compile(r"[\u00ad\u200b-\u200f\u2028\u2029\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff\ue000-\uf8ff]")
 # UTF-8 bytes decoded as cp1252/latin-1: a lead byte char (Â..ï) followed by continuation-byte chars.
-_CP1252_CONT = "".join(
-    chr(b) if b >= 0xA0 else bytes([b]).decode("cp1252", "ignore") for b in range(0x80, 0xC0)
-)
+_CP1252_CONT = "".join(chr(b) if b >= 0xA0 else bytes([b]).decode("cp1252", "ignore") for b in range(0x80, 0xC0))
 _MOJIBAKE = re.compile("[\u00c2-\u00ef][" + re.escape(_CP1252_CONT) + "]{1,2}")
 _PLACEHOLDERS = {"nan", "none", "null", "undefined", "n/a", "#n/a", "na", "todo", "tbd"}
 _REFUSAL = re.compile(
@@ -117,8 +116,7 @@ def invisible_characters(conv: Conversation) -> Iterator[str]:
 @record_check(
     "placeholder_value",
     "warning",
-    "An answer is a placeholder such as nan, None, null, N/A: "
-    "often a missing value written out by pandas or a script.",
+    "An answer is a placeholder such as nan, None, null, N/A: often a missing value written out by pandas or a script.",
 )
 def placeholder_value(conv: Conversation) -> Iterator[str]:
     answer = conv.answer()
@@ -176,9 +174,7 @@ def no_word_characters(conv: Conversation) -> Iterator[str]:
         yield f"the answer {answer.strip()[:20]!r} has no letter or digit"
 
 
-@record_check(
-    "answer_equals_prompt", "warning", "The answer repeats the prompt verbatim: the model learns to copy."
-)
+@record_check("answer_equals_prompt", "warning", "The answer repeats the prompt verbatim: the model learns to copy.")
 def answer_equals_prompt(conv: Conversation) -> Iterator[str]:
     answer, prompt = conv.answer(), conv.prompt_messages()
     if not (answer and prompt and prompt[-1]["role"] == "user"):
@@ -191,8 +187,7 @@ def answer_equals_prompt(conv: Conversation) -> Iterator[str]:
 @record_check(
     "refusal",
     "warning",
-    'The answer is a refusal or AI boilerplate ("As an AI language '
-    'model"): distilled data that teaches refusals.',
+    'The answer is a refusal or AI boilerplate ("As an AI language model"): distilled data that teaches refusals.',
 )
 def refusal(conv: Conversation) -> Iterator[str]:
     answer = conv.answer()

@@ -13,8 +13,7 @@ from tunepilot.data.templates import Rendered
 declare(
     "truncated_to_zero",
     "warning",
-    "The answer lies entirely beyond cutoff_len: the record has no "
-    "trainable token left and is dropped from training.",
+    "The answer lies entirely beyond cutoff_len: the record has no trainable token left and is dropped from training.",
     "tokens",
 )
 declare("truncation_rate", "warning", "More than 5% of the records are truncated at cutoff_len.", "dataset")
@@ -36,9 +35,7 @@ class TokenContext:
 def token_context(tokenizer, cutoff_len: int) -> TokenContext:
     specials = {s for s in tokenizer.all_special_tokens if s}
     specials |= {
-        str(t)
-        for t in getattr(tokenizer, "added_tokens_decoder", {}).values()
-        if getattr(t, "special", False)
+        str(t) for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if getattr(t, "special", False)
     }
     unk = tokenizer.unk_token_id if tokenizer.unk_token_id != tokenizer.pad_token_id else None
     return TokenContext(cutoff_len, tuple(sorted(specials, key=len, reverse=True)), unk)
@@ -93,8 +90,7 @@ def unknown_tokens(conv: Conversation, r: Rendered, ex: Example, ctx: TokenConte
 @token_check(
     "template_alters_answer",
     "warning",
-    "The text that trains for the last turn does not contain the "
-    "answer as written: the template rewrites it.",
+    "The text that trains for the last turn does not contain the answer as written: the template rewrites it.",
 )
 def template_alters_answer(conv: Conversation, r: Rendered, ex: Example, ctx: TokenContext) -> Iterator[str]:
     answer = conv.answer()

@@ -1,0 +1,83 @@
+"""Answer shapes: does this answer end the way (nearly) all the others do?
+
+A shape is coarse on purpose: `json` (parses as a JSON object/array), `broken_json` (starts like
+JSON but does not parse), `marker:####` (the last line starts with a symbol run, as GSM8K's
+"#### 72"), `label:answer` (the last line starts with "Answer:"), or `plain`. When one non-plain
+shape covers at least 90% of 20+ answers, the others are reported: a GSM8K answer without its
+"#### N" line, or a free-text answer in a JSON-extraction set, is a defect a reader would miss.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+
+import numpy as np
+
+from tunepilot.data.checks.registry import declare
+from tunepilot.data.records import Finding
+
+declare(
+    "answer_format_outlier",
+    "warning",
+    "An answer does not end like 90%+ of the others (e.g. no '#### N' "
+    "line where all others have one, or not valid JSON in a JSON-answer set).",
+    "dataset",
+)
+
+_MARKER = re.compile(r"[^\w\s]{2,}")
+_LABEL = re.compile(r"([A-Za-z][A-Za-z ]{0,20}):")
+DOMINANT = 0.9
+MIN_RECORDS = 20
+
+
+def answer_shape(answer: str | None) -> str:
+    if answer is None:
+        return ""
+    s = answer.strip()
+    if s[:1] in ("{", "["):
+        try:
+            json.loads(s)
+            return "json"
+        except ValueError:
+            return "broken_json"
+    last = s.splitlines()[-1].strip() if s else ""
+    m = _MARKER.match(last)
+    if m:
+        return f"marker:{m.group()}"
+    m = _LABEL.match(last)
+    return f"label:{m.group(1).lower()}" if m else "plain"
+
+
+def _describe(shape: str) -> str:
+    if shape in ("json", "broken_json"):
+        return "valid JSON" if shape == "json" else "broken JSON"
+    kind, _, value = shape.partition(":")
+    return {"marker": f"a last line starting '{value}'", "label": f"a last line starting '{value}:'"}.get(
+        kind, "plain text"
+    )
+
+
+def shape_findings(t: np.ndarray, sources: list[str], names: list[str]) -> list[Finding]:
+    shapes = t["shape"]
+    known = shapes[shapes >= 0]
+    if len(known) < MIN_RECORDS:
+        return []
+    counts = Counter(known.tolist())
+    top, n = counts.most_common(1)[0]
+    if names[top] == "plain" or n < DOMINANT * len(known) or n == len(known):
+        return []
+    share = n / len(known)
+    out = []
+    for i in np.flatnonzero((shapes >= 0) & (shapes != top)):
+        out.append(
+            Finding(
+                "warning",
+                "answer_format_outlier",
+                int(t["line"][i]),
+                f"{share:.0%} of answers end with {_describe(names[top])}; this one has {_describe(names[shapes[i]])}",
+                sources[t["src"][i]],
+            )
+        )
+    return out
