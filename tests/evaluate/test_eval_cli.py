@@ -72,11 +72,28 @@ def test_run_directory_applies_the_adapter_and_base_skips_it(workspace, tiny_mod
     run = _make_run(workspace, tiny_model)
     code, env = _invoke(run, "--metric", "token_f1")
     assert code == 0 and env["adapter"] == str(run / "adapter")
-    assert env["results"] == str(run / "eval" / "qa-adapter.jsonl")
+    assert env["results"] == str(run / "eval" / "qa-tuned.jsonl")
     code, base_env = _invoke(run, "--base", "--metric", "token_f1")
     assert code == 0 and base_env["adapter"] is None and base_env["results"].endswith("qa-base.jsonl")
     _invoke(workspace / "config.yaml", "--metric", "token_f1", "--out", workspace / "cfg.jsonl")
     assert _predictions(base_env["results"]) == _predictions(workspace / "cfg.jsonl")
+    assert _predictions(env["results"]) != _predictions(base_env["results"])
+
+
+def test_full_finetune_run_loads_its_model_directory(workspace, tiny_model, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    run = tmp_path / "fullrun"
+    run.mkdir()
+    (run / "config.yaml").write_text((workspace / "config.yaml").read_text())
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    with torch.no_grad():
+        model.lm_head.weight.add_(torch.randn_like(model.lm_head.weight))
+    model.save_pretrained(run / "model")
+    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(run / "model")
+    code, env = _invoke(run, "--metric", "token_f1")
+    assert code == 0 and env["tuned"] and env["adapter"] is None
+    code, base_env = _invoke(run, "--base", "--metric", "token_f1")
     assert _predictions(env["results"]) != _predictions(base_env["results"])
 
 

@@ -41,8 +41,9 @@ def evaluate_command(target: Path, data: Path | None, limit: int | None, metric:
 
 
 def _render(console: Console, s: dict[str, Any]) -> None:
-    what = f"adapter {s['adapter']}" if s["adapter"] else "base model" + (
-        f" ({s['few_shot']}-shot)" if s["few_shot"] else "")
+    shots = f" ({s['few_shot']}-shot)" if s["few_shot"] else ""
+    what = f"adapter {s['adapter']}" if s["adapter"] else ("fine-tuned model" if s["tuned"] else "base model")
+    what += shots
     console.print(f"[bold]{s['metric']}[/] = [bold]{s['value']:.4f}[/] on {s['n']} records of {s['data']} "
                   f"({what}, {s['seconds']:.1f} s)")
     for name, value in s["metrics"].items():

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tunepilot.config import RunConfig, build_config, read_yaml
+from tunepilot.config import RunConfig, load_config
 from tunepilot.errors import UserError
 from tunepilot.evaluate.data import load_eval_split, load_examples
 from tunepilot.evaluate.examples import EvalExample, fixed_subset
@@ -27,28 +27,12 @@ class Target:
     settings: EvalSettings
     run_dir: Path | None  # set when CONFIG_OR_RUN is a run directory
     adapter: Path | None  # the adapter to apply, None for the base model
-
-
-def eval_settings(raw: dict[str, Any], config: RunConfig, source: str) -> EvalSettings:
-    """The `evaluate` section: from RunConfig once it holds one, else read from the raw YAML."""
-    section = getattr(config, "evaluate", None)
-    if isinstance(section, EvalSettings):
-        return section
-    from pydantic import ValidationError
-
-    try:
-        return EvalSettings.model_validate(raw.get("evaluate") or {})
-    except ValidationError as e:
-        problems = [f"evaluate.{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()]
-        raise UserError(f"{source}: {len(problems)} problem(s) in the evaluate section",
-                        problems=problems) from e
+    tuned: bool = False  # a run's fine-tuned weights (adapter, or model/ of full fine-tuning)
 
 
 def _load(path: Path) -> tuple[RunConfig, EvalSettings, list[str]]:
-    raw = read_yaml(path)
-    rest = raw if "evaluate" in RunConfig.model_fields else {k: v for k, v in raw.items() if k != "evaluate"}
-    config, warnings = build_config(rest, source=str(path), check_paths=False)
-    return config, eval_settings(raw, config, str(path)), warnings
+    config, warnings = load_config(path, check_paths=False)
+    return config, config.evaluate, warnings
 
 
 def resolve_target(target: Path, base: bool) -> tuple[Target, list[str]]:
@@ -58,11 +42,17 @@ def resolve_target(target: Path, base: bool) -> tuple[Target, list[str]]:
             raise UserError(f"{target}: not a run directory (no config.yaml); pass a run written by "
                             "`tunepilot train` or a config YAML")
         config, settings, warnings = _load(config_file)
+        if base:
+            return Target(config, settings, target, None), warnings
+        if (target / "model" / "config.json").is_file():  # full fine-tuning saves the whole model
+            config = config.model_copy(update={"model": config.model.model_copy(
+                update={"name_or_path": str(target / "model"), "gguf_file": None})})
+            return Target(config, settings, target, None, tuned=True), warnings
         adapter = target / "adapter"
-        if not base and not (adapter / "adapter_config.json").is_file():
-            raise UserError(f"{target}: no adapter/ with adapter_config.json (did the run finish?); "
-                            "use --base to score the base model")
-        return Target(config, settings, target, None if base else adapter), warnings
+        if not (adapter / "adapter_config.json").is_file():
+            raise UserError(f"{target}: no adapter/ with adapter_config.json nor model/ (did the run "
+                            "finish?); use --base to score the base model")
+        return Target(config, settings, target, adapter, tuned=True), warnings
     config, settings, warnings = _load(target)
     return Target(config, settings, None, None), warnings
 
@@ -76,7 +66,7 @@ def results_path(t: Target, data_name: str, out: Path | None) -> Path:
     if out is not None:
         return out
     root = t.run_dir or Path(t.config.output.output_dir)
-    kind = "adapter" if t.adapter else "base"
+    kind = "tuned" if t.tuned else "base"
     return root / "eval" / f"{data_name}-{kind}.jsonl"
 
 
@@ -121,7 +111,7 @@ def run_evaluation(t: Target, data: Path | None, out: Path | None,
 
 def summary(t: Target, data: str, scores: EvalScores, path: Path) -> dict[str, Any]:
     return {**scores.summary(), "model": t.config.model.name_or_path,
-            "adapter": str(t.adapter) if t.adapter else None, "few_shot": t.settings.few_shot,
+            "adapter": str(t.adapter) if t.adapter else None, "tuned": t.tuned, "few_shot": t.settings.few_shot,
             "data": data, "results": str(path),
             "failures": sum(1 for r in scores.records if r.score < 1.0)}
 
