@@ -32,9 +32,9 @@ def test_train_writes_stream_adapter_and_summary(tiny_config):
     assert [r.step for r in records if isinstance(r, EvalPoint)] == [4, 8, 12]
     assert train_steps[0].lr < train_steps[1].lr  # warmup
     assert summary["status"] == "completed" and summary["steps"] == 12
-    saved = yaml.safe_load(open(f"{run_dir}/config.yaml"))
+    saved = yaml.safe_load(Path(run_dir, "config.yaml").read_text())
     assert saved["train"]["learning_rate"] == config.train.learning_rate
-    assert json.load(open(f"{run_dir}/summary.json"))["steps"] == 12
+    assert json.loads(Path(run_dir, "summary.json").read_text())["steps"] == 12
 
 
 def test_saved_adapter_reloads_with_peft_and_gives_the_same_logits(tiny_config, tiny_model):

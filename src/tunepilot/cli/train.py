@@ -33,9 +33,10 @@ def _render(console: Console, s: dict[str, Any]) -> None:
                   f"in {s['seconds']:.1f} s ({s['tokens_per_second']:.0f} trained tokens/s)")
     if s["stop_reason"]:
         console.print(f"  reason: {s['stop_reason']['message']}")
-    if s["best_eval_loss"] is not None:
+    objective = s["objective"]
+    if objective["best"] is not None:
         best = "restored" if s["restored_best"] else "kept"
-        console.print(f"  best eval loss {s['best_eval_loss']:.4f} at step {s['best_step']} ({best})")
+        console.print(f"  best {objective['name']} {objective['best']:.4f} at step {objective['step']} ({best})")
     console.print(f"  adapter: {s['adapter']}\n  metrics: {s['run_dir']}/metrics.jsonl")
 
 

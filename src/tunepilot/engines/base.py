@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol, Union, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 
 @dataclass
@@ -55,7 +55,7 @@ class Outcome:
     kind: Literal["outcome"] = "outcome"
 
 
-Progress = Union[Report, Outcome]
+Progress = Report | Outcome
 
 
 @runtime_checkable

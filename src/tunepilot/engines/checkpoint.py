@@ -23,7 +23,8 @@ class LoopState:
     step: int = 0  # optimizer steps completed
     tokens: int = 0  # trained tokens so far
     seconds: float = 0.0  # wall-clock seconds of training so far (across resumes)
-    best_eval: float | None = None
+    best_eval: float | None = None  # best objective value (eval loss, or the task metric)
+    best_eval_loss: float | None = None  # lowest eval loss seen
     best_step: int | None = None
     evals_without_gain: int = 0
     extra: dict = field(default_factory=dict)

@@ -26,7 +26,12 @@ import torch.nn.functional as F
 from tunepilot.config import RunConfig, dump_config
 from tunepilot.data import collate, prepare_datasets
 from tunepilot.engines.checkpoint import (
-    LoopState, find_checkpoint, load_checkpoint, load_weights, save_checkpoint, save_weights,
+    LoopState,
+    find_checkpoint,
+    load_checkpoint,
+    load_weights,
+    save_checkpoint,
+    save_weights,
 )
 from tunepilot.engines.plan import Plan, epoch_at, make_plan, step_indices
 from tunepilot.errors import ExitCode, UserError
@@ -66,6 +71,7 @@ class TrainingRun:
         self.optimizer, self.scheduler = self._optimizer_and_scheduler()
         self.writer = MetricsWriter(self.run_dir / "metrics.jsonl")
         self.monitor = self._make_monitor()
+        self.objective = self._make_objective()
         self._restore_or_start()
         atomic_write_text(self.run_dir / "config.yaml", dump_config(cfg))
         self._t0 = time.perf_counter() - self.state.seconds
@@ -103,7 +109,20 @@ class TrainingRun:
 
         total, _ = count_parameters(self.model)
         return LiveMonitor(self.config.health, method=self.config.method.finetuning_type,
-                           num_params=total, planned_steps=self.plan.total_steps)
+                           num_params=total, planned_steps=self.plan.total_steps,
+                           learning_rate=self.config.train.learning_rate)
+
+    def _make_objective(self):
+        """A task metric scored by generation when `evaluate.objective` is set; else eval loss decides."""
+        if not self.config.evaluate.objective or self.data.eval is None:
+            return None
+        from tunepilot.evaluate.objective import TaskObjective
+
+        return TaskObjective(self.config.evaluate, self.config.data, seed=self.config.train.seed)
+
+    @property
+    def objective_name(self) -> str:
+        return self.objective.name if self.objective is not None else "eval_loss"
 
     def _restore_or_start(self) -> None:
         checkpoint = find_checkpoint(self.run_dir / "checkpoint") if self.resume else None
@@ -177,21 +196,31 @@ class TrainingRun:
             batch = collate(self.data.eval[start:start + size], self.tokenizer.pad_token_id)
             total += self._loss_sum(batch).item()
             count += int((batch["labels"][:, 1:] != -100).sum())
-        return EvalPoint(step=step, eval_loss=total / max(count, 1), epoch=round(epoch_at(self.plan, step), 4),
-                         seconds=round(time.perf_counter() - self._t0, 3))
+        metrics = {}
+        if self.objective is not None:  # the whole eval split at the last step, a fixed subset before
+            scores = self.objective(self.model, self.tokenizer, full=step == self.plan.total_steps)
+            metrics = {**scores.metrics, self.objective.name: scores.value}
+        return EvalPoint(step=step, eval_loss=total / max(count, 1), metrics=metrics,
+                         epoch=round(epoch_at(self.plan, step), 4), seconds=round(time.perf_counter() - self._t0, 3))
+
+    def objective_value(self, point: EvalPoint) -> float:
+        return point.eval_loss if self.objective is None else point.metrics[self.objective.name]
 
     def _track_best(self, point: EvalPoint) -> None:
         s, t = self.state, self.config.train
-        if s.best_eval is None or s.best_eval - point.eval_loss > t.early_stopping_threshold:
-            s.best_eval, s.best_step, s.evals_without_gain = point.eval_loss, point.step, 0
+        s.best_eval_loss = min(point.eval_loss, s.best_eval_loss or math.inf)
+        value = self.objective_value(point)
+        maximize = self.objective is not None and self.objective.direction == "maximize"
+        gain = math.inf if s.best_eval is None else (value - s.best_eval if maximize else s.best_eval - value)
+        if gain > t.early_stopping_threshold:
+            s.best_eval, s.best_step, s.evals_without_gain = value, point.step, 0
             save_weights(self.run_dir / "best", self.model)
             return
         s.evals_without_gain += 1
         if t.early_stopping_patience and s.evals_without_gain >= t.early_stopping_patience:
-            self._stop(Event(step=point.step, code="early_stopping", severity="info",
-                             message=f"eval loss has not improved by more than {t.early_stopping_threshold} "
-                                     f"for {s.evals_without_gain} evaluations (best {s.best_eval:.4f} "
-                                     f"at step {s.best_step})"))
+            message = (f"{self.objective_name} has not improved by more than {t.early_stopping_threshold} "
+                       f"for {s.evals_without_gain} evaluations (best {s.best_eval:.4f} at step {s.best_step})")
+            self._stop(Event(step=point.step, code="early_stopping", severity="info", message=message))
 
     def _emit(self, record: Record) -> None:
         self.writer.write(record)
@@ -246,7 +275,8 @@ class TrainingRun:
             "stop_reason": None if stop is None else {"code": stop.code, "message": stop.message, "step": stop.step},
             "steps": s.step, "planned_steps": self.plan.total_steps, "tokens": s.tokens,
             "seconds": round(s.seconds, 3), "tokens_per_second": round(s.tokens / max(s.seconds, 1e-9), 1),
-            "best_eval_loss": s.best_eval, "best_step": s.best_step, "restored_best": restored_best,
+            "objective": {"name": self.objective_name, "best": s.best_eval, "step": s.best_step},
+            "best_eval_loss": s.best_eval_loss, "best_step": s.best_step, "restored_best": restored_best,
             "peak_memory_mb": self._peak_memory_mb(), "device": str(self.device),
             "parameters": {"total": total, "trainable": trainable}, "plan": self.plan.as_dict(),
             "data": self.data.stats, "run_dir": str(self.run_dir),

@@ -1,8 +1,9 @@
 """The standard engine: transformers + PEFT, one trial at a time (1 slot) behind the Engine interface.
 
 Each trial is a `TrainingRun` evaluated at the report fractions of its own schedule; `advance` trains
-it to the next one. Between LoRA trials the base model stays loaded: PEFT's `unload()` takes the
-adapter layers out again, so the next trial starts from the same frozen weights without a reload.
+it to the next one. The objective is eval loss, or a task metric (scored by generation through
+`tunepilot.evaluate`) when one is named. Between LoRA trials the base model stays loaded: PEFT's
+`unload()` takes the adapter layers out again, so the next trial starts from the same frozen weights without a reload.
 """
 
 from __future__ import annotations
@@ -23,13 +24,12 @@ class StandardEngine:
     name = "standard"
 
     def __init__(self, objective: str = "eval_loss"):
-        self.objective = objective
+        self.objective = objective  # "eval_loss" or a metric name (exact_match, accuracy, module:function...)
         self._base = None
         self._base_key: str | None = None
         self._trial: TrialSpec | None = None
         self._run: TrainingRun | None = None
         self._iter = None
-        self._last: float | None = None
         self._t0 = 0.0
         self._failed_at_start: Outcome | None = None  # a trial that could not start reports on advance
 
@@ -44,9 +44,11 @@ class StandardEngine:
     def start(self, spec: TrialSpec) -> None:
         if self._trial is not None:
             raise RuntimeError("the standard engine has one slot and it is taken")
-        self._trial, self._last, self._t0 = spec, None, time.perf_counter()
+        self._trial, self._t0 = spec, time.perf_counter()
         try:
             spec.config.output.overwrite_output_dir = True  # a trial's directory is the search's to reuse
+            if self.objective != "eval_loss":
+                spec.config.evaluate.metric, spec.config.evaluate.objective = self.objective, True
             base = self._shared_base(spec.config)
             self._run = TrainingRun(spec.config, spec.run_dir, resume=False, base_model=base,
                                     eval_fractions=spec.report_fractions)
@@ -67,8 +69,7 @@ class StandardEngine:
             return [self._finish("complete")]
         except Exception as e:  # noqa: BLE001
             return [self._fail(e)]
-        value = point.eval_loss if self.objective == "eval_loss" else point.metrics.get(self.objective)
-        self._last = value
+        value = self._run.objective_value(point)
         fraction = point.step / self._run.plan.total_steps
         return [Report(self._trial.number, fraction=round(fraction, 6), step=point.step, value=value)]
 
@@ -93,7 +94,7 @@ class StandardEngine:
         summary = run.finish()
         if not summary["ok"]:
             state, reason = "failed", summary["stop_reason"]["code"]
-        value = summary["best_eval_loss"] if self.objective == "eval_loss" else self._last
+        value = summary["objective"]["best"]
         outcome = Outcome(trial.number, state, value=value, reason=reason, steps=summary["steps"],
                           seconds=time.perf_counter() - self._t0, tokens=summary["tokens"], extra=summary)
         self._release()
