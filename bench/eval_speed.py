@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import random
 import subprocess
@@ -84,6 +85,19 @@ def timed(fn):
     return out, time.perf_counter() - start
 
 
+def scan(model, tokenizer, prompts: list[str], sizes: list[int], steps: int = 32) -> dict[str, float]:
+    """Milliseconds per decode step for one batch of each size: (time for `steps` tokens - time for
+    1 token) / (steps - 1), so the prefill is left out. Shows how a step's cost grows with the batch."""
+    out = {}
+    for size in sizes:
+        batch = (prompts * (size // len(prompts) + 1))[:size]
+        _, t1 = timed(lambda b=batch: generate(model, tokenizer, b, 1, len(b)))
+        _, tn = timed(lambda b=batch: generate(model, tokenizer, b, steps, len(b)))
+        out[str(size)] = round(1000 * (tn - t1) / (steps - 1), 2)
+        print(f"batch {size}: {out[str(size)]} ms per decode step", flush=True)
+    return out
+
+
 def commit() -> str:
     try:
         return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True).strip()
@@ -99,6 +113,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--baseline-records", type=int, default=16)
     p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "gsm8k" / "test.jsonl")
+    p.add_argument("--scan", default="", help="batch sizes to time one batch at (ms per decode step), e.g. 1,64")
     p.add_argument("--json-out", type=Path, default=None)
     args = p.parse_args()
 
@@ -109,6 +124,7 @@ def main() -> None:
     texts, prompt_source = questions(args.data, args.records)
     prompts = render(tokenizer, texts)
     generate(model, tokenizer, prompts[:4], 4, 4)  # warm-up: CUDA context, kernels
+    step_ms = scan(model, tokenizer, prompts, [int(x) for x in args.scan.split(",") if x]) if args.scan else {}
 
     n_new = args.max_new_tokens
     batched, t_batched = timed(lambda: generate(model, tokenizer, prompts, n_new, args.batch_size))
@@ -118,7 +134,8 @@ def main() -> None:
     rate_batched, rate_naive = len(prompts) / t_batched, len(sample) / t_naive
     result = {
         "device": torch.cuda.get_device_name(0) if device.type == "cuda" else platform.processor() or "cpu",
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "commit": commit(),
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": os.environ.get("BENCH_COMMIT") or commit(),
         "torch": torch.__version__, "shape": args.shape, "dtype": str(dtype).replace("torch.", ""),
         "records": len(prompts), "prompts": prompt_source, "max_new_tokens": args.max_new_tokens,
         "batch_size": args.batch_size,
@@ -130,6 +147,7 @@ def main() -> None:
         "baseline_new_tokens_per_s": round(sum(a.tokens for a in naive) / t_naive, 1),
         "baseline_seconds_for_all_records": round(len(prompts) / rate_naive, 1),
         "speedup": round(rate_batched / rate_naive, 1),
+        "decode_step_ms_by_batch": step_ms,
     }
     print(json.dumps(result, indent=2))
     if args.json_out:
