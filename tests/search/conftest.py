@@ -77,6 +77,7 @@ def sweep_file(tmp_path: Path, curves: Path, **overrides) -> Path:
         "pruner": "none",
         "budget": {"n_trials": 6},
         "engine": {"name": "replay", "curves": str(curves)},
+        "skip_duplicates": False,  # mechanics tests count real runs; test_loop tests the reuse
     }
     spec.update(overrides)
     path = tmp_path / "sweep.yaml"

@@ -61,9 +61,7 @@ def test_failing_trials_are_recorded_and_the_sweep_goes_on(tmp_path, grid_curves
     assert result["best"]["number"] in (3, 4, 5)
 
 
-def test_out_of_memory_retries_with_half_micro_batch_and_double_accumulation(
-    tmp_path, curves_file, make_sweep
-):
+def test_out_of_memory_retries_with_half_micro_batch_and_double_accumulation(tmp_path, curves_file, make_sweep):
     runs = [
         {
             "learning_rate": lr,
@@ -97,3 +95,27 @@ def test_budget_in_training_steps_stops_the_sweep(tmp_path, grid_curves, make_sw
     spent = sum(r.get("steps", 0) for r in result["leaderboard"])
     assert "training-step budget" in result["stopped"]
     assert 25000 <= spent < 25000 + 20000  # the last trial is stopped at the point that crossed the budget
+
+
+def test_a_configuration_already_run_is_reused_not_retrained(tmp_path, curves_file, make_sweep):
+    # two recorded runs only: every proposal maps to one of them, so at most two trainings happen
+    runs = [
+        {"learning_rate": lr, "total_model_steps": 1000, "learning_curves": {"acc": [[500, q / 2], [1000, q]]}}
+        for lr, q in ((1e-5, 0.6), (1e-3, 0.8))
+    ]
+    curves = curves_file("two.jsonl", runs)
+    path = make_sweep(
+        curves,
+        space={"learning_rate": {"low": 1e-5, "high": 1e-3, "log": True}},
+        objective={"metric": "acc"},
+        budget={"n_trials": 8},
+        skip_duplicates=True,
+    )
+    result = run(path, tmp_path)
+    rows = result["leaderboard"]
+    trained = [r for r in rows if r["steps"] > 0]
+    reused = [r for r in rows if r["steps"] == 0]
+    assert len(rows) == 8 and len(trained) == 2 and len(reused) == 6
+    values = {r["value"] for r in rows}
+    assert values == {0.6, 0.8}  # each reuse carries its twin's result
+    assert all("same configuration as trial" in r["reason"] for r in reused)

@@ -23,9 +23,7 @@ def odd_file(curves_file):
             "total_model_steps": 2500,
             "learning_curves": {"f1": [[700, 0.1 * i], [1400, 0.1 * i + 0.05], [2500, 0.1 * i + 0.07]]},
         }
-        for i, (lr, bs, opt) in enumerate(
-            [(1e-5, 8, "adam"), (1e-4, 8, "adam"), (1e-3, 32, "sgd"), (1e-4, 32, "sgd")]
-        )
+        for i, (lr, bs, opt) in enumerate([(1e-5, 8, "adam"), (1e-4, 8, "adam"), (1e-3, 32, "sgd"), (1e-4, 32, "sgd")])
     ]
     return curves_file("odd.jsonl", runs)
 

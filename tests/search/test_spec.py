@@ -67,11 +67,7 @@ def test_space_becomes_distributions_and_alpha_multiplier_becomes_alpha():
         }
     )
     d = distributions(spec)
-    assert (
-        d["learning_rate"].log
-        and d["max_steps"].step == 10
-        and type(d["max_steps"]).__name__ == "IntDistribution"
-    )
+    assert d["learning_rate"].log and d["max_steps"].step == 10 and type(d["max_steps"]).__name__ == "IntDistribution"
     assert d["lora_target"].choices == ("q_proj,v_proj", "all-linear")
     assert config_updates({"lora_rank": 16, "lora_alpha_multiplier": 2}) == {
         "lora_rank": 16,

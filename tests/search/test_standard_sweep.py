@@ -51,9 +51,7 @@ def sweep_and_train(tmp_path, base: dict, space: dict, n_trials: int, train_over
     config, _ = load_config(best)  # tunepilot's own loader accepts it
     assert config.train.learning_rate == pytest.approx(body["best"]["params"]["learning_rate"])
     assert all(r["steps"] > 0 and r["seconds"] > 0 and r["tokens"] > 0 for r in rows)
-    trained = runner.invoke(
-        app, ["train", str(best), "--json", *sum((["--set", o] for o in train_overrides), [])]
-    )
+    trained = runner.invoke(app, ["train", str(best), "--json", *sum((["--set", o] for o in train_overrides), [])])
     assert trained.exit_code == 0, trained.output[-3000:]
     return body
 

@@ -199,13 +199,20 @@ class ReplayEngine:
             if self.table.column_for(k, self.columns) is None
         ]
 
-    def start(self, spec: TrialSpec) -> None:
-        if len(self._active) >= self._slots:
-            raise RuntimeError(f"no free slot for trial {spec.number}")
+    def config_key(self, spec: TrialSpec) -> str:
+        """What this engine would train for `spec`: the recorded run it maps to (see search.dedupe)."""
+        return f"replay:{self._resolve(spec).index}"
+
+    def _resolve(self, spec: TrialSpec) -> Run:
         # a trial's config overrides (the out-of-memory retry's micro-batch) apply where the file has them
         overrides = (spec.config or {}).get("overrides") or {} if isinstance(spec.config, dict) else {}
         mapped = {k: v for k, v in overrides.items() if self.table.column_for(k, self.columns)}
-        run = self.table.nearest({**spec.params, **mapped}, self.columns)
+        return self.table.nearest({**spec.params, **mapped}, self.columns)
+
+    def start(self, spec: TrialSpec) -> None:
+        if len(self._active) >= self._slots:
+            raise RuntimeError(f"no free slot for trial {spec.number}")
+        run = self._resolve(spec)
         self._active[spec.number] = _Active(spec, run, started=time.monotonic())
 
     def advance(self) -> list[Progress]:

@@ -28,6 +28,7 @@ from optuna.trial import TrialState
 from tunepilot.engines.base import Outcome, Report, TrialSpec
 from tunepilot.errors import UserError
 from tunepilot.search.budget import BudgetTracker, trial_costs
+from tunepilot.search.dedupe import Seen, config_key
 from tunepilot.search.protocols import Ask, Protocol
 from tunepilot.search.results import COST_KEYS
 from tunepilot.search.study import enqueue_retry
@@ -55,8 +56,10 @@ class SlotLoop:
         price: float | None = None,
         log: Callable[[str], None] | None = None,
         max_consecutive_failures: int = 5,
+        skip_duplicates: bool = True,
     ):
         self.study, self.engine, self.protocol, self.budget = study, engine, protocol, budget
+        self.seen = Seen(study) if skip_duplicates else None
         self.make_spec, self.oom_overrides = make_spec, oom_overrides or (lambda t: None)
         self.every_pct = max(1, round(every * 100))
         self.gpus, self.price = gpus, price
@@ -89,6 +92,8 @@ class SlotLoop:
             why = self.budget.exhausted(running=len(self.live))
             if why or self.protocol.done:
                 return why or "protocol finished"
+            if self.seen is not None and self.seen.converged:
+                return f"converged: the last {self.seen.in_row} proposals were configurations already run"
             ask = self.protocol.ask()
             if ask is None:
                 return "waiting for running trials"
@@ -103,6 +108,15 @@ class SlotLoop:
             if ask.error:
                 raise UserError(ask.error)
             spec = self.make_spec(trial)
+            if self.seen is not None:
+                key = config_key(self.engine, spec, ask.stop_at)
+                twin = self.seen.twin(key)
+                if twin is not None:
+                    self.seen.copy(trial, twin)
+                    self.log(f"trial {number}: same configuration as trial {twin.number}; reused its result")
+                    return
+                if key is not None:
+                    trial.set_user_attr("config_key", key)
             self.engine.start(spec)
         except Exception as e:  # a bad config (UserError), a NaN param, a start that crashed
             reason = e.message if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
@@ -138,9 +152,7 @@ class SlotLoop:
         live = self.live[r.number]
         live.steps = max(live.steps, r.step)
         if r.value is None or not math.isfinite(r.value):
-            self._end(
-                r.number, "failed", f"objective is {r.value} at {r.fraction:.0%} of the schedule (diverged)"
-            )
+            self._end(r.number, "failed", f"objective is {r.value} at {r.fraction:.0%} of the schedule (diverged)")
             return
         for pct, value in self._grid(live, r.fraction, r.value):
             live.trial.report(value, pct)
@@ -188,13 +200,9 @@ class SlotLoop:
             enqueue_retry(self.study, trial.params, trial.user_attrs, trial.number, overrides=overrides)
             self.log(f"trial {trial.number}: out of memory; retrying with {_fmt(overrides)}")
 
-    def _tell(
-        self, trial: optuna.Trial, state: str, value: float | None, reason: str | None, o: Outcome
-    ) -> None:
+    def _tell(self, trial: optuna.Trial, state: str, value: float | None, reason: str | None, o: Outcome) -> None:
         steps = max(o.steps, self.live[trial.number].steps if trial.number in self.live else 0)
-        costs = trial_costs(
-            o.seconds, steps, o.tokens, self.gpus / max(1, self.engine.slots), self.price, o.extra
-        )
+        costs = trial_costs(o.seconds, steps, o.tokens, self.gpus / max(1, self.engine.slots), self.price, o.extra)
         for key, v in {**costs, "reason": reason, **_plain(o.extra)}.items():
             if v is not None:
                 trial.set_user_attr(key, v)
@@ -205,6 +213,9 @@ class SlotLoop:
         else:
             self.study.tell(trial, state=TrialState.FAIL)
         self.failures_in_row = self.failures_in_row + 1 if state == "failed" else 0
+        if self.seen is not None:
+            self.seen.add(trial, state)
+            self.seen.in_row = 0
         value_text = "" if value is None else f" value={value:.6g}"
         self.log(f"trial {trial.number} {state}{value_text}{f' ({reason})' if reason else ''}")
 

@@ -33,9 +33,7 @@ def _distribution(dist: Range | list[Any]) -> BaseDistribution:
         # Optuna choices must be scalars: a list of target modules is kept as "q_proj,v_proj"
         return CategoricalDistribution([",".join(c) if isinstance(c, list) else c for c in dist])
     # int when asked, or when both ends were written as integers (`{low: 1, high: 4}`)
-    is_int = dist.type == "int" or (
-        dist.type is None and isinstance(dist.low, int) and isinstance(dist.high, int)
-    )
+    is_int = dist.type == "int" or (dist.type is None and isinstance(dist.low, int) and isinstance(dist.high, int))
     if is_int and not dist.log:
         return IntDistribution(int(dist.low), int(dist.high), step=int(dist.step or 1))
     if is_int:
@@ -74,9 +72,7 @@ def config_updates(params: dict[str, Any], overrides: dict[str, Any] | None = No
     return updates
 
 
-def trial_config(
-    base: RunConfig, params: dict[str, Any], overrides: dict[str, Any] | None = None
-) -> RunConfig:
+def trial_config(base: RunConfig, params: dict[str, Any], overrides: dict[str, Any] | None = None) -> RunConfig:
     """The base config with a trial's params applied, validated like a file."""
     return config_with(base, config_updates(params, overrides))
 

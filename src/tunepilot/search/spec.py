@@ -7,7 +7,7 @@
       lora_alpha_multiplier: [1, 2]   # lora_alpha = multiplier x rank
     objective: {metric: eval_loss, direction: minimize}
     sampler: tpe                      # tpe | random | grid | gp, or {name: tpe, seed: 0}
-    pruner: median                    # median | hyperband | successive_halving | none
+    pruner: median                    # median | percentile | hyperband | successive_halving | envelope | none
     protocol: bayes                   # bayes | staged | ... (tunepilot.search.protocols)
     budget: {n_trials: 20, seconds: 3600, gpu_hours: 2, price_per_gpu_hour: 2.5}
     engine: standard                  # standard | replay | packed, or {name: replay, curves: PATH}
@@ -95,6 +95,10 @@ class SweepSpec(_Strict):
     study_name: str | None = Field(None, description="Default: the sweep file's name.")
     output_dir: str | None = Field(None, description="Sweep directory; default sweeps/<sweep file name>.")
     enqueue: list[dict[str, Any]] = Field(default_factory=list, description="Trials to run first (params).")
+    skip_duplicates: bool = Field(
+        True,
+        description="Reuse the result of a configuration already run instead of training it again (search.dedupe).",
+    )
     report_every: float = Field(
         0.05, gt=0, le=0.5, description="Pruning grid: report to the pruner every this share of a schedule."
     )
@@ -112,7 +116,7 @@ class SweepSpec(_Strict):
     @field_validator("pruner")
     @classmethod
     def _pruner(cls, v: Named) -> Named:
-        return _known(v, ("median", "hyperband", "successive_halving", "none"))
+        return _known(v, ("median", "percentile", "hyperband", "successive_halving", "envelope", "none"))
 
     @field_validator("protocol")
     @classmethod
@@ -210,8 +214,10 @@ def _space_problems(raw: dict[str, Any]) -> list[str]:
             problems.append(f"space.{key}: unknown hyperparameter{hint}")
         if isinstance(dist, list) and not dist:
             problems.append(f"space.{key}: needs at least one choice")
-        if isinstance(dist, dict) and dist.get("type") == "int" and not all(
-            isinstance(dist.get(k), int) for k in ("low", "high")
+        if (
+            isinstance(dist, dict)
+            and dist.get("type") == "int"
+            and not all(isinstance(dist.get(k), int) for k in ("low", "high"))
         ):
             problems.append(f"space.{key}: an int range needs integer low and high")
     for i, params in enumerate(raw.get("enqueue") or []):

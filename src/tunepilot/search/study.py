@@ -17,6 +17,7 @@ import optuna
 from optuna.trial import TrialState
 
 from tunepilot.errors import UserError
+from tunepilot.search.pruners import EnvelopePruner
 from tunepilot.search.spec import Range, SweepSpec
 
 HEARTBEAT_S = 30  # external storages: a RUNNING trial without a heartbeat for 3x this is stale
@@ -69,10 +70,14 @@ def make_pruner(spec: SweepSpec) -> optuna.pruners.BasePruner:
             return optuna.pruners.HyperbandPruner(
                 **{"min_resource": every, "max_resource": 100, "reduction_factor": 3, **opts}
             )
-        if spec.pruner.name == "successive_halving":
-            return optuna.pruners.SuccessiveHalvingPruner(
-                **{"min_resource": every, "reduction_factor": 3, **opts}
+        if spec.pruner.name == "envelope":
+            return EnvelopePruner(**opts)
+        if spec.pruner.name == "percentile":
+            return optuna.pruners.PercentilePruner(
+                **{"percentile": 50.0, "n_startup_trials": 5, "n_warmup_steps": every, **opts}
             )
+        if spec.pruner.name == "successive_halving":
+            return optuna.pruners.SuccessiveHalvingPruner(**{"min_resource": every, "reduction_factor": 3, **opts})
         return optuna.pruners.NopPruner()
     except TypeError as e:
         raise UserError(f"pruner: bad option for {spec.pruner.name} ({e})") from e
@@ -106,9 +111,7 @@ def open_study(
     elif storage_url == "memory":
         storage = optuna.storages.InMemoryStorage()
     else:
-        raise UserError(
-            f"--storage: {storage_url!r} is not an Optuna RDB URL (sqlite:///..., postgresql://...)"
-        )
+        raise UserError(f"--storage: {storage_url!r} is not an Optuna RDB URL (sqlite:///..., postgresql://...)")
     study = optuna.create_study(
         storage=storage,
         study_name=name,
@@ -135,9 +138,7 @@ def recover_interrupted(study: optuna.Study, exclusive: bool) -> list[int]:
     if exclusive:
         stale = list(running)
         for t in stale:
-            optuna.trial.Trial(study, t._trial_id).set_user_attr(
-                "reason", "interrupted (process killed or stopped)"
-            )
+            optuna.trial.Trial(study, t._trial_id).set_user_attr("reason", "interrupted (process killed or stopped)")
             study.tell(t.number, state=TrialState.FAIL)
     else:
         optuna.storages.fail_stale_trials(study)  # Optuna's heartbeat check: FAILs trials without a pulse
@@ -153,8 +154,9 @@ def recover_interrupted(study: optuna.Study, exclusive: bool) -> list[int]:
 RETRY_ATTRS = ("stage", "stop_at", "overrides", "keys")
 
 
-def enqueue_retry(study: optuna.Study, params: dict[str, Any], attrs: dict[str, Any], number: int,
-                  **changes: Any) -> None:
+def enqueue_retry(
+    study: optuna.Study, params: dict[str, Any], attrs: dict[str, Any], number: int, **changes: Any
+) -> None:
     """Run a trial again, once, with the same params (the next `ask` pops it)."""
     kept = {k: v for k, v in attrs.items() if k in RETRY_ATTRS}
     study.enqueue_trial(params, user_attrs={**kept, **changes, "retry_of": number})

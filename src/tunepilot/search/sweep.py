@@ -68,21 +68,7 @@ def run_sweep(setup: SweepSetup, log: Callable[[str], None] | None = None) -> di
                 log(f"resuming: trial(s) {retried} were interrupted; marked failed and retried once")
             _enqueue_first(study, spec)
             _write_meta(setup, exclusive)
-            protocol = PROTOCOLS[spec.protocol.name](
-                spec, study, space_mod.distributions(spec), base, spec.protocol.options
-            )
-            loop = SlotLoop(
-                study,
-                engine,
-                protocol,
-                BudgetTracker(spec.budget, study),
-                make_spec=_spec_maker(base, sweep_dir),
-                every=spec.report_every,
-                oom_overrides=lambda t: oom_overrides(t, base),
-                gpus=engine_gpus(base) if base else 0.0,
-                price=spec.budget.price_per_gpu_hour,
-                log=log,
-            )
+            loop = build_loop(spec, study, engine, base, sweep_dir, log)
             why = loop.run()
         finally:
             engine.close()
@@ -100,6 +86,31 @@ def run_sweep(setup: SweepSetup, log: Callable[[str], None] | None = None) -> di
     }
 
 
+def build_loop(
+    spec: SweepSpec,
+    study: optuna.Study,
+    engine: Any,
+    base: RunConfig | None,
+    sweep_dir: Path,
+    log: Callable[[str], None] | None = None,
+) -> SlotLoop:
+    """The protocol and the slot loop over an open study and a built engine (also used by bench/)."""
+    protocol = PROTOCOLS[spec.protocol.name](spec, study, space_mod.distributions(spec), base, spec.protocol.options)
+    return SlotLoop(
+        study,
+        engine,
+        protocol,
+        BudgetTracker(spec.budget, study),
+        make_spec=_spec_maker(base, sweep_dir),
+        every=spec.report_every,
+        oom_overrides=lambda t: oom_overrides(t, base),
+        gpus=engine_gpus(base) if base else 0.0,
+        price=spec.budget.price_per_gpu_hour,
+        log=log,
+        skip_duplicates=spec.skip_duplicates,
+    )
+
+
 class _nothing:
     def __enter__(self):
         return self
@@ -111,8 +122,11 @@ class _nothing:
 def _write_meta(setup: SweepSetup, exclusive: bool) -> None:
     """What `tunepilot report` needs to find the study again; a shared storage URL may hold a
     password, so only the sweep-dir default is written (pass --storage to report the others)."""
-    meta = {"study_name": setup.study_name, "storage": setup.storage if exclusive else None,
-            "spec": setup.spec.model_dump(mode="json")}
+    meta = {
+        "study_name": setup.study_name,
+        "storage": setup.storage if exclusive else None,
+        "spec": setup.spec.model_dump(mode="json"),
+    }
     atomic_write_json(setup.sweep_dir / "sweep.json", meta)
 
 

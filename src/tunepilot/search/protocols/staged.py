@@ -146,9 +146,7 @@ class Staged(Protocol):
         scored = [(v, t) for v, t in scored if v is not None]
         values = {f"{t.params['learning_rate']:.3g}": self._judged(t) for t in done}
         if not scored:
-            self.decide(
-                "lr", None, "every learning-rate trial failed; nothing to continue from", values=values
-            )
+            self.decide("lr", None, "every learning-rate trial failed; nothing to continue from", values=values)
             return None
         best = min(scored, key=lambda vt: vt[0] if self.minimize else -vt[0])[1]
         self.decide(
@@ -179,11 +177,7 @@ class Staged(Protocol):
             f"{'n/a' if gain is None else f'{gain:+.2%}'} vs threshold {self.rank_gain:.0%}",
             values={str(r): v1, str(2 * r): v2},
         )
-        return (
-            Winner.of(done[0])
-            if keep
-            else Winner({**winner.params, "lora_rank": r}, winner.curve, winner.unstable)
-        )
+        return Winner.of(done[0]) if keep else Winner({**winner.params, "lora_rank": r}, winner.curve, winner.unstable)
 
     def _base_rank(self) -> int:
         if self.base is not None:
@@ -205,8 +199,7 @@ class Staged(Protocol):
             self.decide(
                 "warmup",
                 winner.params.get("warmup_ratio", 0.0),
-                f"no warmup added: early curve stable (worst drop from best {worst:.1%} "
-                f"<= {self.unstable_rel:.0%})",
+                f"no warmup added: early curve stable (worst drop from best {worst:.1%} <= {self.unstable_rel:.0%})",
             )
             return winner
         dist = self.spec.space["warmup_ratio"]
@@ -245,9 +238,16 @@ class Staged(Protocol):
             return True
         final = [t for t in self._trials("final") if t.state in FINISHED]
         if final:
-            self.decide("final", final[0].params, "one full run with the winner",
-                        trial=final[0].number, state=final[0].state.name.lower(), value=final[0].value)
+            self.decide(
+                "final",
+                final[0].params,
+                "one full run with the winner",
+                trial=final[0].number,
+                state=final[0].state.name.lower(),
+                value=final[0].value,
+            )
         return bool(final)
+
 
 def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
     keys = set(a) | set(b)

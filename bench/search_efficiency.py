@@ -1,0 +1,279 @@
+"""Search efficiency on replayed learning curves: regret versus compute, median and spread over seeds.
+
+Every strategy runs through the product's own code (tunepilot.search: the slot loop, the protocols,
+Optuna samplers and pruners) on the replay engine, in memory, one slot, with a budget in real
+training steps. Regret = best final accuracy in the file - best final accuracy of a trial the
+strategy ran to the end (what you would deploy). The search space is derived from the file
+(every hyperparameter column with the file's range, log scale where it spans >= 10x), so the
+benchmark runs unchanged on any curves file of the same format.
+
+    python bench/search_efficiency.py                       # 50 seeds, all strategies, 2 processes
+    python bench/search_efficiency.py --seeds 5 --strategies random,tpe_median
+    python bench/search_efficiency.py --curves OTHER.jsonl --plot out.png --markdown out.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import statistics
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CURVES = ROOT.parent / "shared" / "data" / "lm-tuning-curves" / "deberta-base_mnli.jsonl"
+
+# name -> the sweep-file keys that select it (sampler, pruner, protocol and their options)
+STRATEGIES: dict[str, dict] = {
+    # the references run as Optuna runs them: every proposal is trained, duplicates included
+    "random": {"sampler": "random", "pruner": "none", "skip_duplicates": False},
+    "tpe_median": {"sampler": "tpe", "pruner": "median", "skip_duplicates": False},  # Optuna's default advice
+    "tpe_hyperband": {"sampler": "tpe", "pruner": "hyperband", "skip_duplicates": False},
+    "staged": {"sampler": "tpe", "pruner": "none", "protocol": {"name": "staged"}},
+    # ours: brackets ranked early (protocols/rank_early.py); the best-curve pruner (search/pruners.py),
+    # alone and with duplicate configurations reused instead of retrained (search/dedupe.py)
+    "rank_early": {"sampler": "tpe", "pruner": "none", "protocol": {"name": "rank_early"}},
+    "tpe_envelope": {"sampler": "tpe", "pruner": "envelope", "skip_duplicates": False},
+    "tpe_envelope_dedupe": {"sampler": "tpe", "pruner": "envelope"},
+}
+
+
+def file_space(table) -> dict:
+    """Every hyperparameter column as a range (or choices) spanning what the file holds."""
+    space = {}
+    for col in table.columns:
+        if col == "warmup_steps" and "warmup_ratio" in table.columns:
+            continue  # the same knob twice; the ratio is comparable across schedule lengths
+        values = [r.columns[col] for r in table.runs if col in r.columns]
+        if any(isinstance(v, str) for v in values):
+            space[col] = sorted(set(map(str, values)))
+            continue
+        lo, hi = min(values), max(values)
+        if lo == hi:
+            continue
+        is_int = all(isinstance(v, int) for v in values)
+        log = lo > 0 and hi / lo >= 10
+        space[col] = {"low": int(lo) if is_int else float(lo), "high": int(hi) if is_int else float(hi), "log": log}
+    return space
+
+
+def run_one(args: tuple) -> list[tuple[int, float]]:
+    """One strategy, one seed: [(cumulative training steps, regret after that trial)]."""
+    name, seed, curves, budget_steps = args
+    import optuna
+
+    from tunepilot.engines.replay import ReplayEngine
+    from tunepilot.search.spec import parse_sweep
+    from tunepilot.search.study import make_pruner, make_sampler
+    from tunepilot.search.sweep import build_loop
+
+    table = _table(curves)
+    strategy = STRATEGIES[name]
+    raw = {
+        "space": file_space(table),
+        "objective": {"metric": table.curve, "direction": "maximize"},
+        "budget": {"n_trials": 10_000, "train_steps": budget_steps},
+        "engine": {"name": "replay", "curves": str(curves)},
+        **strategy,
+    }
+    spec = parse_sweep(raw, "bench")
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    study = optuna.create_study(direction="maximize", sampler=make_sampler(spec, seed=seed), pruner=make_pruner(spec))
+    study.set_user_attr("seed", seed)
+    engine = ReplayEngine(curves, table=table)
+    build_loop(spec, study, engine, None, Path("/nonexistent")).run()
+    return trace(study, table.best_final, _worst(table))
+
+
+_TABLES: dict = {}
+
+
+def _table(curves):
+    from tunepilot.engines.replay import CurveTable
+
+    if curves not in _TABLES:
+        _TABLES[curves] = CurveTable(curves)
+    return _TABLES[curves]
+
+
+def _worst(table) -> float:
+    return min(r.final for r in table.runs)
+
+
+def trace(study, best_in_file: float, worst: float) -> list[tuple[int, float]]:
+    """Regret after each trial in the order trials ended (one slot: trial-number order)."""
+    from optuna.trial import TrialState
+
+    spent, best, out = 0, worst, []
+    for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
+        spent += int(t.user_attrs.get("steps", 0))
+        if t.state == TrialState.COMPLETE and t.value is not None:
+            best = max(best, t.value)
+        out.append((spent, best_in_file - best))
+    return out
+
+
+def regret_at(tr: list[tuple[int, float]], grid: np.ndarray, worst_regret: float) -> np.ndarray:
+    """Step function: the regret reached once `c` steps were spent."""
+    steps = np.array([s for s, _ in tr] or [0])
+    regrets = np.array([r for _, r in tr] or [worst_regret])
+    idx = np.searchsorted(steps, grid, side="right") - 1
+    return np.where(idx >= 0, regrets[np.clip(idx, 0, None)], worst_regret)
+
+
+def summarise(traces: dict[str, list], budget: int, worst_regret: float, points: int = 200):
+    grid = np.linspace(0, budget, points + 1)[1:]
+    curves = {}
+    for name, trs in traces.items():
+        mat = np.stack([regret_at(tr, grid, worst_regret) for tr in trs])
+        curves[name] = (np.median(mat, 0), np.percentile(mat, 25, 0), np.percentile(mat, 75, 0))
+    return grid, curves
+
+
+def first_reach(grid: np.ndarray, median: np.ndarray, target: float) -> float | None:
+    hit = np.nonzero(median <= target + 1e-12)[0]
+    return float(grid[hit[0]]) if len(hit) else None
+
+
+def table_rows(grid, curves, traces, reference: str = "tpe_median"):
+    target = curves[reference][0][-1]  # the regret TPE + median reaches with the whole budget
+    ref_compute = first_reach(grid, curves[reference][0], target)
+    rows = []
+    for name, (med, q25, q75) in curves.items():
+        reach = first_reach(grid, med, target)
+        finals = [tr[-1][1] if tr else math.nan for tr in traces[name]]
+        trials = statistics.median(len(tr) for tr in traces[name])
+        ratio = None if reach is None or not ref_compute else reach / ref_compute
+        rows.append(
+            {
+                "strategy": name,
+                "median_final_regret": float(med[-1]),
+                "q25": float(q25[-1]),
+                "q75": float(q75[-1]),
+                "mean_final_regret": statistics.fmean(finals),
+                "median_trials": trials,
+                "steps_to_reference": reach,
+                "compute_vs_reference": ratio,
+            }
+        )
+    return target, ref_compute, rows
+
+
+def budget_rows(grid, curves, reference: str, budgets: list[int]) -> list[dict]:
+    """For each budget B: the median regret the reference reaches by B, and the compute each strategy
+    needs to reach that same regret (ratio < 0.5 = the target met at that budget)."""
+    out = []
+    for b in budgets:
+        i = int(np.searchsorted(grid, b, side="right")) - 1
+        if i < 0:
+            continue
+        target = float(curves[reference][0][i])
+        ref = first_reach(grid, curves[reference][0], target)
+        row = {"budget": b, "target": target}
+        for name, (med, _, _) in curves.items():
+            reach = first_reach(grid, med, target)
+            row[name] = None if reach is None or not ref else reach / ref
+        out.append(row)
+    return out
+
+
+def plot(grid, curves, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for name, (med, q25, q75) in curves.items():
+        (line,) = ax.plot(grid / 1e3, med, label=name, lw=2)
+        ax.fill_between(grid / 1e3, q25, q75, color=line.get_color(), alpha=0.15)
+    ax.set_yscale("symlog", linthresh=1e-3)
+    ax.set_xlabel("compute spent (thousand real training steps)")
+    ax.set_ylabel("regret (best accuracy in file - best found)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def budget_markdown(rows: list[dict], names: list[str]) -> str:
+    lines = ["| TPE+median budget | its median regret | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+    for r in rows:
+        cells = ["not reached" if r[n] is None else f"{r[n]:.2f}x" for n in names]
+        lines.append(f"| {r['budget'] / 1e3:,.0f}k | {r['target']:.4f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def markdown(rows, target, ref_compute, args, seconds: float) -> str:
+    lines = [
+        "| strategy | median final regret | IQR | mean | median trials | steps to reach TPE+median's "
+        "final regret | compute vs TPE+median |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        reach = "not reached" if r["steps_to_reference"] is None else f"{r['steps_to_reference'] / 1e3:,.0f}k"
+        ratio = "" if r["compute_vs_reference"] is None else f"{r['compute_vs_reference']:.2f}x"
+        lines.append(
+            f"| {r['strategy']} | {r['median_final_regret']:.4f} | {r['q25']:.4f}-{r['q75']:.4f} | "
+            f"{r['mean_final_regret']:.4f} | {r['median_trials']:.0f} | {reach} | {ratio} |"
+        )
+    lines.append("")
+    lines.append(
+        f"Reference: TPE + median pruning reaches median regret {target:.4f} after "
+        f"{(ref_compute or 0) / 1e3:,.0f}k steps (budget {args.budget / 1e3:,.0f}k steps per run; "
+        f"{args.seeds} seeds; wall time {seconds:.0f} s)."
+    )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--curves", type=Path, default=DEFAULT_CURVES)
+    p.add_argument("--seeds", type=int, default=50)
+    p.add_argument("--budget", type=int, default=600_000, help="training steps per run")
+    p.add_argument("--strategies", default=",".join(STRATEGIES))
+    p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
+    p.add_argument("--plot", type=Path, default=ROOT / "bench" / "search_efficiency.png")
+    p.add_argument("--markdown", type=Path, default=None, help="also write the table here")
+    args = p.parse_args(argv)
+    names = args.strategies.split(",")
+    unknown = [n for n in names if n not in STRATEGIES]
+    if unknown:
+        p.error(f"unknown strategies {unknown}; known: {', '.join(STRATEGIES)}")
+    table = _table(args.curves)
+    worst_regret = table.best_final - _worst(table)
+    jobs = [(n, s, args.curves, args.budget) for n in names for s in range(args.seeds)]
+    t0 = time.time()
+    with ProcessPoolExecutor(args.workers) as pool:
+        results = list(pool.map(run_one, jobs, chunksize=4))
+    seconds = time.time() - t0
+    traces: dict[str, list] = {n: [] for n in names}
+    for (name, _, _, _), tr in zip(jobs, results, strict=True):
+        traces[name].append(tr)
+    grid, curves = summarise(traces, args.budget, worst_regret)
+    reference = "tpe_median" if "tpe_median" in curves else names[0]
+    target, ref_compute, rows = table_rows(grid, curves, traces, reference)
+    title = f"{args.curves.stem}: regret vs compute, median and IQR over {args.seeds} seeds"
+    plot(grid, curves, args.plot, title)
+    text = markdown(rows, target, ref_compute, args, seconds)
+    budgets = [b for b in (50_000, 100_000, 150_000, 200_000, 300_000, 400_000, 600_000) if b <= args.budget]
+    text += (
+        "\n\nCompute each strategy needs to reach the median regret TPE + median pruning reaches "
+        "within a smaller budget (1.00x = as much as TPE + median):\n\n"
+    )
+    text += budget_markdown(budget_rows(grid, curves, reference, budgets), list(curves))
+    print(f"{len(table.runs)} configurations; best final {table.best_final:.4f}")
+    print(text)
+    if args.markdown:
+        args.markdown.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

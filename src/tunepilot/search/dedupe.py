@@ -1,0 +1,72 @@
+"""Never pay twice for one configuration: a trial whose configuration already ran gets its result.
+
+Samplers propose points in a continuous space; what an engine trains is coarser (the replay engine
+trains the nearest recorded configuration; any engine trains the same config for the same resolved
+values). When the sampler has converged it keeps proposing the incumbent, and without this check
+each proposal is a full, identical training run. A configuration's key is the engine's
+`config_key(spec)` when it has one (replay: the recorded run it maps to), else the resolved
+RunConfig without its output directory; the key includes the share of the schedule the trial may
+run (`stop_at`), so a protocol's deliberate re-run at a higher fidelity is not a duplicate.
+
+A duplicate is told exactly what its twin was told (intermediate values, state, value) at zero
+cost, so the sampler learns as if it had run. After `patience` duplicates in a row the search has
+converged and the loop stops.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from tunepilot.engines.base import TrialSpec
+
+
+def config_key(engine: Any, spec: TrialSpec, stop_at: float) -> str | None:
+    if hasattr(engine, "config_key"):
+        key = engine.config_key(spec)
+    elif hasattr(spec.config, "model_dump"):
+        raw = spec.config.model_dump(mode="json")
+        raw.get("output", {}).pop("output_dir", None)
+        key = json.dumps(raw, sort_keys=True)
+    else:
+        return None
+    return None if key is None else f"{key}@{stop_at:.4f}"
+
+
+class Seen:
+    def __init__(self, study: optuna.Study, patience: int = 25):
+        self.study, self.patience, self.in_row = study, patience, 0
+        self.keys: dict[str, int] = {}
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+            if "config_key" in t.user_attrs:
+                self.keys.setdefault(t.user_attrs["config_key"], t.number)
+
+    def twin(self, key: str | None) -> FrozenTrial | None:
+        number = self.keys.get(key) if key is not None else None
+        return None if number is None else self.study.get_trials(deepcopy=False)[number]
+
+    def add(self, trial: optuna.Trial, state: str) -> None:
+        key = trial.user_attrs.get("config_key")
+        if key is not None and state in ("complete", "pruned"):
+            self.keys.setdefault(key, trial.number)
+
+    def copy(self, trial: optuna.Trial, twin: FrozenTrial) -> None:
+        """Tell `trial` what `twin` was told, at zero cost."""
+        for step, value in sorted(twin.intermediate_values.items()):
+            trial.report(value, step)
+        trial.set_user_attr("duplicate_of", twin.number)
+        trial.set_user_attr("reason", f"same configuration as trial {twin.number}: its result, no training")
+        for key in ("steps", "seconds", "tokens", "gpu_hours"):
+            trial.set_user_attr(key, 0)
+        if twin.state == TrialState.COMPLETE:
+            self.study.tell(trial, twin.value)
+        else:
+            self.study.tell(trial, state=TrialState.PRUNED)
+        self.in_row += 1
+
+    @property
+    def converged(self) -> bool:
+        return self.in_row >= self.patience
