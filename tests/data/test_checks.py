@@ -249,3 +249,26 @@ def test_answers_that_do_not_end_like_the_rest():
     check_file(
         "json_answers.jsonl", {10: "answer_format_outlier", 18: "answer_format_outlier"}, clean=[1, 9, 11, 17, 19, 22]
     )
+
+
+def test_tokenizer_fit_checks(tok, jsonl):
+    import copy
+
+    path = jsonl(
+        [{"prompt": "Name a colour.", "completion": "Red."}, {"prompt": "Name a shape.", "completion": "Square."}]
+    )
+    llama3 = validate_data(DataSettings(train=str(path), template="llama3"), tok)
+    split = [f for f in llama3.findings if f.code == "template_tokens_not_special"]
+    assert len(split) == 1 and "<|eot_id|>" in split[0].message and split[0].line is None
+    chatml = validate_data(DataSettings(train=str(path), template="chatml"), tok)
+    assert not chatml.findings
+    other_eos = copy.deepcopy(tok)
+    other_eos.eos_token = "<|endoftext|>"
+    report = validate_data(DataSettings(train=str(path)), other_eos)
+    assert [f.code for f in report.findings] == ["end_of_turn_not_eos"]
+    assert "<|im_end|>" in report.findings[0].message
+
+
+def test_docs_list_every_code():
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "data.md").read_text()
+    assert [code for code in CODES if f"| `{code}` |" not in docs] == []

@@ -12,7 +12,7 @@ import numpy as np
 from tunepilot.data.checks.dataset import Labels, Ledger, duplicate_findings, length_findings
 from tunepilot.data.checks.registry import RECORD_CHECKS, TOKEN_CHECKS, severity_of
 from tunepilot.data.checks.shapes import shape_findings
-from tunepilot.data.checks.tokens import token_context
+from tunepilot.data.checks.tokens import end_token_problem, template_marker_problems, token_context
 from tunepilot.data.formats import Problem
 from tunepilot.data.records import Conversation, Example, Finding
 from tunepilot.data.templates import Rendered, render, render_text
@@ -38,6 +38,7 @@ class Analyzer:
     trainable: int = 0
     _pending: list[tuple[Conversation, Rendered]] = field(default_factory=list)
     _ctx: object = None
+    _first: Example | None = None  # the first example with trainable tokens (end-of-turn check)
 
     def __post_init__(self):
         if self.tokenizer is not None:
@@ -120,6 +121,8 @@ class Analyzer:
             for message in check(conv, rendered, ex, self._ctx):
                 self._emit(info.code, conv, message)
         trainable = ex.trainable
+        if self._first is None and trainable > 0 and not conv.is_text:
+            self._first = ex
         # Lengths before truncation: outliers and percentiles show what cutoff_len would need.
         self.ledger.add(conv, ex.full_length - ex.full_trainable, ex.full_trainable)
         self.tokens += len(ex.input_ids)
@@ -145,9 +148,31 @@ class Analyzer:
         unit = "tokens" if self.tokenizer is not None else "characters"
         out = duplicate_findings(table, self.ledger.sources) + length_findings(table, self.ledger.sources, unit)
         out += shape_findings(table, self.ledger.sources, self.ledger.shapes)
+        out += self._setup_findings()
         out += self.labels.findings()
         out += self._rates(table)
         self.findings.extend(out)
+        return out
+
+    def _setup_findings(self) -> list[Finding]:
+        """Once per run: does the tokenizer fit the template (markers, end-of-turn token)?"""
+        if self.tokenizer is None or not self.ledger.sources:
+            return []
+        src, out = self.ledger.sources[0], []
+        split = template_marker_problems(self.tokenizer, self.settings.template)
+        if split:
+            out.append(
+                Finding(
+                    "warning",
+                    "template_tokens_not_special",
+                    None,
+                    f"template {self.settings.template!r}: {', '.join(split)} are not single tokens of this tokenizer",
+                    src,
+                )
+            )
+        problem = end_token_problem(self.tokenizer, self._first) if self._first is not None else None
+        if problem:
+            out.append(Finding("warning", "end_of_turn_not_eos", None, problem, src))
         return out
 
     def _rates(self, table: np.ndarray) -> list[Finding]:

@@ -58,7 +58,7 @@ def severity_of(code: str) -> Severity:
 # Raised while reading and converting records (readers, formats, turns, spans).
 for _code, _sev, _doc in [
     ("malformed_line", "error", "The line is not valid JSON (the parser's column is given)."),
-    ("invalid_encoding", "error", "The line is not valid UTF-8."),
+    ("invalid_encoding", "error", "The line is not valid UTF-8, or text holds a lone UTF-16 surrogate."),
     ("blank_line", "warning", "A blank line inside a JSONL file (strict JSONL readers reject it)."),
     ("csv_field_count", "error", "A CSV row has a different number of fields than the header."),
     ("duplicate_key", "error", "A JSON object names the same key twice (the parser keeps only the last)."),

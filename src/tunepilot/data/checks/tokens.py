@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -96,3 +97,47 @@ def template_alters_answer(conv: Conversation, r: Rendered, ex: Example, ctx: To
     answer = conv.answer()
     if answer and r.spans and answer.strip() not in r.text[r.spans[-1][0] : r.spans[-1][1]]:
         yield "the rendered answer differs from the record's answer"
+
+
+declare(
+    "template_tokens_not_special",
+    "warning",
+    "A named template's markers (<|im_start|>, <|eot_id|> ...) "
+    "are not single tokens of this tokenizer: the model sees them as ordinary text and learns to stop "
+    "poorly; use the model's own template (auto) or add the tokens.",
+    "dataset",
+)
+declare(
+    "end_of_turn_not_eos",
+    "warning",
+    "Answers end with a token that is not the tokenizer's EOS: "
+    "generation stops only if that token is among the model's generation eos_token_id.",
+    "dataset",
+)
+
+_MARKERS = re.compile(r"<[|/]?[\w|]+[|]?>|\[/?INST\]|<</?SYS>>")
+
+
+def template_marker_problems(tokenizer, template: str) -> list[str]:
+    """Markers of a named template that this tokenizer splits into several tokens."""
+    from tunepilot.data.templates import TEMPLATES
+
+    t = TEMPLATES.get(template)
+    if t is None:
+        return []
+    text = " ".join((t.system, t.user, t.assistant_prefix, t.assistant_suffix, t.tool))
+    markers = sorted({m for m in _MARKERS.findall(text) if m != "{eos}"})
+    return [m for m in markers if len(tokenizer(m, add_special_tokens=False)["input_ids"]) > 1]
+
+
+def end_token_problem(tokenizer, example: Example) -> str | None:
+    last = next((t for t in reversed(example.labels) if t != -100), None)
+    if last is None or example.truncated or last == tokenizer.eos_token_id:
+        return None
+    name = tokenizer.convert_ids_to_tokens(last)
+    if not (isinstance(name, str) and name.startswith("<") and name.endswith(">")):
+        return None  # the answer ends in text: no end-of-turn token at all is a template matter
+    return (
+        f"answers end with {name!r} (id {last}) but the tokenizer's EOS is {tokenizer.eos_token!r}; "
+        f"make sure generation stops on {name!r}"
+    )
