@@ -119,3 +119,35 @@ def wait_for_steps(run_dir: Path, n: int, timeout: float) -> None:
             return
         time.sleep(0.02)
     raise AssertionError(f"the run did not reach step {n} in {timeout} s")
+
+
+@pytest.mark.parametrize("scheduler", ["cosine", "linear", "constant"])
+def test_schedulers_follow_their_shape_after_warmup(tiny_config, tmp_path, scheduler):
+    config = tiny_config(lr_scheduler_type=scheduler, warmup_steps=2, max_steps=8, eval_steps=8,
+                         output_dir=str(tmp_path / scheduler))
+    train(config)
+    lrs = [r.lr for r in read_stream(tmp_path / scheduler / "metrics.jsonl") if isinstance(r, TrainStep)]
+    peak = config.train.learning_rate
+    assert lrs[0] == 0.0 and lrs[1] == pytest.approx(peak / 2) and lrs[2] == pytest.approx(peak)
+    if scheduler == "constant":
+        assert lrs[2:] == pytest.approx([peak] * 6)
+    else:
+        assert all(a > b for a, b in zip(lrs[2:], lrs[3:], strict=False))
+
+
+def test_full_fine_tuning_trains_every_weight_and_saves_a_model(tiny_config, tiny_model, tmp_path):
+    config = tiny_config(finetuning_type="full", max_steps=3, eval_steps=3, learning_rate=1e-3)
+    summary = train(config)
+    assert summary["parameters"]["trainable"] == summary["parameters"]["total"]
+    saved = AutoModelForCausalLM.from_pretrained(summary["adapter"])
+    base = AutoModelForCausalLM.from_pretrained(tiny_model)
+    pairs = zip(saved.named_parameters(), base.named_parameters(), strict=True)
+    changed = [n for (n, p), (_, q) in pairs if not torch.equal(p, q)]
+    assert len(changed) == len(list(base.parameters()))
+
+
+def test_rslora_scales_by_sqrt_rank(tiny_config):
+    run = TrainingRun(tiny_config(use_rslora=True, lora_rank=4, lora_alpha=8, max_steps=1))
+    run.setup()
+    layer = next(m for m in run.model.modules() if hasattr(m, "scaling") and isinstance(m.scaling, dict))
+    assert layer.scaling["default"] == pytest.approx(8 / 4**0.5)
