@@ -5,6 +5,7 @@ dataset-level checks need. `validate` and `prepare_datasets` both run exactly th
 from __future__ import annotations
 
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -16,7 +17,7 @@ from tunepilot.data.checks.tokens import end_token_problem, template_marker_prob
 from tunepilot.data.formats import Problem
 from tunepilot.data.records import Conversation, Example, Finding
 from tunepilot.data.templates import Rendered, render, render_text
-from tunepilot.data.tokenize import tokenize_batch
+from tunepilot.data.tokenize import encode, label_batch
 
 BATCH = 512
 CHARS_PER_TOKEN = 4
@@ -38,6 +39,8 @@ class Analyzer:
     trainable: int = 0
     _pending: list[tuple[Conversation, Rendered]] = field(default_factory=list)
     _ctx: object = None
+    _pool: ThreadPoolExecutor | None = None
+    _inflight: tuple | None = None
     _first: Example | None = None  # the first example with trainable tokens (end-of-turn check)
 
     def __post_init__(self):
@@ -65,7 +68,7 @@ class Analyzer:
             return
         self._pending.append((conv, rendered))
         if len(self._pending) >= BATCH:
-            self.flush()
+            self.flush(wait=False)
 
     def _estimate_truncation(self, conv: Conversation, plen: int, alen: int) -> None:
         """Without a tokenizer, truncation is estimated at CHARS_PER_TOKEN characters per token (English
@@ -107,11 +110,28 @@ class Analyzer:
             self._emit(p.code, conv, p.message)
             return None
 
-    def flush(self) -> None:
-        if not self._pending:
+    def flush(self, wait: bool = True) -> None:
+        """Send the pending batch to the tokenizer. The Rust tokenizer releases the GIL, so batch k is
+        encoded on a worker thread (and its own threads) while this thread parses, checks and renders
+        batch k+1; batches are finished strictly in order, so results are deterministic. Only the
+        worker calls the tokenizer while a batch is in flight."""
+        self._drain()
+        if self._pending:
+            batch, self._pending = self._pending, []
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tunepilot-tokenize")
+            self._inflight = (batch, self._pool.submit(encode, self.tokenizer, [r.text for _, r in batch]))
+        if wait:
+            self._drain()
+            if self._pool is not None:
+                self._pool.shutdown()
+                self._pool = None
+
+    def _drain(self) -> None:
+        if self._inflight is None:
             return
-        batch, self._pending = self._pending, []
-        examples = tokenize_batch([r for _, r in batch], self.tokenizer, self.settings.cutoff_len)
+        (batch, future), self._inflight = self._inflight, None
+        examples = label_batch([r for _, r in batch], future.result(), self.tokenizer, self.settings.cutoff_len)
         for (conv, rendered), ex in zip(batch, examples, strict=True):
             self._after_tokens(conv, rendered, ex)
 

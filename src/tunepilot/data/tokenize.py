@@ -67,7 +67,10 @@ def truncate(ex: Example, cutoff_len: int) -> None:
 def tokenize_batch(rendered: Sequence[Rendered], tokenizer, cutoff_len: int | None) -> list[Example]:
     if not rendered:
         return []
-    encodings = encode(tokenizer, [r.text for r in rendered])
+    return label_batch(rendered, encode(tokenizer, [r.text for r in rendered]), tokenizer, cutoff_len)
+
+
+def label_batch(rendered: Sequence[Rendered], encodings: list, tokenizer, cutoff_len: int | None) -> list[Example]:
     bos = tokenizer.bos_token_id
     out = [label(r, enc, bos) for r, enc in zip(rendered, encodings, strict=True)]
     if cutoff_len:
