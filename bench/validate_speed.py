@@ -80,11 +80,8 @@ def timed(fn, *args) -> tuple[int, float, float]:
 
 def peak_rss_mb(copies: int) -> float:
     """Peak RSS of a fresh process validating `copies` copies (ours only)."""
-    code = (
-        f"import sys; sys.argv=['x', '--copies', '{copies}', '--rss-only']; "
-        f"exec(open({str(Path(__file__))!r}).read())"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    cmd = [sys.executable, str(Path(__file__)), "--copies", str(copies), "--rss-only"]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 
 
