@@ -133,3 +133,20 @@ def test_training_continues_after_an_eval_point(tiny_model):
     model(**batch, labels=batch["input_ids"]).loss.backward()
     grads = [p.grad for n, p in model.named_parameters() if "lora_A" in n]
     assert grads and all(g is not None for g in grads)
+
+
+def test_labels_file_json_list_or_lines_and_its_errors(tmp_path, shared_data):
+    from tunepilot.evaluate.runner import read_labels, resolve_labels
+
+    assert len(read_labels(shared_data / "banking77" / "categories.json")) == 77
+    lines = tmp_path / "labels.txt"
+    lines.write_text("card_arrival\n\npin_blocked\n")
+    settings = EvalSettings(metric="accuracy", labels_file=str(lines))
+    assert resolve_labels(settings, _examples()) == ("card_arrival", "pin_blocked")
+    assert resolve_labels(settings.model_copy(update={"labels": ["x"]}), _examples()) == ("x",)
+    bad = tmp_path / "bad.json"
+    bad.write_text('[\n"a",\n]')
+    with pytest.raises(UserError, match=r"bad.json:3: invalid JSON"):
+        read_labels(bad)
+    with pytest.raises(UserError, match="not found"):
+        read_labels(tmp_path / "missing.json")
