@@ -82,7 +82,8 @@ class RankEarly(Protocol):
         scored.sort(key=lambda vt: vt[0] if self.minimize else -vt[0])
         keep = [t for _, t in scored[: max(1, math.ceil(len(previous) / self.eta))]]
         if k == len(self.rungs) - 1:
-            bar = self._incumbent_at(judged_at, everything)
+            # the bar is the incumbent from earlier brackets: within a bracket all winners run
+            bar = self._incumbent_at(judged_at, [t for t in everything if t.user_attrs["bracket"] < bracket])
             keep = [t for t in keep if bar is None or self._better(_value_at(t, judged_at), bar)]
             self.decide(
                 f"bracket {bracket} final",
