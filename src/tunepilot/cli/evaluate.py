@@ -48,7 +48,8 @@ def _render(console: Console, s: dict[str, Any]) -> None:
                   f"({what}, {s['seconds']:.1f} s)")
     for name, value in s["metrics"].items():
         if name != s["metric"]:
-            console.print(f"  {name}: {value:.4f}" if isinstance(value, float) else f"  {name}: {value}")
+            # counts (unmatched, invalid_json) print as integers, rates with 4 decimals
+            console.print(f"  {name}: {int(value)}" if float(value).is_integer() else f"  {name}: {value:.4f}")
     console.print(f"  {s['failures']} record(s) not fully right; per-record results: {s['results']}")
 
 
