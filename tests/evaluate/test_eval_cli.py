@@ -138,3 +138,12 @@ def test_directory_without_config_and_bad_evaluate_section(workspace, tmp_path):
     bad.write_text(yaml.safe_dump(raw))
     code, env = _invoke(bad)
     assert code == 2 and any("max_new_tokns" in p for p in env["error"]["problems"])
+
+
+def test_text_output_names_metric_counts_and_results_file(workspace):
+    out = workspace / "text.jsonl"
+    result = CliRunner().invoke(app, ["evaluate", str(workspace / "config.yaml"), "--metric", "accuracy",
+                                      "--limit", 3, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "accuracy = " in result.stdout and "on 3 records of qa (base model" in result.stdout
+    assert "unmatched: " in result.stdout and str(out) in result.stdout.replace("\n", "")
