@@ -18,6 +18,7 @@ COMMANDS = (
     "tunepilot.cli.sweep",
     "tunepilot.cli.recommend",
     "tunepilot.cli.transfer",
+    "tunepilot.cli.lrfind",
     "tunepilot.cli.diagnose",
     "tunepilot.cli.validate",
 )

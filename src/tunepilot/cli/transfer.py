@@ -1,4 +1,4 @@
-"""`tunepilot transfer`: move a proxy's winning config to a target model by explicit rules ."""
+"""`tunepilot transfer`: move a proxy's winning config to a target model by explicit rules (+ pilots)."""
 
 from __future__ import annotations
 
@@ -22,6 +22,8 @@ def transfer_command(
     rule_set: list[str],
     output: Path | None,
     target_name: str | None,
+    pilot: bool = False,
+    pilot_dir: Path | None = None,
 ) -> Result:
     from tunepilot.transfer import TransferSettings, transfer_config, with_overrides
 
@@ -30,6 +32,14 @@ def transfer_command(
     result = transfer_config(proxy, target, config, requested, settings, proxy_gpus, target_name)
     data = result.to_dict()
     final = result.config
+    if pilot:
+        from tunepilot.transfer.pilot import run_pilots
+
+        root = pilot_dir or Path(final.output.output_dir) / "pilots"
+        pilots = run_pilots(result.config, settings, root)
+        data["pilot"] = pilots.to_dict()
+        final = pilots.config
+        data["target_config"]["learning_rate"] = final.train.learning_rate
     if output is not None:
         atomic_write_text(output, dump_config(final))
         data["written"] = str(output)
@@ -55,6 +65,10 @@ def _render(console: Console, d: dict[str, Any]) -> None:
         + ", ".join(f"{k}={_fmt(v)}" for k, v in tc.items())
         + f"  (LR x{d['lr_factor']:.3g} overall)"
     )
+    if "pilot" in d:
+        from tunepilot.transfer.pilot import render_pilots
+
+        render_pilots(console, d["pilot"])
     if "written" in d:
         console.print(f"written: {d['written']}")
 
@@ -92,6 +106,12 @@ def register(app: typer.Typer) -> None:
             help="Rule setting, e.g. batch_exponent=1 or width_exponents.llama=0.9 (repeatable).",
         ),
         output: Path = typer.Option(None, "--output", "-o", help="Write the target config YAML here."),
+        pilot: bool = typer.Option(
+            False, "--pilot", help="Check the LR with short pilot runs on the target."
+        ),
+        pilot_dir: Path = typer.Option(
+            None, "--pilot-dir", help="Pilot runs' directory (<output_dir>/pilots)."
+        ),
         json_: bool = typer.Option(False, "--json", help="Print a JSON envelope instead of text."),
     ) -> None:
         """Scale LR, rank/alpha and batch layout from a proxy model to a target model, step by step."""
@@ -121,6 +141,8 @@ def register(app: typer.Typer) -> None:
                     rule_set,
                     output,
                     target_name,
+                    pilot,
+                    pilot_dir,
                 ),
             )
         )
