@@ -152,6 +152,34 @@ def test_packed_trials_equal_trials_alone(load, data, tiny_model, tmp_path):
     assert all(c[-1][0] != c[0][0] for c in firsts.values())
 
 
+def test_batched_path_trials_equal_trials_alone(load, data, tiny_model, tmp_path):
+    """Equal micro-batches and no dropout: the layers take the batched path (ranks 2 and 8 padded)."""
+    same_shape = {
+        4: {**MIXED[2], "max_steps": 3, "lora_target": "all-linear"},
+        5: {
+            **MIXED[2],
+            "max_steps": 3,
+            "lora_rank": 2,
+            "lora_alpha": 16,
+            "use_rslora": False,
+            "seed": 5,
+            "learning_rate": 2e-3,
+            "lora_target": "all-linear",
+        },
+    }
+    packed = run_engine(load, data, tiny_model, tmp_path / "pack", same_shape, slots=2)
+    for number, params in same_shape.items():
+        alone = run_engine(load, data, tiny_model, tmp_path / f"alone{number}", {number: params}, slots=1)
+        got, want = (
+            curves(tmp_path / "pack" / f"t{number}"),
+            curves(tmp_path / f"alone{number}" / f"t{number}"),
+        )
+        assert len(got[0]) == 3
+        for g, w in zip(got[0], want[0], strict=True):
+            assert g[0] == pytest.approx(w[0], abs=1e-5) and g[1] == pytest.approx(w[1], abs=1e-5)
+        assert packed[number].value == pytest.approx(alone[number].value, abs=1e-5)
+
+
 def peft_reference(load, data, cfg, init_state: dict, steps: int):
     """The same trial with plain PEFT and the standard loop: loss and grad norm per optimizer step."""
     from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
@@ -246,9 +274,20 @@ def test_packed_trial_equals_the_standard_engine_trial(tiny_config, tmp_path):
     from tunepilot.engines.run import TrainingRun
     from tunepilot.models import load_trainable_state
 
-    cfg = tiny_config(lora_dropout=0.0, lora_rank=4, lora_alpha=16, use_rslora=True, learning_rate=5e-3,
-                      gradient_accumulation_steps=2, per_device_train_batch_size=3, max_steps=4,
-                      weight_decay=0.01, max_grad_norm=0.5, lora_target="q_proj,down_proj", device="cpu")
+    cfg = tiny_config(
+        lora_dropout=0.0,
+        lora_rank=4,
+        lora_alpha=16,
+        use_rslora=True,
+        learning_rate=5e-3,
+        gradient_accumulation_steps=2,
+        per_device_train_batch_size=3,
+        max_steps=4,
+        weight_decay=0.01,
+        max_grad_norm=0.5,
+        lora_target="q_proj,down_proj",
+        device="cpu",
+    )
     engine = PackedEngine(cfg, 1)
     engine.start(TrialSpec(0, {}, cfg, run_dir=tmp_path / "packed", report_fractions=(0.5, 1.0)))
     export_adapter(tmp_path / "init", engine.pack.wrapped, 0, engine._extra[0]["targets"], cfg.method, "x")
@@ -267,4 +306,6 @@ def test_packed_trial_equals_the_standard_engine_trial(tiny_config, tmp_path):
         assert g[0] == pytest.approx(w[0], abs=1e-5) and g[1] == pytest.approx(w[1], abs=1e-5)
         assert g[2] == pytest.approx(w[2], rel=1e-9) and g[3] == w[3]
     assert got[1] == pytest.approx(want[1], abs=1e-5)
-    assert outcome[-1].state == "complete" and outcome[-1].value == pytest.approx(summary["best_eval_loss"], abs=1e-5)
+    assert outcome[-1].state == "complete" and outcome[-1].value == pytest.approx(
+        summary["best_eval_loss"], abs=1e-5
+    )

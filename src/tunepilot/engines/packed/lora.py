@@ -73,6 +73,7 @@ class MultiLoraLinear(nn.Module):
         self.context = context
         self.index = index  # position among wrapped layers: part of the dropout seed
         self.adapters = nn.ModuleDict()
+        self._scale_cache: tuple | None = None
 
     @property
     def weight(self) -> torch.Tensor:  # for code that reads proj.weight (dtype/device probes)
@@ -137,15 +138,26 @@ class MultiLoraLinear(nn.Module):
 
     def _batched_add(self, out: torch.Tensor, x: torch.Tensor, segments: list) -> torch.Tensor:
         # K small matmul pairs become two bmm calls (the launch count stops growing with K), and
-        # baddbmm adds the delta into the base output in the matmul's epilogue. The scaling is
-        # folded into the small B. Lower ranks are zero-padded to the highest: padded rows of A
+        # baddbmm adds the delta into the base output in the matmul's epilogue. The scaling
+        # multiplies the narrow x A^T, not the wide output. Lower ranks are zero-padded to the highest: padded rows of A
         # meet zero columns of B, so they add exactly 0 and pass no gradient to the real weights.
         ads = [self.adapters[str(s)] for s, _, _ in segments]
         k, r = len(ads), max(ad.rank for ad in ads)
         pad = torch.nn.functional.pad
         a = torch.stack([ad.lora_A if ad.rank == r else pad(ad.lora_A, (0, 0, 0, r - ad.rank))
                          for ad in ads]).to(x.dtype)  # [K, r, in]
-        b = torch.stack([(ad.lora_B if ad.rank == r else pad(ad.lora_B, (0, r - ad.rank))) * ad.scaling
+        b = torch.stack([ad.lora_B if ad.rank == r else pad(ad.lora_B, (0, r - ad.rank))
                          for ad in ads]).to(x.dtype)  # [K, out, r]
-        xa = torch.bmm(x.reshape(k, -1, x.shape[-1]), a.transpose(1, 2))
+        xa = torch.bmm(x.reshape(k, -1, x.shape[-1]), a.transpose(1, 2)) * self._scales(ads, x)
         return torch.baddbmm(out.reshape(k, -1, out.shape[-1]), xa, b.transpose(1, 2)).view(out.shape)
+
+    def _scales(self, ads: list[LoraAdapter], x: torch.Tensor) -> torch.Tensor:
+        """The slots' scalings as a [K, 1, 1] device tensor, applied to the narrow x A^T ([rows, r]).
+
+        Kept until the slots' scalings change: a host-to-device copy in every layer's forward would
+        synchronise the host with the GPU each time."""
+        key = (tuple(ad.scaling for ad in ads), x.dtype, x.device)
+        if self._scale_cache is None or self._scale_cache[0] != key:
+            values = torch.tensor([ad.scaling for ad in ads], dtype=x.dtype, device=x.device)
+            self._scale_cache = (key, values.view(-1, 1, 1))
+        return self._scale_cache[1]
