@@ -109,3 +109,9 @@ def test_question_answer_detection_is_announced(shared_data):
     report = validate_data(DataSettings(train=str(shared_data / "gsm8k" / "test.jsonl")))
     note = next(f for f in report.findings if f.code == "format_detected")
     assert "question" in note.message and "answer" in note.message
+
+
+def test_text_category_csv_is_detected_as_prompt_completion(shared_data):
+    convs = conversations(shared_data / "banking77" / "test.csv", max_samples=3)
+    assert convs[0].messages[-1] == {"role": "assistant", "content": "card_arrival"}
+    assert convs[0].messages[0]["role"] == "user" and convs[0].line == 2

@@ -20,22 +20,27 @@ SIGNATURES: list[tuple[str, tuple[str, ...], tuple[tuple[str, str], ...]]] = [
     ("prompt_completion", ("prompt", "completion"), ()),
     ("prompt_completion", ("prompt", "response"), (("response", "response"),)),
     ("spans", ("userInput",), ()),
-    # Well-known prompt/answer column pairs, accepted without a mapping and named in an info finding.
-    ("prompt_completion", ("question", "answer"), (("prompt", "question"), ("response", "answer"))),
-    ("prompt_completion", ("query", "response"), (("prompt", "query"), ("response", "response"))),
-    ("alpaca", ("instruction", "response"), (("response", "response"),)),
-    ("prompt_completion", ("input", "output"), (("prompt", "input"), ("response", "output"))),
 ]
+# Well-known prompt and answer column names: a record with one of each (and no format signature) is
+# read as prompt_completion, and an info finding names the mapping (GSM8K's question/answer,
+# BANKING77's text/category, input/output, instruction/response, ...). First match wins.
+PROMPT_KEYS = ("instruction", "question", "prompt", "query", "input", "text", "source", "utterance", "sentence")
+ANSWER_KEYS = ("answer", "response", "output", "completion", "target", "reply", "label", "category", "intent")
 AMBIGUOUS = "ambiguous"
 
 
 def guess(record: Any) -> tuple[str, tuple[tuple[str, str], ...]] | None:
-    """(format, columns) that this record's keys fit, ("ambiguous", others) for text+label, or None."""
+    """(format, columns) that this record's keys fit, ("ambiguous", others) for text + an unknown
+    text column, or None."""
     if not isinstance(record, dict):
         return None
     for name, needed, columns in SIGNATURES:
         if all(k in record for k in needed):
             return name, columns
+    prompt = next((k for k in PROMPT_KEYS if k in record), None)
+    answer = next((k for k in ANSWER_KEYS if k in record), None)
+    if prompt and answer:
+        return "prompt_completion", (("prompt", prompt), ("response", answer))
     if "text" in record:
         others = tuple((k, k) for k, v in record.items() if k != "text" and isinstance(v, str))
         return ("text", ()) if not others else (AMBIGUOUS, others)

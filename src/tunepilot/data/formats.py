@@ -13,10 +13,11 @@ Formats (the `data.format` setting; `auto` detects from the first record that pa
 
 Column mapping (`data.columns`) maps a format's field (canonical or native name) to your column:
 `{prompt: question, response: answer}` or `{prompt: text, response: category}`. With `auto`,
-a mapping that names `prompt`/`response` means prompt_completion. Without a mapping, auto-detection
-also accepts the common `question`/`answer` pair (GSM8K and many QA sets) as prompt_completion and
-says so in an info finding; a `text` column next to another text column (e.g. `text,label`) is
-ambiguous and refused with a hint, because guessing "pretraining text" would silently drop labels.
+a mapping that names `prompt`/`response` means prompt_completion. Without a mapping, detection
+(`tunepilot.data.detect`) also reads well-known prompt/answer column pairs (question/answer,
+text/category, ...) as prompt_completion and says so in an info finding; a `text` column next to
+an unknown text column is refused as ambiguous, because guessing "pretraining text" would silently
+drop that column.
 """
 
 from __future__ import annotations
