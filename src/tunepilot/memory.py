@@ -17,8 +17,10 @@ Where the numbers come from (bytes; H hidden, I intermediate, KV = kv heads x he
   the fp32 adapter dtype and keeps that copy for the A gradient); full fine-tuning 16H + 8I + 4KV.
   No s x s attention matrix: SDPA flash/memory-efficient kernels keep only their outputs.
   With gradient checkpointing a layer keeps only its bf16 input (2H) and one layer is recomputed.
-- logits: the loss upcasts logits to fp32 and keeps the log-softmax (4V per token) and the backward
-  holds its gradient plus the bf16 copies: `logits_bytes_per_vocab` (default 12) x V per token.
+- logits: bf16 logits (2V per token), the shifted copy (2V), its fp32 upcast (4V) and the saved
+  log-softmax (4V), then the backward's fp32 gradient: `logits_bytes_per_vocab` x V per token. 12
+  counts the forward side only and read 5-9% low against H100 peaks; 14 is the calibrated value
+  (bench/BENCHMARKS.md, "memory estimate").
 - overhead: CUDA context, cuBLAS workspace and allocator slack, a constant.
 """
 
@@ -42,7 +44,7 @@ class MemorySettings(BaseModel):
 
     nf4_bits: float = Field(4.127, description="Bits per 4-bit weight incl. double-quantized constants.")
     adapter_bytes: float = Field(16.0, description="Bytes per LoRA parameter: fp32 weight, grad, 2 moments.")
-    logits_bytes_per_vocab: float = Field(12.0, description="Bytes per token per vocab entry at the loss.")
+    logits_bytes_per_vocab: float = Field(14.0, description="Bytes per token per vocab entry at the loss.")
     overhead_gib: float = Field(1.0, description="CUDA context, workspaces, allocator slack.")
     headroom: float = Field(0.9, gt=0, le=1, description="Share of GPU memory a plan may use.")
 
