@@ -22,6 +22,7 @@ drop that column.
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -163,7 +164,9 @@ def required_str(record: dict[str, Any], spec: FormatSpec, name: str, allow_empt
     value = get_field(record, column)
     if value is None:
         what = "is null" if column in record else "is missing"
-        raise Problem("missing_field", f"required field '{column}' {what}")
+        near = difflib.get_close_matches(column, [k for k in record if isinstance(k, str)], n=1, cutoff=0.7)
+        hint = f" (the record has '{near[0]}': a misspelt key?)" if near and column not in record else ""
+        raise Problem("missing_field", f"required field '{column}' {what}{hint}")
     if not isinstance(value, str):
         raise Problem("wrong_type", f"field '{column}' must be a string, got {_tname(value)}")
     if not allow_empty and not value.strip():

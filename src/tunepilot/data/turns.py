@@ -28,10 +28,10 @@ def check_turns(messages: list[dict[str, str]], column: str) -> None:
         if role == "system" and i == 0:
             prev = "system"
         elif role not in NEXT[prev]:
-            after = "at the start" if prev == "start" else f"after a {prev} turn"
+            after = "at the start" if prev == "start" else f"after {_a(prev)} turn"
             raise Problem(
                 "bad_turn_order",
-                f"{column}[{i}]: a {role} turn {after}; expected {' or '.join(sorted(NEXT[prev]))}",
+                f"{column}[{i}]: {_a(role)} turn {after}; expected {' or '.join(sorted(NEXT[prev]))}",
             )
         else:
             prev = role
@@ -41,6 +41,10 @@ def check_turns(messages: list[dict[str, str]], column: str) -> None:
             "no_final_assistant_turn",
             f"{column}: the last turn is {prev}, not assistant; there is no answer to train on",
         )
+
+
+def _a(role: str) -> str:
+    return f"an {role}" if role[0] in "aeiou" else f"a {role}"
 
 
 def _check_content(m: dict[str, str], i: int, column: str) -> None:

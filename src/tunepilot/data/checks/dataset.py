@@ -47,7 +47,8 @@ declare(
 declare(
     "rare_label",
     "warning",
-    "A label of classification-shaped data occurs once or twice: often a typo of another label.",
+    "A label of classification-shaped data occurs once or twice while a typical label occurs 5x as often: "
+    "often a typo of another label.",
     "dataset",
 )
 declare("label_variant", "warning", "Two labels differ only in case, spacing or punctuation.", "dataset")
@@ -238,10 +239,11 @@ class Labels:
                     self.first[top[0]][0],
                 )
             )
-        # A label is rare when it occurs once or twice while a typical label occurs 10+ times.
-        median = float(np.median([n for _, n in common]))
+        # A label is rare when it occurs once or twice while a typical label (the median of those seen
+        # 3+ times, so that several typos do not drag it down) occurs at least 5x as often.
+        median = float(np.median([n for _, n in regular]))
         for label, n in common:
-            if n <= 2 and median >= 10:
+            if n <= 2 and median >= 5 * n:
                 near = difflib.get_close_matches(label, [c for c, k in common if k > 2], n=1, cutoff=0.75)
                 hint = f"; a typo of '{near[0]}'?" if near else ""
                 src, line = self.first[label]
