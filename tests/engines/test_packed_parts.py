@@ -150,3 +150,24 @@ def test_early_stopping_patience_counts_evals_without_a_real_gain(tiny_model):
     assert t.patience_spent and t.best == 1.495
     t.evals.append((5, 1.0))
     assert not t.patience_spent
+
+
+def test_activation_checkpointing_keeps_the_trial_and_its_dropout_masks(tiny_model, tmp_path):
+    """Recomputation draws the same per-trial dropout masks, so the curves do not change."""
+    from transformers import AutoModelForCausalLM
+
+    vocab = AutoModelForCausalLM.from_pretrained(tiny_model).config.vocab_size
+    train, evals = synthetic_examples(12, vocab, 0), synthetic_examples(4, vocab, 1)
+    params = {"lora_dropout": 0.3, "max_steps": 3, "learning_rate": 1e-2, "per_device_train_batch_size": 2}
+    losses = {}
+    for ckpt in (False, True):
+        base = make_config(tiny_model, gradient_checkpointing=ckpt)
+        model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+        eng = PackedEngine(base, 1, model=model, pad_id=0, data=lambda cfg: (train, evals))
+        eng.start(TrialSpec(0, params, make_config(tiny_model, **params), run_dir=tmp_path / str(ckpt),
+                            report_fractions=(1.0,)))
+        assert eng.advance()[0].state == "complete"
+        records = read_stream(tmp_path / str(ckpt) / "metrics.jsonl")
+        losses[ckpt] = [v for r in records if isinstance(r, TrainStep) for v in (r.loss, r.grad_norm)]
+        eng.close()
+    assert len(losses[True]) == 6 and losses[True] == pytest.approx(losses[False], abs=1e-5)

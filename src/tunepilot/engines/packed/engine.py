@@ -105,13 +105,12 @@ class PackedEngine:
         self._check_compatible(cfg)
         targets = resolve_targets(self.pack.wrapped, cfg.method.lora_target)
         self._check_fits(cfg, targets)
+        train, evals = self._data(cfg)  # before the adapters: a data error leaves the slot clean
+        if not train:
+            raise UserError(f"trial {spec.number}: no training examples")
         m = cfg.method
         params = add_adapters(self.pack.wrapped, targets, slot, m.lora_rank, m.alpha, m.use_rslora,
                               m.lora_dropout, seed=cfg.train.seed)
-        train, evals = self._data(cfg)
-        if not train:
-            remove_adapters(self.pack.wrapped, slot)
-            raise UserError(f"trial {spec.number}: no training examples")
         self._slots[slot] = TrialState(spec.number, slot, cfg, params, train, evals, spec.report_fractions)
         run_dir = Path(spec.run_dir) if spec.run_dir else None
         writer = MetricsWriter(run_dir / "metrics.jsonl") if run_dir else None
