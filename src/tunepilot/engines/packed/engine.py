@@ -42,6 +42,8 @@ class PackedEngine:
                  pad_id: int | None = None, data: DataFn | None = None, chunk_rows: int = 2048,
                  memory_budget: int | None = None, clock: Callable[[], float] = time.monotonic):
         """`config`: the sweep's base RunConfig (model, data, shapes); model/data injectable for tests."""
+        if slots != "auto" and (not isinstance(slots, int) or isinstance(slots, bool) or slots < 1):
+            raise UserError(f"engine.slots: {slots!r} is not a positive number of trials or auto")
         self.config, self.clock = config, clock
         if model is None:
             model, pad_id = _load(config)
