@@ -8,6 +8,7 @@ The training engines and `tunepilot validate` use the same code:
     render_prompt(messages, tokenizer, settings) -> prompt text up to the generation point
 """
 
+from tunepilot.data import jsonl as _jsonl  # noqa: F401  (registers the JSONL and JSON readers)
 from tunepilot.data import spans as _spans  # noqa: F401  (registers the spans format)
 from tunepilot.data.batching import collate, pack
 from tunepilot.data.checks import dataset as _dataset  # noqa: F401  (declares dataset-level codes)
