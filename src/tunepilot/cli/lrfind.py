@@ -8,6 +8,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from tunepilot.cli.output import Result, run_command
 from tunepilot.config import load_config
@@ -42,11 +43,11 @@ def _render(console: Console, d: dict[str, Any]) -> None:
     n = len(d["lrs"])
     console.print(
         f"{n} steps, LR {d['lrs'][0]:.2g} -> {d['lrs'][-1]:.2g}"
-        + (f"; stopped: {d['stopped']}" if d["stopped"] else "; no divergence within the range")
+        + (f"; stopped: {escape(d['stopped'])}" if d["stopped"] else "; no divergence within the range")
     )
     if d["suggestion"] is not None:
         console.print(f"[bold green]suggested learning_rate: {d['suggestion']:.3g}[/]")
-    console.print(f"  {d['explanation']}")
+    console.print(f"  {escape(d['explanation'])}")
     if "plot" in d:
         console.print(f"  plot: {d['plot']}")
 
@@ -67,7 +68,5 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Learning-rate range test: exponential ramp, smoothed loss, stop on divergence, suggested LR."""
         raise typer.Exit(
-            run_command(
-                "lr-find", json_, lambda: lrfind_command(config, set_, start, end, steps, plot_path, run_dir)
-            )
+            run_command("lr-find", json_, lambda: lrfind_command(config, set_, start, end, steps, plot_path, run_dir))
         )

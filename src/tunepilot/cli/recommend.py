@@ -7,6 +7,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from tunepilot.cli.output import Result, run_command
 from tunepilot.config import build_config, dump_config
@@ -43,13 +44,13 @@ def _render(console: Console, d: dict[str, Any]) -> None:
         f"p99 {s['p99_tokens']} tokens ({s['token_source']})"
     )
     for key, value in d["config"].items():
-        console.print(f"  [cyan]{key}[/]: {value}\n      [dim]{d['reasons'][key]}[/]")
+        console.print(f"  [cyan]{key}[/]: {value}\n      [dim]{escape(d['reasons'][key])}[/]")
     mem = d["memory"]
     parts = ", ".join(f"{k} {v:.2f}" for k, v in mem["parts_gib"].items())
     verdict = {True: "[green]fits[/]", False: "[red]does not fit[/]", None: "not checked"}[mem["fits"]]
     console.print(f"memory per GPU: {mem['total_gib']:.1f} GiB ({parts}) -> {verdict}")
     for suggestion in mem["suggestions"]:
-        console.print(f"  - {suggestion}")
+        console.print(f"  - {escape(suggestion)}")
     if "written" in d:
         console.print(f"written: {d['written']} (run it with: tunepilot train {d['written']})")
 
@@ -59,14 +60,10 @@ def register(app: typer.Typer) -> None:
     def recommend(
         model: Path = typer.Option(..., "--model", help="Model dir (config.json is enough) or .gguf file."),
         data: Path = typer.Option(..., "--data", help="Training data file."),
-        gpu_memory: float = typer.Option(
-            None, "--gpu-memory", help="GPU memory in GiB (as nvidia-smi shows)."
-        ),
+        gpu_memory: float = typer.Option(None, "--gpu-memory", help="GPU memory in GiB (as nvidia-smi shows)."),
         task: str = typer.Option("sft", "--task", help="sft, pretrain, classification or extraction."),
         method: str = typer.Option("lora", "--method", help="lora, qlora or full."),
-        output: Path = typer.Option(
-            None, "--output", "-o", help="Write a config YAML that `tunepilot train` runs."
-        ),
+        output: Path = typer.Option(None, "--output", "-o", help="Write a config YAML that `tunepilot train` runs."),
         json_: bool = typer.Option(False, "--json", help="Print a JSON envelope instead of text."),
     ) -> None:
         """Recommend a starting config (LR, rank, batch, epochs, cutoff...) with reasons and memory."""
@@ -75,7 +72,5 @@ def register(app: typer.Typer) -> None:
         if method not in ("lora", "qlora", "full"):
             raise typer.BadParameter("--method must be lora, qlora or full")
         raise typer.Exit(
-            run_command(
-                "recommend", json_, lambda: recommend_command(model, data, gpu_memory, task, method, output)
-            )
+            run_command("recommend", json_, lambda: recommend_command(model, data, gpu_memory, task, method, output))
         )

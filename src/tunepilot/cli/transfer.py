@@ -7,6 +7,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from tunepilot.cli.output import Result, run_command
 from tunepilot.config import dump_config, load_config, parse_overrides
@@ -56,9 +57,9 @@ def _render(console: Console, d: dict[str, Any]) -> None:
     for i, step in enumerate(d["rules"], 1):
         changed = ", ".join(f"{k} {_fmt(c['from'])} -> {_fmt(c['to'])}" for k, c in step["changed"].items())
         console.print(
-            f"{i}. [cyan]{step['rule']}[/]: {step['reason']}" + (f"  [{changed}]" if changed else "")
+            f"{i}. [cyan]{step['rule']}[/]: {escape(step['reason'])}" + (escape(f"  [{changed}]") if changed else "")
         )
-        console.print(f"   [dim]source: {step['source']}[/]")
+        console.print(f"   [dim]source: {escape(step['source'])}[/]")
     tc = d["target_config"]
     console.print(
         "[bold]target config:[/] "
@@ -80,38 +81,24 @@ def _fmt(v: Any) -> str:
 def register(app: typer.Typer) -> None:
     @app.command("transfer")
     def transfer(
-        proxy_model: Path = typer.Option(
-            ..., "--proxy-model", help="Proxy model dir (config.json is enough)."
-        ),
-        target_model: Path = typer.Option(
-            ..., "--target-model", help="Target model dir (config.json is enough)."
-        ),
+        proxy_model: Path = typer.Option(..., "--proxy-model", help="Proxy model dir (config.json is enough)."),
+        target_model: Path = typer.Option(..., "--target-model", help="Target model dir (config.json is enough)."),
         config: Path = typer.Option(..., "--config", help="The proxy's winning run config YAML."),
         proxy_gpus: int = typer.Option(1, "--proxy-gpus", min=1, help="GPUs the proxy config ran on."),
         target_gpus: int = typer.Option(None, "--target-gpus", min=1, help="GPUs for the target run."),
         target_batch: int = typer.Option(None, "--target-batch", min=1, help="Target micro-batch per GPU."),
         target_accum: int = typer.Option(None, "--target-accum", min=1, help="Target gradient accumulation."),
-        target_rank: int = typer.Option(
-            None, "--target-rank", min=1, help="Target LoRA rank (default: rule)."
-        ),
-        target_method: str = typer.Option(
-            None, "--target-method", help="lora, qlora or full (default: proxy's)."
-        ),
-        target_name: str = typer.Option(
-            None, "--target-name", help="model_name_or_path to write (hub id or dir)."
-        ),
+        target_rank: int = typer.Option(None, "--target-rank", min=1, help="Target LoRA rank (default: rule)."),
+        target_method: str = typer.Option(None, "--target-method", help="lora, qlora or full (default: proxy's)."),
+        target_name: str = typer.Option(None, "--target-name", help="model_name_or_path to write (hub id or dir)."),
         rule_set: list[str] = typer.Option(
             [],
             "--rule-set",
             help="Rule setting, e.g. batch_exponent=1 or width_exponents.llama=0.9 (repeatable).",
         ),
         output: Path = typer.Option(None, "--output", "-o", help="Write the target config YAML here."),
-        pilot: bool = typer.Option(
-            False, "--pilot", help="Check the LR with short pilot runs on the target."
-        ),
-        pilot_dir: Path = typer.Option(
-            None, "--pilot-dir", help="Pilot runs' directory (<output_dir>/pilots)."
-        ),
+        pilot: bool = typer.Option(False, "--pilot", help="Check the LR with short pilot runs on the target."),
+        pilot_dir: Path = typer.Option(None, "--pilot-dir", help="Pilot runs' directory (<output_dir>/pilots)."),
         json_: bool = typer.Option(False, "--json", help="Print a JSON envelope instead of text."),
     ) -> None:
         """Scale LR, rank/alpha and batch layout from a proxy model to a target model, step by step."""

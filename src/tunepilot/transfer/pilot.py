@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 from tunepilot.config import RunConfig, config_with
 from tunepilot.engines.base import Engine, Outcome, Report, TrialSpec
@@ -91,9 +92,7 @@ def planned_steps(config: RunConfig) -> int:
     return make_plan(config.train, max(n, 1)).total_steps
 
 
-def pilot_configs(
-    config: RunConfig, settings: TransferSettings, root: Path
-) -> tuple[list[TrialSpec], int, int]:
+def pilot_configs(config: RunConfig, settings: TransferSettings, root: Path) -> tuple[list[TrialSpec], int, int]:
     total = planned_steps(config)
     steps = max(4, math.ceil(settings.pilot_fraction * total))
     updates: dict[str, Any] = {
@@ -109,9 +108,7 @@ def pilot_configs(
     for i, factor in enumerate(settings.pilot_factors):
         lr = float(f"{config.train.learning_rate * factor:.3g}")
         cfg = config_with(config, {**updates, "learning_rate": lr, "output_dir": str(root / f"pilot-{i}")})
-        specs.append(
-            TrialSpec(i, {"learning_rate": lr, "factor": factor}, cfg, root / f"pilot-{i}", FRACTIONS)
-        )
+        specs.append(TrialSpec(i, {"learning_rate": lr, "factor": factor}, cfg, root / f"pilot-{i}", FRACTIONS))
     return specs, total, steps
 
 
@@ -155,8 +152,7 @@ def run_pilots(
         note = "no pilot finished with an eval loss: the transferred LR is kept; lower it and re-run"
         return PilotResult(pilots, total, steps, None, None, config, note)
     note = (
-        f"winner x{winner.factor:g} (LR {winner.learning_rate:.3g}): lowest eval loss at "
-        f"{at:.0%} of the pilot schedule"
+        f"winner x{winner.factor:g} (LR {winner.learning_rate:.3g}): lowest eval loss at {at:.0%} of the pilot schedule"
     )
     if winner.factor == max(settings.pilot_factors) or winner.factor == min(settings.pilot_factors):
         note += "; it is at the edge of the grid, so the best LR may lie beyond it"
@@ -167,15 +163,14 @@ def run_pilots(
 
 def render_pilots(console: Console, d: dict[str, Any]) -> None:
     console.print(
-        f"[bold]pilots[/]: {len(d['pilots'])} x {d['steps_per_pilot']} steps "
-        f"(planned run: {d['planned_steps']} steps)"
+        f"[bold]pilots[/]: {len(d['pilots'])} x {d['steps_per_pilot']} steps (planned run: {d['planned_steps']} steps)"
     )
     for p in d["pilots"]:
         losses = ", ".join(f"{f:.0%}: {v:.4f}" for f, v in sorted(p["reports"].items()))
-        extra = f" ({p['reason']})" if p["reason"] else ""
-        console.print(f"  x{p['factor']:g} LR {p['learning_rate']:.3g}: {p['state']}{extra}  [{losses}]")
+        extra = f" ({escape(p['reason'])})" if p["reason"] else ""
+        console.print(f"  x{p['factor']:g} LR {p['learning_rate']:.3g}: {p['state']}{extra}  " + escape(f"[{losses}]"))
     cost = d["cost"]
-    console.print(f"  {d['note']}")
+    console.print(f"  {escape(d['note'])}")
     console.print(
         f"  cost: {cost['pilot_steps']} steps = {cost['share_of_full_run']:.1%} of the full run"
         + (
