@@ -96,6 +96,8 @@ def test_text_quality_with_tokenizer(tok):
         18: "placeholder_value",
     }
     check_file("text_quality.jsonl", expected, clean=[1, 14, 15, 19], tokenizer=tok)
+    # Without a tokenizer the common chat-template control tokens are still caught.
+    check_file("text_quality.jsonl", {13: "special_token_in_text"}, clean=[1, 14, 15, 19])
 
 
 def test_encoding_defects():

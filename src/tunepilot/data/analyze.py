@@ -13,7 +13,12 @@ import numpy as np
 from tunepilot.data.checks.dataset import Labels, Ledger, duplicate_findings, length_findings
 from tunepilot.data.checks.registry import RECORD_CHECKS, TOKEN_CHECKS, severity_of
 from tunepilot.data.checks.shapes import shape_findings
-from tunepilot.data.checks.tokens import end_token_problem, template_marker_problems, token_context
+from tunepilot.data.checks.tokens import (
+    end_token_problem,
+    special_token_in_text,
+    template_marker_problems,
+    token_context,
+)
 from tunepilot.data.formats import Problem
 from tunepilot.data.records import Conversation, Example, Finding
 from tunepilot.data.templates import Rendered, render, render_text
@@ -44,8 +49,7 @@ class Analyzer:
     _first: Example | None = None  # the first example with trainable tokens (end-of-turn check)
 
     def __post_init__(self):
-        if self.tokenizer is not None:
-            self._ctx = token_context(self.tokenizer, self.settings.cutoff_len)
+        self._ctx = token_context(self.tokenizer, self.settings.cutoff_len)
 
     def add_all(self, conversations: Iterable[Conversation]) -> None:
         for conv in conversations:
@@ -65,6 +69,8 @@ class Analyzer:
             self.ledger.add(conv, plen, alen)
             if self.tokenizer is None:
                 self._estimate_truncation(conv, plen, alen)
+                for message in special_token_in_text(conv, None, None, self._ctx):
+                    self._emit("special_token_in_text", conv, message)
             return
         self._pending.append((conv, rendered))
         if len(self._pending) >= BATCH:

@@ -33,7 +33,28 @@ class TokenContext:
     unk_id: int | None
 
 
+# Without a tokenizer: control tokens of the common chat templates. "<s>"/"</s>" are left out on
+# purpose, since they are also HTML (strikethrough).
+GENERIC_SPECIALS = (
+    "<|begin_of_text|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|endoftext|>",
+    "<|eot_id|>",
+    "<start_of_turn>",
+    "<end_of_turn>",
+    "<|assistant|>",
+    "<|user|>",
+    "<|system|>",
+    "<|end|>",
+)
+
+
 def token_context(tokenizer, cutoff_len: int) -> TokenContext:
+    if tokenizer is None:
+        return TokenContext(cutoff_len, GENERIC_SPECIALS, None)
     specials = {s for s in tokenizer.all_special_tokens if s}
     specials |= {
         str(t) for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if getattr(t, "special", False)
