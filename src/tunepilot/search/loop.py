@@ -117,6 +117,8 @@ class SlotLoop:
                     return
                 if key is not None:
                     trial.set_user_attr("config_key", key)
+            if spec.run_dir is not None:
+                trial.set_user_attr("run_dir", str(spec.run_dir))
             self.engine.start(spec)
         except Exception as e:  # a bad config (UserError), a NaN param, a start that crashed
             reason = e.message if isinstance(e, UserError) else f"{type(e).__name__}: {e}"

@@ -27,8 +27,14 @@ from optuna.trial import FrozenTrial, TrialState
 
 
 class EnvelopePruner(BasePruner):
-    def __init__(self, margin: float = 0.06, power: float = 1.0, warmup: float = 0.05, until: float = 1.0,
-                 n_startup_trials: int = 2):
+    def __init__(
+        self,
+        margin: float = 0.06,
+        power: float = 1.0,
+        warmup: float = 0.05,
+        until: float = 1.0,
+        n_startup_trials: int = 2,
+    ):
         self.margin, self.power, self.warmup, self.until = margin, power, warmup, until
         self.n_startup_trials = n_startup_trials
 

@@ -18,13 +18,14 @@ Where the protocol is comes from the study's trials (user attr `stage`), so a ki
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
 from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
+from tunepilot.search.health_check import early_instability
 from tunepilot.search.protocols.base import Ask, Protocol
 from tunepilot.search.space import suggest_all
 from tunepilot.search.spec import Range
@@ -45,11 +46,12 @@ class Winner:
 
     params: dict[str, Any]
     curve: dict[int, float]
-    unstable: bool = False
+    health: list[str] = field(default_factory=list)  # stability findings on its early training stream
 
     @classmethod
     def of(cls, t: FrozenTrial, **params: Any) -> Winner:
-        return cls({**t.params, **params}, dict(t.intermediate_values), bool(t.user_attrs.get("unstable")))
+        health = early_instability(t.user_attrs.get("run_dir"))
+        return cls({**t.params, **params}, dict(t.intermediate_values), health)
 
 
 class Staged(Protocol):
@@ -177,7 +179,7 @@ class Staged(Protocol):
             f"{'n/a' if gain is None else f'{gain:+.2%}'} vs threshold {self.rank_gain:.0%}",
             values={str(r): v1, str(2 * r): v2},
         )
-        return Winner.of(done[0]) if keep else Winner({**winner.params, "lora_rank": r}, winner.curve, winner.unstable)
+        return Winner.of(done[0]) if keep else Winner({**winner.params, "lora_rank": r}, winner.curve, winner.health)
 
     def _base_rank(self) -> int:
         if self.base is not None:
@@ -199,7 +201,8 @@ class Staged(Protocol):
             self.decide(
                 "warmup",
                 winner.params.get("warmup_ratio", 0.0),
-                f"no warmup added: early curve stable (worst drop from best {worst:.1%} <= {self.unstable_rel:.0%})",
+                f"no warmup added: early curve stable (worst drop from best {worst:.1%} <= "
+                f"{self.unstable_rel:.0%}; no stability findings from tunepilot.health)",
             )
             return winner
         dist = self.spec.space["warmup_ratio"]
@@ -212,7 +215,8 @@ class Staged(Protocol):
         self.decide(
             "warmup",
             ratio if keep else winner.params.get("warmup_ratio", 0.0),
-            f"early curve unstable (drop {worst:.1%} > {self.unstable_rel:.0%}); warmup "
+            f"early curve unstable (objective drop {worst:.1%}, limit {self.unstable_rel:.0%}; health: "
+            f"{', '.join(winner.health) or 'no findings'}); warmup "
             f"{'kept' if keep else 'not kept'}",
             values={"without": v0, "with": v1},
         )
@@ -229,7 +233,7 @@ class Staged(Protocol):
             best = v if best is None or self._better(v, best) else best
             if best:
                 worst = max(worst, ((v - best) if self.minimize else (best - v)) / abs(best))
-        return worst, worst > self.unstable_rel or t.unstable
+        return worst, worst > self.unstable_rel or bool(t.health)
 
     @property
     def done(self) -> bool:
