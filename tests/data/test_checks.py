@@ -201,7 +201,8 @@ def test_every_declared_code_is_exercised_by_a_test():
         text = path.read_text()
         tested |= {code for code in CODES if f'"{code}"' in text}
     untested = set(CODES) - tested
-    assert untested <= {"unknown_tokens", "no_trainable_tokens", "low_trainable_share"}, untested
+    # no_trainable_tokens guards against tokenizers that drop the answer's characters: no sane one does.
+    assert untested <= {"no_trainable_tokens"}, untested
 
 
 @pytest.mark.parametrize(
@@ -273,3 +274,46 @@ def test_tokenizer_fit_checks(tok, jsonl):
 def test_docs_list_every_code():
     docs = (Path(__file__).resolve().parents[2] / "docs" / "data.md").read_text()
     assert [code for code in CODES if f"| `{code}` |" not in docs] == []
+
+
+def test_unknown_tokens_with_a_word_level_tokenizer(jsonl):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from tunepilot.testing import CHATML_TEMPLATE
+
+    words = ["[UNK]", "[PAD]", "<|im_start|>", "<|im_end|>", "user", "assistant", "name", "a", "colour", "red"]
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        eos_token="<|im_end|>",
+        additional_special_tokens=["<|im_start|>"],
+    )
+    tok.chat_template = CHATML_TEMPLATE
+    path = jsonl(
+        [
+            {"prompt": "name a colour", "completion": "red"},
+            {"prompt": "name a colour", "completion": "red"},
+            {"prompt": "name a shape", "completion": "red"},
+        ]
+    )
+    report = validate_data(DataSettings(train=str(path)), tok)
+    assert {f.line for f in report.findings if f.code == "unknown_tokens"} == {3}
+    row = prepare_rows(path, tok)[0]
+    assert tok.decode([t for t in row["labels"] if t != -100]) == "red <|im_end|>"
+
+
+def prepare_rows(path, tokenizer):
+    from tunepilot.data import prepare_datasets
+
+    return prepare_datasets(DataSettings(train=str(path)), tokenizer, seed=0).train
+
+
+def test_low_trainable_share(tok, jsonl):
+    rows = [{"prompt": f"Read this: {'apples and pears ' * 60} Question {i}?", "completion": "Yes."} for i in range(10)]
+    report = validate_data(DataSettings(train=str(jsonl(rows))), tok)
+    assert [f.code for f in report.findings if f.line is None] == ["low_trainable_share"]
+    assert report.stats["train"]["trainable_share"] < 0.02
