@@ -138,3 +138,13 @@ def test_system_setting_is_added_and_not_trained(tok, jsonl):
     row = prepare_datasets(DataSettings(train=str(path), system="Be brief."), tok, seed=0).train[0]
     assert "<|im_start|>system\nBe brief.<|im_end|>" in tok.decode(row["input_ids"])
     assert trained_text(tok, row) == QA[0]["answer"] + "<|im_end|>"
+
+
+def test_backend_settings_do_not_truncate_silently(tok, jsonl):
+    import copy
+
+    path = jsonl([{"question": "Tell me a long story about apples " * 10, "answer": "Once upon a time."}])
+    plain = prepare_datasets(DataSettings(train=str(path)), tok, seed=0).train
+    truncating = copy.deepcopy(tok)
+    truncating.backend_tokenizer.enable_truncation(max_length=16)
+    assert prepare_datasets(DataSettings(train=str(path)), truncating, seed=0).train == plain
