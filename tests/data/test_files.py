@@ -115,3 +115,25 @@ def test_text_category_csv_is_detected_as_prompt_completion(shared_data):
     convs = conversations(shared_data / "banking77" / "test.csv", max_samples=3)
     assert convs[0].messages[-1] == {"role": "assistant", "content": "card_arrival"}
     assert convs[0].messages[0]["role"] == "user" and convs[0].line == 2
+
+
+@pytest.mark.parametrize("name", ["sharegpt_structure.json", "spans.json"])
+def test_json_arrays_stream_in_small_windows(name, monkeypatch):
+    """Reading 7 characters at a time gives the same records and lines as reading the whole file."""
+    from tunepilot.data import jsonl
+
+    whole = [(r.line, r.value, r.error) for r in read_records(FIXTURES / name)]
+    monkeypatch.setattr(jsonl, "CHUNK", 7)
+    assert [(r.line, r.value, r.error) for r in read_records(FIXTURES / name)] == whole
+
+
+def test_json_array_edge_cases(tmp_path, monkeypatch):
+    from tunepilot.data import jsonl
+
+    monkeypatch.setattr(jsonl, "CHUNK", 3)
+    (tmp_path / "a.json").write_text('[\n  12345,\n  {"a": 1, "a": 2},\n  {"b": NaN}\n]\n')
+    got = [(r.line, r.value, r.code if r.error else None) for r in read_records(tmp_path / "a.json")]
+    assert got == [(2, 12345, None), (3, None, "duplicate_key"), (4, None, "malformed_line")]
+    (tmp_path / "b.json").write_text('[\n  {"a": 1},\n  {"a": 2\n')
+    got = [(r.line, r.error is None) for r in read_records(tmp_path / "b.json")]
+    assert got == [(2, True), (3, False)]

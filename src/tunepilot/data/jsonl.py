@@ -6,6 +6,7 @@ non-JSON constants NaN/Infinity are findings on their line, not silently accepte
 
 from __future__ import annotations
 
+import codecs
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -82,28 +83,66 @@ def read_jsonl(path: Path) -> Iterator[RawRecord]:
             yield parse_json_text(text, n, src)
 
 
+CHUNK = 1 << 20  # characters read at a time from a JSON array file
+
+
+class _Window:
+    """A sliding window of decoded text over a file: records before the window are dropped, so a
+    JSON array streams in memory bounded by the largest record (plus one chunk)."""
+
+    def __init__(self, path: Path, f=None, text: str = ""):
+        self.path, self.f, self.text = path, f, text
+        self.base_line = 1  # line number of text[0]
+        self.eof = f is None
+        self._decoder = codecs.getincrementaldecoder("utf-8")()
+
+    def more(self) -> bool:
+        """Read another chunk; False at the end of the file."""
+        if self.eof:
+            return False
+        chunk = self.f.read(CHUNK)
+        try:
+            self.text += self._decoder.decode(chunk, final=not chunk)
+        except UnicodeDecodeError as e:
+            raise UserError(f"{self.path}: invalid UTF-8 ({e.reason}); save the file as UTF-8") from e
+        self.eof = not chunk
+        return True
+
+    def drop_before(self, i: int) -> None:
+        self.base_line += self.text.count("\n", 0, i)
+        self.text = self.text[i:]
+
+    def skip_ws(self, i: int) -> int:
+        while True:
+            i = _skip_ws(self.text, i)
+            if i < len(self.text) or not self.more():
+                return i
+
+
 @register_reader("json")
 def read_json(path: Path) -> Iterator[RawRecord]:
-    """A JSON array (or {"key": [records]}), element by element with each element's start line."""
-    src = str(path)
-    text, bad = decode_bytes(path.read_bytes())
-    if bad:
-        raise UserError(f"{path}: {bad}; save the file as UTF-8")
-    text = text.lstrip("\ufeff")
-    dec = PLAIN
-    i = _skip_ws(text, 0)
-    if text.startswith("{", i):
-        yield from _json_object_top(path, text, dec, i)
-        return
-    if not text.startswith("[", i):
-        raise UserError(f"{path}: expected a JSON array of records at the top level")
-    yield from _json_array(src, text, dec, i + 1)
+    """A JSON array, streamed element by element with each element's start line; or {"key": [records]}
+    (read whole), or several top-level objects (read as JSONL)."""
+    with path.open("rb") as f:
+        window = _Window(path, f)
+        window.more()
+        window.text = window.text.lstrip("\ufeff")
+        i = window.skip_ws(0)
+        if window.text.startswith("["):
+            window.drop_before(i + 1)
+            yield from _json_array(window, str(path))
+            return
+        if not window.text.startswith("{", i):
+            raise UserError(f"{path}: expected a JSON array of records at the top level")
+        while window.more():
+            pass
+    yield from _json_object_top(path, window.text, i)
 
 
-def _json_object_top(path: Path, text: str, dec: json.JSONDecoder, i: int) -> Iterator[RawRecord]:
+def _json_object_top(path: Path, text: str, i: int) -> Iterator[RawRecord]:
     # One object that is {"data": [...]} is a wrapped array; several objects are really JSONL.
     try:
-        obj, end = dec.raw_decode(text, i)
+        obj, end = PLAIN.raw_decode(text, i)
     except json.JSONDecodeError as e:
         yield RawRecord(e.lineno, str(path), error=f"invalid JSON at line {e.lineno} column {e.colno}: {e.msg}")
         return
@@ -113,43 +152,63 @@ def _json_object_top(path: Path, text: str, dec: json.JSONDecoder, i: int) -> It
     lists = [k for k, v in obj.items() if isinstance(v, list)]
     if len(lists) == 1 and len(obj) <= 3:
         start = text.index("[", text.index(json.dumps(lists[0]), i))
-        yield from _json_array(str(path), text, dec, start + 1)
+        window = _Window(path, text=text)
+        window.drop_before(start + 1)
+        yield from _json_array(window, str(path))
         return
     yield RawRecord(text.count("\n", 0, i) + 1, str(path), obj)
 
 
-def _json_array(src: str, text: str, dec: json.JSONDecoder, i: int) -> Iterator[RawRecord]:
-    line, pos = 1 + text.count("\n", 0, i), i
+def _json_array(window: _Window, src: str) -> Iterator[RawRecord]:
+    i = 0
     while True:
-        i = _skip_ws(text, i)
-        if text.startswith("]", i):
+        i = window.skip_ws(i)
+        if i >= len(window.text):
+            line = window.base_line + window.text.count("\n")
+            yield RawRecord(line, src, error="invalid JSON: the file ends inside the array (no closing ']')")
             return
-        line += text.count("\n", pos, i)
-        pos = i
-        try:
-            value, end = STRICT.raw_decode(text, i)
-            record = RawRecord(line, src, value)
-        except (DuplicateKey, BadConstant) as e:
-            # A valid-syntax element with a repeated key or NaN: report it and go on after it.
-            value, end = dec.raw_decode(text, i)
-            code = "duplicate_key" if isinstance(e, DuplicateKey) else "malformed_line"
-            record = RawRecord(line, src, error=str(e), code=code)
-        except json.JSONDecodeError as e:
-            # The array cannot be resynchronised after a syntax error: report it and stop.
-            yield RawRecord(
-                e.lineno,
-                src,
-                error=f"invalid JSON at line {e.lineno} column {e.colno}: {e.msg} (records after it were not read)",
-            )
+        if window.text[i] == "]":
             return
+        window.drop_before(i)
+        record, end = _element(window, src)
         yield record
-        i = _skip_ws(text, end)
-        if text.startswith(",", i):
+        if end is None:
+            return  # after a syntax error the array cannot be resynchronised
+        i = window.skip_ws(end)
+        if window.text.startswith(",", i):
             i += 1
-        elif not text.startswith("]", i):
-            ln = 1 + text.count("\n", 0, i)
-            yield RawRecord(ln, src, error=f"invalid JSON at line {ln}: expected ',' or ']' after a record")
+        elif not window.text.startswith("]", i):
+            line = window.base_line + window.text.count("\n", 0, i)
+            yield RawRecord(line, src, error=f"invalid JSON at line {line}: expected ',' or ']' after a record")
             return
+
+
+def _element(window: _Window, src: str) -> tuple[RawRecord, int | None]:
+    """The element at the start of the window: (record, end) or (error record, None)."""
+    line = window.base_line
+    while True:
+        try:
+            value, end = STRICT.raw_decode(window.text, 0)
+            if end >= len(window.text) and window.more():
+                continue  # a number cut at the window edge ("12" of "123"): read on and parse again
+            return RawRecord(line, src, value), end
+        except (DuplicateKey, BadConstant) as e:
+            try:
+                _, end = PLAIN.raw_decode(window.text, 0)
+            except json.JSONDecodeError as syntax:
+                if window.more():
+                    continue
+                return RawRecord(line, src, error=f"invalid JSON: {syntax.msg} (records after it were not read)"), None
+            code = "duplicate_key" if isinstance(e, DuplicateKey) else "malformed_line"
+            return RawRecord(line, src, error=str(e), code=code), end
+        except json.JSONDecodeError as e:
+            if window.more():
+                continue
+            at = window.base_line + e.lineno - 1
+            msg = f"invalid JSON at line {at} column {e.colno}: {e.msg} (records after it were not read)"
+            # At the end of the file the parser's position says nothing: name the record's first line.
+            at = line if e.pos >= len(window.text.rstrip()) else at
+            return RawRecord(at, src, error=msg), None
 
 
 def _skip_ws(text: str, i: int) -> int:

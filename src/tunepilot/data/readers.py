@@ -1,6 +1,6 @@
 """File readers: JSONL, JSON (array), CSV/TSV, Parquet, a directory of one file type, or a saved
-Hugging Face `datasets` dataset. Each yields `RawRecord`s one at a time, so a large JSONL, CSV or
-Parquet file is read in constant memory (a JSON array is parsed element by element but held as text).
+Hugging Face `datasets` dataset. Each yields `RawRecord`s one at a time, so a large JSONL, CSV,
+Parquet or JSON-array file is read in memory bounded by its largest record.
 
 File-level problems (missing, unreadable, empty, binary, unknown type, a directory of mixed types)
 are usage errors (`UserError`, exit 2); a record that does not parse is a `RawRecord` with `error`
