@@ -1,6 +1,7 @@
 """A sweep's results: the leaderboard, best.yaml for `tunepilot train`, and the files in the sweep dir.
 
 <sweep dir>/study.db          the Optuna study (default storage)
+<sweep dir>/sweep.json        study name, storage (when it is the default), the sweep spec
 <sweep dir>/leaderboard.json  every trial: state, value, params, reason, costs, stage
 <sweep dir>/decisions.json    what the protocol decided and why
 <sweep dir>/best.yaml         the best complete trial's config (when the sweep has a base config)
