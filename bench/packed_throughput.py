@@ -285,6 +285,47 @@ def run_packed(arch: str, k: int, args, device: torch.device, dtype: torch.dtype
     return result
 
 
+def count_host_ops(arch: str, k: int, args) -> dict:
+    """Aten ops dispatched by one packed forward + backward, counted on the meta device (no GPU).
+
+    Every dispatched op costs host time in eager mode (10-20 us each with autograd), so this count
+    bounds how fast a step can be issued however fast the GPU is. The decoder alone (as counted
+    before the loss changes) and the whole step (decoder, chunked loss, backward of the objective)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from tunepilot.engines.packed.inject import add_adapters
+    from tunepilot.engines.packed.pack import Pack
+
+    class Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.n += 1
+            if func is torch.ops.aten._local_scalar_dense.default:  # .item(): meta has no value
+                return True if args[0].dtype == torch.bool else 0  # (transformers' packed-sequence check)
+            return func(*args, **(kwargs or {}))
+
+    model = build_model(arch, torch.device("meta"), torch.bfloat16)
+    pack = Pack(model, pad_id=0, chunk_rows=2048)
+    for slot in range(k):
+        add_adapters(pack.wrapped, list(pack.wrapped), slot, RANK, ALPHA, False, 0.0, seed=slot)
+    micro = {s: random_examples(args.micro, args.seq, model.config.vocab_size, s) for s in range(k)}
+    inputs, segments = pack.batch(micro)
+    pack.context.segments, pack.context.training = segments, True
+    with Count() as decoder:
+        hidden = pack.decoder(input_ids=inputs["input_ids"], use_cache=False).last_hidden_state
+        hidden.float().sum().backward()
+    step = Count()
+    try:
+        with step:
+            losses = pack.losses(micro, training=True)
+            sum(total / max(1, n) for total, n in losses.values()).backward()
+    except (RuntimeError, NotImplementedError) as e:  # a host sync (nonzero, item) cannot run on meta tensors
+        print(f"  step not countable on meta: {str(e)[:80]}", flush=True)
+        step.n = None
+    return {"arch": arch, "k": k, "decoder_ops": decoder.n, "step_ops": step.n}
+
+
 @contextlib.contextmanager
 def _profiler(enabled: bool):
     if not enabled:
@@ -355,7 +396,14 @@ def main() -> None:
     p.add_argument("--workdir", default="/tmp/packed-bench")
     p.add_argument("--profile", action="store_true", help="torch.profiler tables of the timed packed steps")
     p.add_argument("--smoke", action="store_true", help="tiny shapes on CPU (checks the script)")
+    p.add_argument("--count-ops", action="store_true",
+                   help="count aten ops per packed step on the meta device (no GPU, no timing)")
     args = p.parse_args()
+    if args.count_ops:
+        for arch in args.archs:
+            for k in args.ks:
+                print(json.dumps(count_host_ops(arch, k, args)), flush=True)
+        return
     if args.smoke:
         args.archs, args.ks, args.seq, args.micro, args.warmup, args.steps = ["tiny"], [1, 2], 32, 2, 1, 2
     device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")

@@ -219,8 +219,7 @@ class PackedEngine:
                 "seconds": seconds, "best_eval_loss": best, "evals": t.evals,
                 "adapter": str(run_dir / "adapter") if state == "complete" else None})
             extra["writer"].close()
-        remove_adapters(self.pack.wrapped, t.slot)
-        t.optimizer.zero_grad(set_to_none=True)
+        remove_adapters(self.pack.wrapped, t.slot)  # zeroes its weights and gradients in the stacks
         self._slots[t.slot] = None
         return outcome
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tunepilot.engines.packed.lora import LoraAdapter, MultiLoraLinear, PackContext
+from tunepilot.engines.packed.lora import MultiLoraLinear, PackContext
+from tunepilot.engines.packed.stack import LoraAdapter
 from tunepilot.errors import UserError
 
 
@@ -55,29 +56,22 @@ def add_adapters(wrapped: dict[str, MultiLoraLinear], names: list[str], slot: in
     gen = torch.Generator(device="cpu")
     gen.manual_seed(seed)
     params: list[nn.Parameter] = []
-    for name in names:
-        layer = wrapped[name]
-        device = layer.base_layer.weight.device
-        ad = LoraAdapter(layer.in_features, layer.out_features, rank, alpha, use_rslora, dropout)
-        ad.reset(gen)  # drawn on CPU, then moved: the same init on every device
-        ad.to(device)
-        layer.adapters[str(slot)] = ad
-        params += [ad.lora_A, ad.lora_B]
+    for name in names:  # model order: the init draws follow it
+        params += wrapped[name].add_adapter(slot, LoraAdapter(rank, alpha, use_rslora, dropout), gen)
     return params
 
 
 def remove_adapters(wrapped: dict[str, MultiLoraLinear], slot: int) -> None:
     for layer in wrapped.values():
-        if str(slot) in layer.adapters:
-            del layer.adapters[str(slot)]
+        layer.remove_adapter(slot)
 
 
 def adapter_state(wrapped: dict[str, MultiLoraLinear], slot: int) -> dict[str, torch.Tensor]:
     """A slot's weights under PEFT's saved key names (`base_model.model.<module>.lora_A.weight`)."""
     state = {}
     for name, layer in wrapped.items():
-        if str(slot) in layer.adapters:
-            ad = layer.adapters[str(slot)]
+        ad = layer.stack.adapters.get(slot)
+        if ad is not None:
             state[f"base_model.model.{name}.lora_A.weight"] = ad.lora_A.detach().cpu().contiguous()
             state[f"base_model.model.{name}.lora_B.weight"] = ad.lora_B.detach().cpu().contiguous()
     return state

@@ -18,11 +18,12 @@ checkpointing draws the same mask as the original forward.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+
+from tunepilot.engines.packed.stack import LoraAdapter, LoraStack
 
 
 @dataclass
@@ -33,26 +34,6 @@ class PackContext:
     dropout_seeds: dict[int, int] = field(default_factory=dict)  # slot -> seed of this micro-step
     widths: dict[int, int] = field(default_factory=dict)  # slot -> its own (unpadded) sequence width
     training: bool = False
-
-
-class LoraAdapter(nn.Module):
-    """One trial's A and B for one linear layer (fp32 weights, like PEFT's adapter weights)."""
-
-    def __init__(self, in_features: int, out_features: int, rank: int, alpha: float,
-                 use_rslora: bool, dropout: float, device: torch.device | str | None = None):
-        super().__init__()
-        self.lora_A = nn.Parameter(torch.empty(rank, in_features, device=device, dtype=torch.float32))
-        self.lora_B = nn.Parameter(torch.zeros(out_features, rank, device=device, dtype=torch.float32))
-        self.rank = rank
-        self.scaling = alpha / math.sqrt(rank) if use_rslora else alpha / rank
-        self.dropout = dropout
-
-    @torch.no_grad()
-    def reset(self, generator: torch.Generator) -> None:
-        # PEFT's default init ("init_lora_weights=True"): A kaiming-uniform with a=sqrt(5), B zeros,
-        # so the adapted model starts exactly at the base model.
-        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5), generator=generator)
-        self.lora_B.zero_()
 
 
 def _mix_seed(*parts: int) -> int:
@@ -72,8 +53,19 @@ class MultiLoraLinear(nn.Module):
         self.base_layer = base_layer
         self.context = context
         self.index = index  # position among wrapped layers: part of the dropout seed
-        self.adapters = nn.ModuleDict()
-        self._scale_cache: tuple | None = None
+        self.stack = LoraStack(base_layer.in_features, base_layer.out_features, base_layer.weight.device)
+
+    @property
+    def adapters(self) -> dict[str, LoraAdapter]:
+        """The slots' adapters by slot name (read-only view; `add_adapter`/`remove_adapter` change it)."""
+        return {str(s): ad for s, ad in self.stack.adapters.items()}
+
+    def add_adapter(self, slot: int, adapter: LoraAdapter, generator: torch.Generator) -> list[nn.Parameter]:
+        self.stack.add(slot, adapter, generator)
+        return adapter.params
+
+    def remove_adapter(self, slot: int) -> None:
+        self.stack.clear(slot)
 
     @property
     def weight(self) -> torch.Tensor:  # for code that reads proj.weight (dtype/device probes)
@@ -93,7 +85,8 @@ class MultiLoraLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base_layer(x)
-        segments = [(s, a, b) for s, a, b in self.context.segments if str(s) in self.adapters]
+        adapters = self.stack.adapters
+        segments = [(s, a, b) for s, a, b in self.context.segments if s in adapters]
         if not segments:
             return out
         if self._uniform(segments, x.shape[0]) and x.dtype == out.dtype:
@@ -109,12 +102,12 @@ class MultiLoraLinear(nn.Module):
         return out + torch.cat(pieces, dim=0)
 
     def _delta(self, x: torch.Tensor, slot: int) -> torch.Tensor:
-        ad = self.adapters[str(slot)]
+        ad = self.stack.adapters[slot]
         if ad.dropout > 0 and self.context.training:
             x = x * self._dropout_mask(x, slot, ad.dropout)
-        # The scaling goes into the small B ([out, r]) instead of the big output ([rows, out]).
-        a, b = ad.lora_A.to(x.dtype), (ad.lora_B * ad.scaling).to(x.dtype)
-        return (x @ a.t()) @ b.t()
+        a, bt = self.stack.segment(slot, x.dtype)
+        # The scaling multiplies the narrow x A^T ([rows, r]), not the wide output.
+        return ((x @ a.t()) * ad.scaling) @ bt
 
     def _dropout_mask(self, x: torch.Tensor, slot: int, p: float) -> torch.Tensor:
         # Drawn at the trial's own width, so the mask does not depend on how far the pack pads it.
@@ -130,34 +123,19 @@ class MultiLoraLinear(nn.Module):
 
     def _uniform(self, segments: list[tuple[int, int, int]], rows: int) -> bool:
         """Every row targeted, equal segment sizes, no dropout: one batched matmul pair."""
-        if len(segments) < 2 or sum(b - a for _, a, b in segments) != rows:
+        if sum(b - a for _, a, b in segments) != rows:
             return False
         sizes = {b - a for _, a, b in segments}
-        drop = self.context.training and any(self.adapters[str(s)].dropout > 0 for s, _, _ in segments)
+        drop = self.context.training and any(self.stack.adapters[s].dropout > 0 for s, _, _ in segments)
         return len(sizes) == 1 and not drop
 
     def _batched_add(self, out: torch.Tensor, x: torch.Tensor, segments: list) -> torch.Tensor:
-        # K small matmul pairs become two bmm calls (the launch count stops growing with K), and
-        # baddbmm adds the delta into the base output in the matmul's epilogue. The scaling
-        # multiplies the narrow x A^T, not the wide output. Lower ranks are zero-padded to the highest: padded rows of A
-        # meet zero columns of B, so they add exactly 0 and pass no gradient to the real weights.
-        ads = [self.adapters[str(s)] for s, _, _ in segments]
-        k, r = len(ads), max(ad.rank for ad in ads)
-        pad = torch.nn.functional.pad
-        a = torch.stack([ad.lora_A if ad.rank == r else pad(ad.lora_A, (0, 0, 0, r - ad.rank))
-                         for ad in ads]).to(x.dtype)  # [K, r, in]
-        b = torch.stack([ad.lora_B if ad.rank == r else pad(ad.lora_B, (0, r - ad.rank))
-                         for ad in ads]).to(x.dtype)  # [K, out, r]
-        xa = torch.bmm(x.reshape(k, -1, x.shape[-1]), a.transpose(1, 2)) * self._scales(ads, x)
-        return torch.baddbmm(out.reshape(k, -1, out.shape[-1]), xa, b.transpose(1, 2)).view(out.shape)
-
-    def _scales(self, ads: list[LoraAdapter], x: torch.Tensor) -> torch.Tensor:
-        """The slots' scalings as a [K, 1, 1] device tensor, applied to the narrow x A^T ([rows, r]).
-
-        Kept until the slots' scalings change: a host-to-device copy in every layer's forward would
-        synchronise the host with the GPU each time."""
-        key = (tuple(ad.scaling for ad in ads), x.dtype, x.device)
-        if self._scale_cache is None or self._scale_cache[0] != key:
-            values = torch.tensor([ad.scaling for ad in ads], dtype=x.dtype, device=x.device)
-            self._scale_cache = (key, values.view(-1, 1, 1))
-        return self._scale_cache[1]
+        # The slots' A and B^T come straight from the layer's stacks (lower ranks zero-padded: a
+        # padded row of A meets a zero row of B^T, so it adds exactly 0 and gets a zero gradient).
+        # Two bmm calls for all slots (the launch count does not grow with K); baddbmm adds the
+        # delta into the base output in the matmul's epilogue; the scaling multiplies x A^T.
+        slots = tuple(s for s, _, _ in segments)
+        a, bt, scales = self.stack.select(slots, x.dtype, x.device)
+        k = len(slots)
+        xa = torch.bmm(x.reshape(k, -1, x.shape[-1]), a.transpose(1, 2)) * scales
+        return torch.baddbmm(out.reshape(k, -1, out.shape[-1]), xa, bt).view(out.shape)

@@ -84,7 +84,8 @@ class TrialState:
         lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
         self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        # In place: the gradients are views of the layers' stacked gradients (engines/packed/stack.py)
+        self.optimizer.zero_grad(set_to_none=False)
         self.step += 1
         self.tokens += self.window_tokens
         self.last_loss = self.loss_sum / self.window_tokens
