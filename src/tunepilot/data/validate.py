@@ -54,6 +54,8 @@ def validate_data(settings, tokenizer=None) -> ValidationReport:
         findings += eval_state.findings + evals.findings
         findings += overlap_findings(train.ledger.table(), evals.ledger.table(), evals.ledger.sources)
         stats["eval"] = {**evals.stats(), "records_read": eval_state.records}
-    findings.sort(key=lambda f: (f.source, f.line if f.line is not None else -1, SEVERITY_ORDER[f.severity]))
+    # Train before eval (files in the order read), then by line; file-level findings first.
+    order = {src: i for i, src in reversed(list(enumerate(f.source for f in findings)))}
+    findings.sort(key=lambda f: (order[f.source], f.line if f.line is not None else -1, SEVERITY_ORDER[f.severity]))
     template = settings.template if tokenizer is not None else None
     return ValidationReport(findings, stats, train_state.spec.name, template)
