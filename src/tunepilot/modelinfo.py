@@ -18,19 +18,9 @@ from typing import Any
 
 from tunepilot.errors import UserError
 
-# model_type -> family whose LoRA learning-rate behaviour was measured together (see transfer/rules.py).
-FAMILIES = {
-    "llama": "llama",
-    "mistral": "llama",
-    "qwen2": "qwen",
-    "qwen3": "qwen",
-    "qwen2_moe": "qwen",
-    "qwen3_moe": "qwen",
-    "gemma": "gemma",
-    "gemma2": "gemma",
-    "gemma3_text": "gemma",
-    "phi3": "phi",
-}
+# model_type -> family whose LoRA learning-rate behaviour was measured together (see transfer/settings.py).
+# Only families with a published fit are grouped; any other model_type is its own family.
+FAMILIES = {"llama": "llama", "qwen2": "qwen", "qwen3": "qwen", "qwen2_moe": "qwen", "qwen3_moe": "qwen"}
 # Architectures whose q/k/v projections carry a bias (Qwen2 does; Llama, Qwen3 do not).
 QKV_BIAS = {"qwen2"}
 LINEAR_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
