@@ -214,3 +214,14 @@ def test_cli_json_and_written_config(model_configs, tmp_path):
         == pytest.approx(2e-4 * 0.5**0.781 * 8**0.5, rel=2e-3)
     )
     assert config.model.name_or_path.endswith("Llama-3.1-70B")
+
+
+def test_text_output_shows_every_step_with_brackets_intact(model_configs, tmp_path):
+    proxy = tmp_path / "proxy.yaml"
+    proxy.write_text(f"model_name_or_path: {model_configs / 'Llama-3.1-8B'}\ntrain: x.jsonl\nlearning_rate: 2.0e-4\n")
+    result = CliRunner().invoke(app, ["transfer", "--proxy-model", str(model_configs / "Llama-3.1-8B"),
+                                      "--target-model", str(model_configs / "Qwen2.5-32B"), "--config", str(proxy)])
+    assert result.exit_code == 0, result.output
+    for rule in ("method", "rank", "alpha", "width", "depth", "gpus", "batch"):
+        assert f"{rule}:" in result.stdout
+    assert "[families differ" in result.stdout and "source:" in result.stdout
