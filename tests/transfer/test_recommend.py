@@ -96,3 +96,16 @@ def test_missing_data_is_a_user_error(tiny_model, tmp_path):
         app, ["recommend", "--model", str(tiny_model), "--data", str(tmp_path / "x.jsonl")]
     )
     assert result.exit_code == 2 and "does not exist" in result.output
+
+
+def test_recommended_yaml_runs_with_tunepilot_train(tiny_model, tmp_path):
+    data = tmp_path / "d.jsonl"
+    data.write_text("\n".join(json.dumps({"instruction": f"Add {i} and {i + 1}.", "output": str(2 * i + 1)})
+                              for i in range(40)) + "\n")
+    out = tmp_path / "rec.yaml"
+    made = runner.invoke(app, ["recommend", "--model", str(tiny_model), "--data", str(data), "-o", str(out)])
+    assert made.exit_code == 0, made.output
+    trained = runner.invoke(app, ["train", str(out), "--set", "max_steps=2", "--set", "device=cpu",
+                                  "--set", f"output_dir={tmp_path / 'run'}", "--json"])
+    assert trained.exit_code == 0, trained.output
+    assert json.loads(trained.stdout)["steps"] == 2
