@@ -239,6 +239,7 @@ def test_truncation_is_estimated_without_a_tokenizer(jsonl):
     found = by_line(report)
     assert "truncated_to_zero" in found[2] and "truncated" in found[3] and not found[1] - {"exact_duplicate"}
     assert "estimated" in next(f.message for f in report.findings if f.line == 2)
+    assert any(f.code == "truncation_rate" for f in report.findings)  # 2 of 3 records
 
 
 def test_answers_that_do_not_end_like_the_rest():

@@ -204,9 +204,9 @@ class Analyzer:
     def _rates(self, table: np.ndarray) -> list[Finding]:
         out, n = [], len(table)
         src = self.ledger.sources[0] if self.ledger.sources else ""
-        if self.tokenizer is None or n == 0:
+        if n == 0:
             return out
-        if self.truncated > 0.05 * n:
+        if self.truncated > 0.05 * n:  # estimated from characters when there is no tokenizer
             out.append(
                 Finding(
                     "warning",
