@@ -34,7 +34,7 @@ class LRFindSettings:
     beta: float = 0.9  # EMA weight of the past; short ramps need a short memory
     divergence_factor: float = 4.0
     cap_fraction: float = 0.1
-    skip_start: int = 2  # first points: the EMA has seen too little
+    skip_start: int | None = None  # first points to ignore (the EMA has seen too little); None: 10%, >= 2
 
     def check(self) -> None:
         problems = []
@@ -46,6 +46,10 @@ class LRFindSettings:
             problems.append(f"beta {self.beta}: must be in [0, 1)")
         if problems:
             raise UserError("lr-find: invalid range", problems=problems)
+
+    @property
+    def skip(self) -> int:
+        return self.skip_start if self.skip_start is not None else max(2, self.steps // 10)
 
     def lr_at(self, k: int) -> float:
         return self.start * (self.end / self.start) ** (k / (self.steps - 1))
@@ -87,7 +91,7 @@ class Ramp:
         smoothed = self._avg / (1 - self.s.beta ** (k + 1))
         r.smoothed.append(smoothed)
         best = min(r.smoothed)
-        if k >= self.s.skip_start and smoothed > self.s.divergence_factor * best:
+        if k >= self.s.skip and smoothed > self.s.divergence_factor * best:
             self.stop_reason = (
                 f"smoothed loss {smoothed:.3g} > {self.s.divergence_factor:g} x best {best:.3g} at LR {lr:.3g}"
             )
@@ -96,7 +100,7 @@ class Ramp:
 def suggest(result: LRFindResult, settings: LRFindSettings) -> None:
     """Fill suggestion and explanation from the smoothed curve (rule in the module docstring)."""
     lrs, sm = result.lrs, result.smoothed
-    usable = [i for i in range(settings.skip_start, len(sm)) if math.isfinite(sm[i])]
+    usable = [i for i in range(settings.skip, len(sm)) if math.isfinite(sm[i])]
     if len(usable) < 3:
         result.explanation = "too few finite points to suggest an LR: lower --start or raise --steps"
         return
