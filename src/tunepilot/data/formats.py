@@ -1,6 +1,6 @@
 """Record formats: detection, column mapping, and conversion of a raw record to a `Conversation`.
 
-Formats (the `data.format` setting; `auto` detects from the first record that parses):
+Formats (the `data.format` setting; with `auto` the first records that parse vote, see `detect`):
 
 - alpaca: `instruction`, `input` (optional), `output`, `system` (optional), `history` (optional
   list of [user, assistant] pairs). The prompt is instruction + "\\n" + input, as LLaMA-Factory does.
@@ -25,7 +25,7 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from tunepilot.data.records import Conversation
@@ -80,7 +80,6 @@ class FormatSpec:
     fields: dict[str, str]  # canonical field -> column in the record
     note: str | None = None  # how auto-detection decided, shown as an info finding
     system: str | None = None  # default system prompt (settings.system)
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 Converter = Callable[[dict[str, Any], FormatSpec], list[dict[str, str]] | str]
