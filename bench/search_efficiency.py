@@ -83,7 +83,11 @@ def run_one(args: tuple) -> list[tuple[int, float]]:
     }
     spec = parse_sweep(raw, "bench")
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    study = optuna.create_study(direction="maximize", sampler=make_sampler(spec, seed=seed), pruner=make_pruner(spec))
+    # a fixed study name: Hyperband assigns trials to brackets by hashing it with the trial number
+    study = optuna.create_study(
+        study_name=f"{name}-{seed}", direction="maximize", sampler=make_sampler(spec, seed=seed),
+        pruner=make_pruner(spec),
+    )
     study.set_user_attr("seed", seed)
     engine = ReplayEngine(curves, table=table)
     build_loop(spec, study, engine, None, Path("/nonexistent")).run()
