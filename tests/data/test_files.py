@@ -72,6 +72,7 @@ def test_line_numbers_per_file_type(tmp_path):
         ("notes.txt", "unknown file type"),
         ("ambiguous.csv", "ambiguous format"),
         ("mixed_dir", "mixes file types"),
+        ("mixed_formats", "mixes record formats"),
         ("does_not_exist.jsonl", "not found"),
     ],
 )

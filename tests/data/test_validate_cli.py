@@ -61,7 +61,9 @@ def test_config_supplies_data_settings_and_model(tiny_model, tmp_path, jsonl):
     assert body["tokenizer"] == str(tiny_model) and body["template"] == "chatml" and body["ok"]
 
 
-@pytest.mark.parametrize("name", ["empty.jsonl", "image.jsonl", "unknown_keys.jsonl", "mixed_dir", "missing.jsonl"])
+@pytest.mark.parametrize(
+    "name", ["empty.jsonl", "image.jsonl", "unknown_keys.jsonl", "mixed_dir", "mixed_formats", "missing.jsonl"]
+)
 def test_usage_errors_exit_2(name):
     result = run(str(FIXTURES / name), "--json")
     assert result.exit_code == 2

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from itertools import chain
+from itertools import chain, islice
+from pathlib import Path
 
 from tunepilot.data.checks.registry import severity_of
 from tunepilot.data.detect import SAMPLE, detect_format, guess
 from tunepilot.data.formats import FormatSpec, Problem, to_conversation
-from tunepilot.data.readers import read_records
+from tunepilot.data.readers import READERS, read_records, resolve_files
 from tunepilot.data.records import Conversation, Finding, RawRecord
 from tunepilot.errors import UserError
 
@@ -31,6 +32,8 @@ class ParseState:
 def iter_conversations(
     path: str, fmt: str, columns: dict[str, str], system: str | None, state: ParseState
 ) -> Iterator[Conversation]:
+    if fmt == "auto":
+        _same_format_everywhere(path, columns, system)
     raws = read_records(path)
     head = []
     for raw in raws:
@@ -66,3 +69,23 @@ def _convert(raw: RawRecord, state: ParseState) -> Conversation | None:
             message += f" (the record looks like {other[0]} format; use one format per file)"
         state.findings.append(Finding("error", p.code, raw.line, message, raw.source))
         return None
+
+
+def _same_format_everywhere(path: str, columns: dict[str, str], system: str | None) -> None:
+    """A directory whose files hold different record formats (alpaca here, sharegpt there) is a
+    usage error, like one that mixes file types: one format is applied to all records."""
+    files = resolve_files(Path(path))
+    if len(files) < 2:
+        return
+    found: dict[str, str] = {}
+    for file, kind in files:
+        head = [r.value for r in islice(READERS[kind](file), SAMPLE) if r.error is None]
+        if not head:
+            continue
+        try:
+            found[file.name] = detect_format(head, "auto", columns, system, str(file)).name
+        except UserError:
+            found[file.name] = "unknown"
+    if len(set(found.values())) > 1:
+        listing = ", ".join(f"{name} ({fmt})" for name, fmt in list(found.items())[:8])
+        raise UserError(f"{path}: directory mixes record formats: {listing}; keep one format per directory")
