@@ -223,8 +223,10 @@ def run_baseline(arch: str, args, device: torch.device, dtype: torch.dtype) -> d
     return result
 
 
-def run_packed(arch: str, k: int, args, device: torch.device, dtype: torch.dtype) -> dict:
-    """K trials in the packed engine: tokens/s over the timed packed steps after warm-up."""
+def run_packed(arch: str, k: int, args, device: torch.device, dtype: torch.dtype,
+               compiled: bool = False) -> dict:
+    """K trials in the packed engine: tokens/s over the timed packed steps after warm-up (which
+    includes the compilation when `compiled`)."""
     _reset_peak(device)
     model = build_model(arch, device, dtype)
     fpt = flops_per_token(model, args.seq, lora_param_count(model))
@@ -252,13 +254,15 @@ def run_packed(arch: str, k: int, args, device: torch.device, dtype: torch.dtype
     if checkpointing:  # K trials' activations would not fit: recompute them instead
         per_trial = pmem.trial_bytes(shape, lora_param_count(model), args.micro, args.seq, True)
         base = build_config({**raw, "gradient_checkpointing": True}, check_paths=False)[0]
-    engine = PackedEngine(base, k, model=model, pad_id=0, data=lambda cfg: (train, []))
+    engine = PackedEngine(base, k, model=model, pad_id=0, data=lambda cfg: (train, []), compile=compiled)
     for i in range(k):
         params = {"learning_rate": 1e-4 * (1 + i), "seed": i}
         cfg = build_config({**raw, **params, "gradient_checkpointing": checkpointing}, check_paths=False)[0]
         engine.start(TrialSpec(i, params, cfg, report_fractions=(args.warmup / total, 1.0)))
-    engine.advance()  # the warm-up steps (allocator, cuBLAS heuristics)
+    t_warm = time.perf_counter()
+    engine.advance()  # the warm-up steps (allocator, cuBLAS heuristics, compilation)
     _sync(device)
+    warmup_s = time.perf_counter() - t_warm
     t0 = time.perf_counter()
     with _profiler(args.profile) as prof:
         outcomes = engine.advance()
@@ -271,9 +275,10 @@ def run_packed(arch: str, k: int, args, device: torch.device, dtype: torch.dtype
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     est = weights + pmem.shared_bytes(shape, 2048) + k * per_trial  # what the engine's fit check assumes
     result = {
-        "engine": "packed",
+        "engine": "packed+compile" if compiled else "packed",
         "arch": arch,
         "k": k,
+        "warmup_s": warmup_s,
         "tokens_per_s": tokens / seconds,
         "mfu": tokens / seconds * fpt / PEAK_BF16,
         "peak_gib": _peak_gib(device),
@@ -388,6 +393,8 @@ def main() -> None:
     p.add_argument("--archs", nargs="+", default=["qwen2.5-0.5b", "llama-3.2-1b"])
     p.add_argument("--ks", nargs="+", type=int, default=[1, 4, 8, 16])
     p.add_argument("--no-baseline", action="store_true", help="packed runs only (profiling)")
+    p.add_argument("--compile-ks", nargs="*", type=int, default=[],
+                   help="also run these K with torch.compile'd decoder layers and loss chunk")
     p.add_argument("--micro", type=int, default=4)
     p.add_argument("--seq", type=int, default=1024)
     p.add_argument("--warmup", type=int, default=3)
@@ -410,17 +417,23 @@ def main() -> None:
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
+    if args.compile_ks:  # one code object (the decoder layer) gets a graph per K and per arch
+        torch._dynamo.config.recompile_limit = 64
     env, results = environment(), []
     print(json.dumps(env), flush=True)
     for arch in args.archs:
         runs = [(lambda a=arch: run_baseline(a, args, device, dtype), "baseline")] * (not args.no_baseline)
         runs += [(lambda a=arch, k=k: run_packed(a, k, args, device, dtype), f"K={k}") for k in args.ks]
+        runs += [(lambda a=arch, k=k: run_packed(a, k, args, device, dtype, compiled=True), f"K={k} compiled")
+                 for k in args.compile_ks]
         for fn, name in runs:
             try:
                 results.append(fn())
                 print(f"{arch} {name}: {json.dumps(results[-1])}", flush=True)
             except torch.OutOfMemoryError as e:
                 print(f"{arch} {name}: out of memory ({str(e)[:120]})", flush=True)
+            except Exception as e:  # noqa: BLE001  (a failed variant, e.g. compilation, must not end the run)
+                print(f"{arch} {name}: failed: {type(e).__name__}: {str(e)[:300]}", flush=True)
             if device.type == "cuda":
                 torch.cuda.empty_cache()
     print(table(results))

@@ -40,15 +40,17 @@ class PackedEngine:
 
     def __init__(self, config: Any, slots: int | str = "auto", *, model: torch.nn.Module | None = None,
                  pad_id: int | None = None, data: DataFn | None = None, chunk_rows: int = 2048,
-                 memory_budget: int | None = None, clock: Callable[[], float] = time.monotonic):
-        """`config`: the sweep's base RunConfig (model, data, shapes); model/data injectable for tests."""
+                 memory_budget: int | None = None, clock: Callable[[], float] = time.monotonic,
+                 compile: bool = False):
+        """`config`: the sweep's base RunConfig (model, data, shapes); model/data injectable for tests.
+        `compile`: torch.compile the decoder layers and the loss chunk (see `Pack._compile`)."""
         if slots != "auto" and (not isinstance(slots, int) or isinstance(slots, bool) or slots < 1):
             raise UserError(f"engine.slots: {slots!r} is not a positive number of trials or auto")
         self.config, self.clock = config, clock
         if model is None:
             model, pad_id = _load(config)
         self.pack = Pack(model, pad_id if pad_id is not None else 0, chunk_rows,
-                         gradient_checkpointing=config.model.gradient_checkpointing)
+                         gradient_checkpointing=config.model.gradient_checkpointing, compile=compile)
         self._data = data or _prepared_data(config)
         self.shape = memory.Shape.of(model)
         self.budget = memory_budget if memory_budget is not None else memory.memory_budget(self.pack.device)

@@ -18,28 +18,38 @@ import torch.nn.functional as F
 IGNORE_INDEX = -100
 
 
+def ce_chunk(h: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+             want_grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Summed token loss of one chunk of rows, and d loss / d h (softmax - onehot, times the head)."""
+    logp = torch.log_softmax(F.linear(h, weight, bias).float(), dim=-1)
+    total = -logp.gather(1, y[:, None]).sum()
+    if not want_grad:
+        return total, None
+    probs = logp.exp_()  # softmax, in place (total is already taken)
+    probs[torch.arange(len(y), device=y.device), y] -= 1.0
+    return total, probs.to(h.dtype) @ weight
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
     """Sum of token losses of lm_head(hidden) against labels; d/d hidden computed in the forward."""
 
     @staticmethod
-    def forward(ctx, hidden, labels, weight, bias, chunk_rows):
+    def forward(ctx, hidden, labels, weight, bias, chunk_rows, chunk_fn):
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         grad = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
         for start in range(0, hidden.shape[0], chunk_rows):
             h, y = hidden[start:start + chunk_rows], labels[start:start + chunk_rows]
-            logp = torch.log_softmax(F.linear(h, weight, bias).float(), dim=-1)
-            total += -logp.gather(1, y[:, None]).sum()
+            part, g = chunk_fn(h, y, weight, bias, grad is not None)
+            total += part
             if grad is not None:
-                probs = logp.exp_()  # softmax, in place
-                probs[torch.arange(len(y), device=y.device), y] -= 1.0
-                grad[start:start + chunk_rows] = probs.to(h.dtype) @ weight
+                grad[start:start + chunk_rows] = g
         ctx.save_for_backward(grad)
         return total
 
     @staticmethod
     def backward(ctx, grad_total):
         (grad,) = ctx.saved_tensors
-        return grad * grad_total.to(grad.dtype), None, None, None, None
+        return grad * grad_total.to(grad.dtype), None, None, None, None, None
 
 
 def shifted_targets(hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -51,8 +61,12 @@ def shifted_targets(hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.T
 
 
 def chunked_ce_sum(hidden: torch.Tensor, labels: torch.Tensor, head: torch.nn.Module,
-                   chunk_rows: int = 4096) -> torch.Tensor:
-    """Sum of token losses (fp32 scalar) over rows of `hidden` [n, H] with targets `labels` [n]."""
+                   chunk_rows: int = 4096, chunk_fn=ce_chunk) -> torch.Tensor:
+    """Sum of token losses (fp32 scalar) over rows of `hidden` [n, H] with targets `labels` [n].
+
+    `chunk_fn` computes one chunk (`ce_chunk`, or a compiled `ce_chunk` that fuses the softmax,
+    the one-hot subtraction and the cast into few kernels)."""
     if head.weight.requires_grad:
         raise ValueError("chunked_ce_sum computes no lm_head weight gradient; the head must be frozen")
-    return _LinearCrossEntropy.apply(hidden, labels, head.weight, getattr(head, "bias", None), chunk_rows)
+    return _LinearCrossEntropy.apply(hidden, labels, head.weight, getattr(head, "bias", None), chunk_rows,
+                                    chunk_fn)

@@ -15,7 +15,7 @@ from torch import nn
 
 from tunepilot.engines.packed.inject import wrap_linears
 from tunepilot.engines.packed.lora import PackContext, _mix_seed
-from tunepilot.engines.packed.loss import IGNORE_INDEX, chunked_ce_sum, shifted_targets
+from tunepilot.engines.packed.loss import IGNORE_INDEX, ce_chunk, chunked_ce_sum, shifted_targets
 from tunepilot.errors import UserError
 
 Example = dict[str, Any]  # {"input_ids": [...], "labels": [...]}
@@ -23,7 +23,7 @@ Example = dict[str, Any]  # {"input_ids": [...], "labels": [...]}
 
 class Pack:
     def __init__(self, model: nn.Module, pad_id: int, chunk_rows: int = 4096,
-                 gradient_checkpointing: bool = False):
+                 gradient_checkpointing: bool = False, compile: bool = False):
         if getattr(model.config, "final_logit_softcapping", None) or getattr(model.config, "logit_scale", None):
             raise UserError(f"{model.config.model_type}: logits are soft-capped or scaled after lm_head; the "
                             "packed engine's fused loss does not do that; use engine: standard")
@@ -39,6 +39,22 @@ class Pack:
         if gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.eval()
+        self.chunk_fn = ce_chunk
+        if compile:
+            self._compile()
+
+    def _compile(self) -> None:
+        """torch.compile each decoder layer and the loss chunk (opt-in; fixed shapes, dynamic=False).
+
+        Inductor fuses what eager runs as separate memory-bound kernels: RMSNorm with its fp32
+        upcast, rotary embeddings, SiLU x up, residual adds, the LoRA scaling, and the loss chunk's
+        softmax / one-hot / cast. The matmuls and attention stay cuBLAS / flash kernels. Every new
+        pack composition (slots, micro-batch sizes, lengths) compiles again, so this pays off for
+        long runs of one composition (the throughput benchmark), not for sweeps whose packs
+        change often."""
+        for layer in getattr(self.decoder, "layers", []):
+            layer.compile(dynamic=False)
+        self.chunk_fn = torch.compile(ce_chunk, dynamic=False)
 
     def batch(self, micro: dict[int, list[Example]]) -> tuple[dict[str, torch.Tensor], list]:
         """Pad and concatenate slots' examples (slot order); returns inputs and row segments."""
@@ -67,14 +83,24 @@ class Pack:
         ctx.segments, ctx.training = segments, training
         ctx.dropout_seeds = {s: _mix_seed(*k) for s, k in (seeds or {}).items()}
         ctx.widths = {s: max(len(e["input_ids"]) for e in exs) for s, exs in micro.items()}
+        self._prepare(segments, inputs["input_ids"].shape[0])
         self.model.train(training and self.gradient_checkpointing)  # HF checkpoints only in train mode
         hidden = self.decoder(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"),
                               use_cache=False).last_hidden_state
         out = {}
         for slot, a, b in segments:
             h, y = shifted_targets(hidden[a:b], inputs["labels"][a:b])
-            out[slot] = (chunked_ce_sum(h, y, self.head, self.chunk_rows), int(y.numel()))
+            out[slot] = (chunked_ce_sum(h, y, self.head, self.chunk_rows, self.chunk_fn), int(y.numel()))
         return out
+
+    def _prepare(self, segments: list, rows: int) -> None:
+        """Fill each layer's device-side slot selection before the forward (host work kept out of a
+        compiled layer, which would otherwise be traced once more with the cache miss)."""
+        dtype = self.head.weight.dtype
+        for layer in self.wrapped.values():
+            slots = tuple(s for s, _, _ in segments if s in layer.stack.adapters)
+            if slots:
+                layer.stack.select_cached(slots, dtype, self.device)
 
     def logits(self, slot: int, input_ids: torch.Tensor) -> torch.Tensor:
         """Full logits of one slot's adapted model (for checks against PEFT), no dropout."""

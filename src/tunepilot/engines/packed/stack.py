@@ -119,14 +119,7 @@ class LoraStack(nn.Module):
         others one index_select. Ranks are cut to the largest of these slots. The scalings and the
         index live on the device, cached until the slots change: a host-to-device copy in every
         layer's forward would synchronise the host with the GPU."""
-        key = (slots, dtype)
-        if key not in self._cache:
-            index = None
-            if slots != tuple(range(slots[0], slots[-1] + 1)):
-                index = torch.tensor(slots, device=device)
-            scales = torch.tensor([self.adapters[s].scaling for s in slots], dtype=dtype, device=device)
-            self._cache[key] = (index, scales.view(-1, 1, 1), max(self.adapters[s].rank for s in slots))
-        index, scales, r = self._cache[key]
+        index, scales, r = self.select_cached(slots, dtype, device)
         a, bt = self.A, self.Bt
         if index is not None:
             a, bt = a.index_select(0, index), bt.index_select(0, index)
@@ -135,3 +128,13 @@ class LoraStack(nn.Module):
         if r < a.shape[1]:
             a, bt = a[:, :r], bt[:, :r]
         return a.to(dtype), bt.to(dtype), scales
+
+    def select_cached(self, slots: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> tuple:
+        key = (slots, dtype)
+        if key not in self._cache:
+            index = None
+            if slots != tuple(range(slots[0], slots[-1] + 1)):
+                index = torch.tensor(slots, device=device)
+            scales = torch.tensor([self.adapters[s].scaling for s in slots], dtype=dtype, device=device)
+            self._cache[key] = (index, scales.view(-1, 1, 1), max(self.adapters[s].rank for s in slots))
+        return self._cache[key]
