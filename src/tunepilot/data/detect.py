@@ -25,7 +25,21 @@ SIGNATURES: list[tuple[str, tuple[str, ...], tuple[tuple[str, str], ...]]] = [
 # read as prompt_completion, and an info finding names the mapping (GSM8K's question/answer,
 # BANKING77's text/category, input/output, instruction/response, ...). First match wins.
 PROMPT_KEYS = ("instruction", "question", "prompt", "query", "input", "text", "source", "utterance", "sentence")
-ANSWER_KEYS = ("answer", "response", "output", "completion", "target", "reply", "label", "category", "intent")
+ANSWER_KEYS = (
+    "answer",
+    "response",
+    "output",
+    "completion",
+    "target",
+    "reply",
+    "label",
+    "category",
+    "intent",
+    "class",
+    "sentiment",
+    "topic",
+    "emotion",
+)
 AMBIGUOUS = "ambiguous"
 
 

@@ -54,6 +54,7 @@ ROLE_ALIASES = {
     "gpt": "assistant",
     "assistant": "assistant",
     "system": "system",
+    "developer": "system",  # OpenAI's newer name for the system role
     "tool": "tool",
     "function_call": "assistant",
     "observation": "tool",
