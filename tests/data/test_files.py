@@ -138,3 +138,9 @@ def test_json_array_edge_cases(tmp_path, monkeypatch):
     (tmp_path / "b.json").write_text('[\n  {"a": 1},\n  {"a": 2\n')
     got = [(r.line, r.error is None) for r in read_records(tmp_path / "b.json")]
     assert got == [(2, True), (3, False)]
+
+
+def test_semicolon_csv(tmp_path):
+    path = tmp_path / "semi.csv"
+    path.write_text("instruction;output\nName a colour.;Red, say\nName a shape.;Square\n")
+    assert answers(path) == ["Red, say", "Square"]

@@ -204,7 +204,16 @@ def _csv_record(header: list[str], row: list[str], start: int, end: int, src: st
 
 @register_reader("csv")
 def read_csv(path: Path) -> Iterator[RawRecord]:
-    return _read_delimited(path, ",")
+    return _read_delimited(path, _delimiter(path))
+
+
+def _delimiter(path: Path) -> str:
+    """"," unless the header line has none and has ";" (European spreadsheets) or a tab."""
+    with path.open("rb") as f:
+        header = f.readline()
+    if b"," in header:
+        return ","
+    return next((d for d in (";", "\t", "|") if d.encode() in header), ",")
 
 
 @register_reader("tsv")
