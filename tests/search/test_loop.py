@@ -119,3 +119,27 @@ def test_a_configuration_already_run_is_reused_not_retrained(tmp_path, curves_fi
     values = {r["value"] for r in rows}
     assert values == {0.6, 0.8}  # each reuse carries its twin's result
     assert all("same configuration as trial" in r["reason"] for r in reused)
+
+
+def test_grid_sampler_visits_every_combination_once(tmp_path, grid_curves, make_sweep):
+    path = make_sweep(
+        grid_curves,
+        space={"learning_rate": [1e-5, 1e-4, 1e-3], "lora_rank": [4, 16]},
+        sampler="grid",
+        budget={"n_trials": 20},
+    )
+    result = run(path, tmp_path)
+    rows = result["leaderboard"]
+    assert result["stopped"] == "protocol finished"  # the grid ran out before the budget
+    combos = {(r["params"]["learning_rate"], r["params"]["lora_rank"]) for r in rows}
+    assert len(rows) == 6 and combos == {(lr, r) for lr in (1e-5, 1e-4, 1e-3) for r in (4, 16)}
+    best = max(rows, key=lambda r: r["value"])
+    assert best["params"] == {"learning_rate": 1e-4, "lora_rank": 16}  # the known best of the file
+
+
+def test_grid_needs_choices_or_steps(tmp_path, grid_curves, make_sweep):
+    from tunepilot.errors import UserError
+
+    path = make_sweep(grid_curves, sampler="grid")  # learning_rate is a continuous range
+    with pytest.raises(UserError, match="space.learning_rate: the grid sampler needs"):
+        run(path, tmp_path)

@@ -33,10 +33,18 @@ def make_sampler(spec: SweepSpec, seed: int | None = None) -> optuna.samplers.Ba
         if name == "random":
             return optuna.samplers.RandomSampler(seed=seed)
         if name == "grid":
-            return optuna.samplers.GridSampler(_grid(spec), seed=seed)
+            return AskTellGridSampler(_grid(spec), seed=seed)
         return _gp(seed, opts)
     except TypeError as e:
         raise UserError(f"sampler: bad option for {name} ({e})") from e
+
+
+class AskTellGridSampler(optuna.samplers.GridSampler):
+    """Optuna's grid sampler, for ask/tell: it ends `optimize` with `study.stop()` once the grid is
+    covered, which raises outside `optimize`; here the bayes protocol asks `is_exhausted` instead."""
+
+    def after_trial(self, study, trial, state, values) -> None:
+        return None
 
 
 def _gp(seed: int | None, opts: dict[str, Any]) -> optuna.samplers.BaseSampler:

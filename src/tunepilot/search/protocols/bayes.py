@@ -18,3 +18,9 @@ class Bayes(Protocol):
 
     def should_prune(self, trial: optuna.Trial, fraction: float) -> bool:
         return trial.should_prune()
+
+    @property
+    def done(self) -> bool:
+        # a grid sampler is done once every point of the grid has a trial
+        exhausted = getattr(self.study.sampler, "is_exhausted", None)
+        return bool(exhausted and exhausted(self.study))
