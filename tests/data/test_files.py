@@ -144,3 +144,10 @@ def test_semicolon_csv(tmp_path):
     path = tmp_path / "semi.csv"
     path.write_text("instruction;output\nName a colour.;Red, say\nName a shape.;Square\n")
     assert answers(path) == ["Red, say", "Square"]
+
+
+def test_broken_csv_header_is_a_usage_error(tmp_path):
+    path = tmp_path / "bad.csv"
+    path.write_bytes(b'"prompt\r x",completion\nq,a\n')
+    with pytest.raises(UserError, match="header cannot be parsed"):
+        conversations(path)

@@ -158,7 +158,10 @@ def _read_delimited(path: Path, delimiter: str) -> Iterator[RawRecord]:
     with path.open("rb") as f:
         # strict: a quote left open at the end of the file is an error, not one giant last field.
         reader = csv.reader(_decoded_lines(f, bad_lines), delimiter=delimiter, strict=True)
-        header = next(reader, None)
+        try:
+            header = next(reader, None)
+        except csv.Error as e:
+            raise UserError(f"{path}:1: the CSV header cannot be parsed ({e}); fix the first line") from e
         if header is None:
             return
         if len(set(header)) != len(header):
