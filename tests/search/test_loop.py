@@ -143,3 +143,16 @@ def test_grid_needs_choices_or_steps(tmp_path, grid_curves, make_sweep):
     path = make_sweep(grid_curves, sampler="grid")  # learning_rate is a continuous range
     with pytest.raises(UserError, match="space.learning_rate: the grid sampler needs"):
         run(path, tmp_path)
+
+
+def test_gp_sampler_runs_or_names_its_missing_dependency(tmp_path, grid_curves, make_sweep):
+    import importlib.util
+
+    from tunepilot.errors import UserError
+
+    path = make_sweep(grid_curves, sampler="gp", budget={"n_trials": 3})
+    if importlib.util.find_spec("scipy") is None:
+        with pytest.raises(UserError, match="gp needs scipy"):
+            run(path, tmp_path)
+    else:
+        assert len(run(path, tmp_path)["leaderboard"]) == 3
