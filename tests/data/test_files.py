@@ -148,6 +148,6 @@ def test_semicolon_csv(tmp_path):
 
 def test_broken_csv_header_is_a_usage_error(tmp_path):
     path = tmp_path / "bad.csv"
-    path.write_bytes(b'"prompt\r x",completion\nq,a\n')
+    path.write_bytes(b'"prompt"x,completion\nq,a\n')
     with pytest.raises(UserError, match="header cannot be parsed"):
         conversations(path)
