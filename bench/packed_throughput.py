@@ -224,7 +224,7 @@ def run_baseline(arch: str, args, device: torch.device, dtype: torch.dtype) -> d
 
 
 def run_packed(arch: str, k: int, args, device: torch.device, dtype: torch.dtype,
-               compiled: bool = False) -> dict:
+               compiled: bool = False, profiled: bool = False) -> dict:
     """K trials in the packed engine: tokens/s over the timed packed steps after warm-up (which
     includes the compilation when `compiled`)."""
     _reset_peak(device)
@@ -264,7 +264,7 @@ def run_packed(arch: str, k: int, args, device: torch.device, dtype: torch.dtype
     _sync(device)
     warmup_s = time.perf_counter() - t_warm
     t0 = time.perf_counter()
-    with _profiler(args.profile) as prof:
+    with _profiler(args.profile or profiled) as prof:
         outcomes = engine.advance()
         _sync(device)
     seconds = time.perf_counter() - t0
@@ -275,7 +275,7 @@ def run_packed(arch: str, k: int, args, device: torch.device, dtype: torch.dtype
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     est = weights + pmem.shared_bytes(shape, 2048) + k * per_trial  # what the engine's fit check assumes
     result = {
-        "engine": "packed+compile" if compiled else "packed",
+        "engine": ("packed+compile" if compiled else "packed") + (" (profiled)" if prof is not None else ""),
         "arch": arch,
         "k": k,
         "warmup_s": warmup_s,
@@ -393,6 +393,8 @@ def main() -> None:
     p.add_argument("--archs", nargs="+", default=["qwen2.5-0.5b", "llama-3.2-1b"])
     p.add_argument("--ks", nargs="+", type=int, default=[1, 4, 8, 16])
     p.add_argument("--no-baseline", action="store_true", help="packed runs only (profiling)")
+    p.add_argument("--profile-ks", nargs="*", type=int, default=[],
+                   help="extra eager runs of these K under torch.profiler (timed rows stay unprofiled)")
     p.add_argument("--compile-ks", nargs="*", type=int, default=[],
                    help="also run these K with torch.compile'd decoder layers and loss chunk")
     p.add_argument("--micro", type=int, default=4)
@@ -424,6 +426,8 @@ def main() -> None:
     for arch in args.archs:
         runs = [(lambda a=arch: run_baseline(a, args, device, dtype), "baseline")] * (not args.no_baseline)
         runs += [(lambda a=arch, k=k: run_packed(a, k, args, device, dtype), f"K={k}") for k in args.ks]
+        runs += [(lambda a=arch, k=k: run_packed(a, k, args, device, dtype, profiled=True), f"K={k} profiled")
+                 for k in args.profile_ks]
         runs += [(lambda a=arch, k=k: run_packed(a, k, args, device, dtype, compiled=True), f"K={k} compiled")
                  for k in args.compile_ks]
         for fn, name in runs:

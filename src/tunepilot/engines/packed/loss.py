@@ -21,7 +21,9 @@ IGNORE_INDEX = -100
 def ce_chunk(h: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
              want_grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Summed token loss of one chunk of rows, and d loss / d h (softmax - onehot, times the head)."""
-    logp = torch.log_softmax(F.linear(h, weight, bias).float(), dim=-1)
+    # dtype=float32 upcasts inside the kernel (the same math as .float() first, without writing
+    # and re-reading an fp32 copy of the [rows, vocab] logits)
+    logp = torch.log_softmax(F.linear(h, weight, bias), dim=-1, dtype=torch.float32)
     total = -logp.gather(1, y[:, None]).sum()
     if not want_grad:
         return total, None
