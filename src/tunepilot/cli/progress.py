@@ -13,6 +13,7 @@ class TrainProgress:
         self.enabled = enabled
         self._progress: Progress | None = None
         self._task = None
+        self._train = ""
         self._eval = ""
 
     def __enter__(self) -> TrainProgress:
@@ -36,9 +37,10 @@ class TrainProgress:
         if self._progress is None or self._task is None:
             return
         if isinstance(record, TrainStep):
-            status = f"loss {record.loss:.4f} lr {record.lr:.2e}{self._eval}"
-            self._progress.update(self._task, completed=record.step, status=status)
+            self._train = f"loss {record.loss:.4f} lr {record.lr:.2e}"
+            self._progress.update(self._task, completed=record.step, status=self._train + self._eval)
         elif isinstance(record, EvalPoint) and record.eval_loss is not None:
             self._eval = f" eval {record.eval_loss:.4f}"
+            self._progress.update(self._task, status=self._train + self._eval)
         elif isinstance(record, Event) and record.severity != "info":
             self._progress.console.print(f"[yellow]{record.severity}[/] step {record.step}: {record.message}")
