@@ -318,3 +318,11 @@ def test_low_trainable_share(tok, jsonl):
     report = validate_data(DataSettings(train=str(jsonl(rows))), tok)
     assert [f.code for f in report.findings if f.line is None] == ["low_trainable_share"]
     assert report.stats["train"]["trainable_share"] < 0.02
+
+
+def test_answers_cut_mid_sentence():
+    check_file(
+        "unfinished.jsonl",
+        {5: "unfinished_answer", 9: "unfinished_answer", 16: "unfinished_answer"},
+        clean=[1, 2, 3, 4, 6, 8, 10, 15, 30],
+    )

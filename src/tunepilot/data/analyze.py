@@ -12,7 +12,7 @@ import numpy as np
 
 from tunepilot.data.checks.dataset import Labels, Ledger, duplicate_findings, length_findings
 from tunepilot.data.checks.registry import RECORD_CHECKS, TOKEN_CHECKS, severity_of
-from tunepilot.data.checks.shapes import shape_findings
+from tunepilot.data.checks.shapes import shape_findings, unfinished_findings
 from tunepilot.data.checks.tokens import (
     end_token_problem,
     special_token_in_text,
@@ -174,6 +174,7 @@ class Analyzer:
         unit = "tokens" if self.tokenizer is not None else "characters"
         out = duplicate_findings(table, self.ledger.sources) + length_findings(table, self.ledger.sources, unit)
         out += shape_findings(table, self.ledger.sources, self.ledger.shapes)
+        out += unfinished_findings(table, self.ledger.sources)
         out += self._setup_findings()
         out += self.labels.findings()
         out += self._rates(table)

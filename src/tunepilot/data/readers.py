@@ -211,7 +211,7 @@ def read_csv(path: Path) -> Iterator[RawRecord]:
 
 
 def _delimiter(path: Path) -> str:
-    """"," unless the header line has none and has ";" (European spreadsheets) or a tab."""
+    """ "," unless the header line has none and has ";" (European spreadsheets) or a tab."""
     with path.open("rb") as f:
         header = f.readline()
     if b"," in header:

@@ -15,7 +15,7 @@ import numpy as np
 
 from tunepilot.data.checks.keys import light, loose, record_keys
 from tunepilot.data.checks.registry import declare
-from tunepilot.data.checks.shapes import answer_shape
+from tunepilot.data.checks.shapes import answer_finished, answer_shape
 from tunepilot.data.records import Conversation, Finding
 
 declare("exact_duplicate", "warning", "The record repeats an earlier one exactly: it is trained twice.", "dataset")
@@ -88,6 +88,7 @@ class Ledger:
             ("plen", "i4"),
             ("alen", "i4"),
             ("shape", "i4"),  # index into `shapes`; -1 for plain-text records
+            ("finished", "i1"),  # the answer ends like a finished text: 1, mid-sentence: 0, n/a: -1
         ]
     )
     shapes: list[str] = field(default_factory=list)
@@ -96,8 +97,11 @@ class Ledger:
     def add(self, conv: Conversation, plen: int, alen: int) -> None:
         if not self.sources or self.sources[-1] != conv.source:
             self.sources.append(conv.source)
-        shape = -1 if conv.is_text else self._shape_id(answer_shape(conv.answer()))
-        self.rows.append((*record_keys(conv), conv.line, len(self.sources) - 1, plen, alen, shape))
+        answer = None if conv.is_text else conv.answer()
+        shape = -1 if conv.is_text else self._shape_id(answer_shape(answer))
+        self.rows.append(
+            (*record_keys(conv), conv.line, len(self.sources) - 1, plen, alen, shape, answer_finished(answer))
+        )
         if len(self.rows) >= 65536:
             self._flush()
 

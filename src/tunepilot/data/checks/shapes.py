@@ -3,7 +3,7 @@
 A shape is coarse on purpose: `json` (parses as a JSON object/array), `broken_json` (starts like
 JSON but does not parse), `marker:####` (the last line starts with a symbol run, as GSM8K's
 "#### 72"), `label:answer` (the last line starts with "Answer:"), or `plain`. When one non-plain
-shape covers at least 90% of 20+ answers, the others are reported: a GSM8K answer without its
+shape covers at least 90% of 10+ answers, the others are reported: a GSM8K answer without its
 "#### N" line, or a free-text answer in a JSON-extraction set, is a defect a reader would miss.
 """
 
@@ -29,7 +29,8 @@ declare(
 _MARKER = re.compile(r"[^\w\s]{2,}")
 _LABEL = re.compile(r"([A-Za-z][A-Za-z ]{0,20}):")
 DOMINANT = 0.9
-MIN_RECORDS = 20
+MIN_RECORDS = 10
+_FINISHED = re.compile(r"[\W\d_]$")  # ends with punctuation, a digit or a closing bracket/quote/symbol
 
 
 def answer_shape(answer: str | None) -> str:
@@ -81,3 +82,29 @@ def shape_findings(t: np.ndarray, sources: list[str], names: list[str]) -> list[
             )
         )
     return out
+
+
+def answer_finished(answer: str | None) -> int:
+    """1 when the answer ends like a finished text, 0 when it ends with a letter/comma/colon, -1 n/a."""
+    if not answer or not answer.strip():
+        return -1
+    tail = answer.rstrip()
+    return 1 if _FINISHED.search(tail) and tail[-1] not in ",;:-" else 0
+
+
+def unfinished_findings(t: np.ndarray, sources: list[str]) -> list[Finding]:
+    done = t["finished"]
+    known = done[done >= 0]
+    if len(known) < MIN_RECORDS or known.mean() < DOMINANT or known.mean() == 1:
+        return []
+    share = known.mean()
+    return [
+        Finding(
+            "warning",
+            "unfinished_answer",
+            int(t["line"][i]),
+            f"the answer ends mid-sentence; {share:.0%} of answers end with punctuation or a digit",
+            sources[t["src"][i]],
+        )
+        for i in np.flatnonzero(done == 0)
+    ]
