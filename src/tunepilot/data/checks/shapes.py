@@ -19,6 +19,13 @@ from tunepilot.data.checks.registry import declare
 from tunepilot.data.records import Finding
 
 declare(
+    "unfinished_answer",
+    "warning",
+    "An answer ends in the middle of a word or sentence (a letter, comma or colon) where 90%+ of the others "
+    "end with punctuation or a digit: cut off upstream?",
+    "dataset",
+)
+declare(
     "answer_format_outlier",
     "warning",
     "An answer does not end like 90%+ of the others (e.g. no '#### N' "
