@@ -24,6 +24,7 @@ def by_line(report) -> dict[int | None, set[str]]:
 
 def check_file(name: str, expected: dict[int, str | set[str]], clean: list[int], tokenizer=None, **settings):
     report = validate_data(DataSettings(train=str(FIXTURES / name), **settings), tokenizer)
+    assert {f.code for f in report.findings} <= set(CODES)  # every emitted code is declared
     found = by_line(report)
     for line, codes in expected.items():
         codes = {codes} if isinstance(codes, str) else codes
