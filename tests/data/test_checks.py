@@ -327,3 +327,8 @@ def test_answers_cut_mid_sentence():
         {5: "unfinished_answer", 9: "unfinished_answer", 16: "unfinished_answer"},
         clean=[1, 2, 3, 4, 6, 8, 10, 30],
     )
+
+
+def test_rare_keys_in_json_answers():
+    report = check_file("json_keys.jsonl", {7: "rare_json_key", 14: "rare_json_key"}, clean=[1, 6, 8, 13, 20])
+    assert "people" in next(f.message for f in report.findings if f.line == 7)

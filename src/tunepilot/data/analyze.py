@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tunepilot.data.checks.dataset import Labels, Ledger, duplicate_findings, length_findings
+from tunepilot.data.checks.keys_json import JsonKeys
 from tunepilot.data.checks.registry import RECORD_CHECKS, TOKEN_CHECKS, severity_of
 from tunepilot.data.checks.shapes import shape_findings, unfinished_findings
 from tunepilot.data.checks.tokens import (
@@ -37,6 +38,7 @@ class Analyzer:
     examples: list[Example] = field(default_factory=list)
     ledger: Ledger = field(default_factory=Ledger)
     labels: Labels = field(default_factory=Labels)
+    json_keys: JsonKeys = field(default_factory=JsonKeys)
     records: int = 0
     dropped: int = 0
     truncated: int = 0
@@ -62,6 +64,7 @@ class Analyzer:
             for message in check(conv):
                 self._emit(info.code, conv, message)
         self.labels.add(conv)
+        self.json_keys.add(conv)
         rendered = self._render(conv)
         if self.tokenizer is None or rendered is None:
             plen = sum(len(m["content"]) for m in conv.prompt_messages()) if not conv.is_text else 0
@@ -176,7 +179,7 @@ class Analyzer:
         out += shape_findings(table, self.ledger.sources, self.ledger.shapes)
         out += unfinished_findings(table, self.ledger.sources)
         out += self._setup_findings()
-        out += self.labels.findings()
+        out += self.labels.findings() + self.json_keys.findings()
         out += self._rates(table)
         self.findings.extend(out)
         return out
