@@ -74,3 +74,8 @@ def test_usage_errors_exit_2(name):
 def test_unknown_format_option_exits_2():
     result = run(str(FIXTURES / "misc.jsonl"), "--format", "yaml")
     assert result.exit_code == 2 and "unknown format 'yaml'" in result.output
+
+
+def test_invalid_option_value_exits_2_naming_the_key():
+    result = run(str(FIXTURES / "misc.jsonl"), "--cutoff-len", "0")
+    assert result.exit_code == 2 and "cutoff_len: 0 is invalid" in result.output

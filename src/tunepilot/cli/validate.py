@@ -20,6 +20,8 @@ FIRST_LINES = 5  # offending lines shown per code in the text summary
 
 
 def _data_settings(data: Path, config: Path | None, overrides: dict[str, Any]):
+    from pydantic import ValidationError
+
     from tunepilot.config import DataSettings, load_config
 
     base: dict[str, Any] = {}
@@ -31,8 +33,11 @@ def _data_settings(data: Path, config: Path | None, overrides: dict[str, Any]):
     base["train"] = str(data)
     try:
         return DataSettings.model_validate(base), model
-    except Exception as e:  # pydantic ValidationError: a bad option value
-        raise UserError(f"validate: invalid option ({e})") from e
+    except ValidationError as e:
+        problems = [
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['input']!r} is invalid ({err['msg']})" for err in e.errors()
+        ]
+        raise UserError("validate: invalid option", ExitCode.USAGE, problems) from e
 
 
 def _tokenizer(model: str | None, config_model):
