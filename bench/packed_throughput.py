@@ -345,7 +345,9 @@ def _profiler(enabled: bool):
 def _print_profile(prof, seconds: float) -> None:
     """Where the timed steps went: top operators by device time and by host time, and GPU busy share."""
     events = prof.key_averages()
-    device_us = sum(e.self_device_time_total for e in events)
+    # kernels only: an aten op's row also carries its kernels' device time (counted twice otherwise)
+    device_us = sum(e.self_device_time_total for e in events
+                    if e.device_type == torch.autograd.DeviceType.CUDA)
     print(f"  profile: wall {seconds:.3f} s, device kernels {device_us / 1e6:.3f} s "
           f"({100 * device_us / 1e6 / seconds:.0f}% busy)")
     print(events.table(sort_by="self_device_time_total", row_limit=25, max_name_column_width=60))
@@ -395,6 +397,7 @@ def main() -> None:
     p.add_argument("--no-baseline", action="store_true", help="packed runs only (profiling)")
     p.add_argument("--profile-ks", nargs="*", type=int, default=[],
                    help="extra eager runs of these K under torch.profiler (timed rows stay unprofiled)")
+    p.add_argument("--profile-compiled", action="store_true", help="the --profile-ks runs are compiled")
     p.add_argument("--compile-ks", nargs="*", type=int, default=[],
                    help="also run these K with torch.compile'd decoder layers and loss chunk")
     p.add_argument("--micro", type=int, default=4)
@@ -426,7 +429,8 @@ def main() -> None:
     for arch in args.archs:
         runs = [(lambda a=arch: run_baseline(a, args, device, dtype), "baseline")] * (not args.no_baseline)
         runs += [(lambda a=arch, k=k: run_packed(a, k, args, device, dtype), f"K={k}") for k in args.ks]
-        runs += [(lambda a=arch, k=k: run_packed(a, k, args, device, dtype, profiled=True), f"K={k} profiled")
+        runs += [(lambda a=arch, k=k: run_packed(a, k, args, device, dtype, compiled=args.profile_compiled,
+                                                 profiled=True), f"K={k} profiled")
                  for k in args.profile_ks]
         runs += [(lambda a=arch, k=k: run_packed(a, k, args, device, dtype, compiled=True), f"K={k} compiled")
                  for k in args.compile_ks]

@@ -159,17 +159,21 @@ class PackedEngine:
         objective = sum(losses[t.slot][0] / t.window_tokens for t in trials)
         objective.backward()
         out: list[Progress] = []
-        for t in trials:
-            value = losses[t.slot][0].item()
+        # One host sync for all trials' losses, one for their grad norms (not one per trial each)
+        values = torch.stack([losses[t.slot][0].detach() for t in trials]).tolist()
+        logs = []
+        for t, value in zip(trials, values, strict=True):
             if not math.isfinite(value):
                 out.append(self._finish(t, "failed", None, f"loss is {value} at step {t.step + 1}"))
                 continue
             log = t.after_backward(value)
             if log is not None:
-                self._write(t, TrainStep(step=t.step, loss=log["loss"], lr=log["lr"],
-                                         grad_norm=log["grad_norm"], epoch=t.epoch,
-                                         tokens=t.tokens, seconds=self._seconds(t),
-                                         memory_mb=_memory_mb(self.pack.device)))
+                logs.append((t, log))
+        norms = torch.stack([log["grad_norm"].detach().float() for _, log in logs]).tolist() if logs else []
+        for (t, log), norm in zip(logs, norms, strict=True):
+            self._write(t, TrainStep(step=t.step, loss=log["loss"], lr=log["lr"], grad_norm=norm,
+                                     epoch=t.epoch, tokens=t.tokens, seconds=self._seconds(t),
+                                     memory_mb=_memory_mb(self.pack.device)))
         return out
 
     @torch.no_grad()

@@ -74,8 +74,10 @@ class TrialState:
     def dropout_key(self) -> tuple[int, int]:
         return (self.config.train.seed, self.micro)
 
-    def after_backward(self, loss_sum: float) -> dict[str, float] | None:
-        """Count a micro-batch; when its step's window is done clip, step, and return the log."""
+    def after_backward(self, loss_sum: float) -> dict[str, Any] | None:
+        """Count a micro-batch; when its step's window is done clip, step, and return the log.
+
+        The log's grad_norm is a device tensor: the engine reads all trials' norms in one host sync."""
         self.micro += 1
         self.loss_sum += loss_sum
         if self.window:
@@ -90,7 +92,7 @@ class TrialState:
         self.tokens += self.window_tokens
         self.last_loss = self.loss_sum / self.window_tokens
         self.loss_sum = 0.0
-        return {"loss": self.last_loss, "grad_norm": float(norm), "lr": lr}
+        return {"loss": self.last_loss, "grad_norm": norm, "lr": lr}
 
     @property
     def best(self) -> float | None:
