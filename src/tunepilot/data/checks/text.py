@@ -31,6 +31,7 @@ _MARKUP = re.compile(
     re.IGNORECASE,
 )
 _WORD = re.compile(r"\w")
+_UNBROKEN = re.compile(r"\S{300,}")
 _HTML = re.compile(r"&(amp|lt|gt|quot|nbsp|#\d+);|<br\s*/?>|</?(div|span|p)>", re.IGNORECASE)
 
 
@@ -160,6 +161,20 @@ def template_markup(conv: Conversation) -> Iterator[str]:
         hit = _first(_MARKUP, text)
         if hit:
             yield f"{name} contains template markup {hit.strip()!r}"
+            return
+
+
+@record_check(
+    "unbroken_text",
+    "warning",
+    "Text holds a run of 300+ characters without a space (base64 data, a hash, minified code, a pasted "
+    "blob): it costs many tokens and teaches nothing.",
+)
+def unbroken_text(conv: Conversation) -> Iterator[str]:
+    for name, text in fields(conv):
+        m = _UNBROKEN.search(text)
+        if m:
+            yield f"{name} holds {len(m.group())} characters without a space ({m.group()[:24]}...)"
             return
 
 
