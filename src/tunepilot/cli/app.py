@@ -7,6 +7,8 @@ command is one module plus one line in `COMMANDS`.
 from __future__ import annotations
 
 import importlib
+import os
+import warnings
 
 import typer
 
@@ -16,6 +18,7 @@ COMMANDS = (
     "tunepilot.cli.train",
     "tunepilot.cli.evaluate",
     "tunepilot.cli.sweep",
+    "tunepilot.cli.report",
     "tunepilot.cli.recommend",
     "tunepilot.cli.transfer",
     "tunepilot.cli.lrfind",
@@ -50,7 +53,16 @@ for _name in COMMANDS:
 
 
 def main() -> None:
+    _quiet_libraries()
     app()
+
+
+def _quiet_libraries() -> None:
+    """Our own progress bars and messages only: library load bars and deprecation chatter go quiet."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore", category=FutureWarning)
 
 
 if __name__ == "__main__":
