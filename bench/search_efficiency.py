@@ -35,11 +35,12 @@ STRATEGIES: dict[str, dict] = {
     "tpe_median": {"sampler": "tpe", "pruner": "median", "skip_duplicates": False},  # Optuna's default advice
     "tpe_hyperband": {"sampler": "tpe", "pruner": "hyperband", "skip_duplicates": False},
     "staged": {"sampler": "tpe", "pruner": "none", "protocol": {"name": "staged"}},
-    # ours: brackets ranked early (protocols/rank_early.py); the best-curve pruner (search/pruners.py),
-    # alone and with duplicate configurations reused instead of retrained (search/dedupe.py)
+    # ours: brackets ranked early (protocols/rank_early.py); the best-curve pruner (search/pruners.py)
+    # alone; and "ours": that pruner, a short random start for TPE (5 trials: the pruner makes them
+    # cheap) and sampled duplicates rejected instead of retrained (search/dedupe.py)
     "rank_early": {"sampler": "tpe", "pruner": "none", "protocol": {"name": "rank_early"}},
     "tpe_envelope": {"sampler": "tpe", "pruner": "envelope", "skip_duplicates": False},
-    "tpe_envelope_dedupe": {"sampler": "tpe", "pruner": "envelope"},
+    "ours": {"sampler": {"name": "tpe", "n_startup_trials": 5}, "pruner": "envelope"},
 }
 
 
@@ -64,7 +65,7 @@ def file_space(table) -> dict:
 
 def run_one(args: tuple) -> list[tuple[int, float]]:
     """One strategy, one seed: [(cumulative training steps, regret after that trial)]."""
-    name, seed, curves, budget_steps = args
+    name, seed, curves, curve, budget_steps = args
     import optuna
 
     from tunepilot.engines.replay import ReplayEngine
@@ -72,7 +73,7 @@ def run_one(args: tuple) -> list[tuple[int, float]]:
     from tunepilot.search.study import make_pruner, make_sampler
     from tunepilot.search.sweep import build_loop
 
-    table = _table(curves)
+    table = _table(curves, curve)
     strategy = STRATEGIES[name]
     raw = {
         "space": file_space(table),
@@ -85,7 +86,9 @@ def run_one(args: tuple) -> list[tuple[int, float]]:
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     # a fixed study name: Hyperband assigns trials to brackets by hashing it with the trial number
     study = optuna.create_study(
-        study_name=f"{name}-{seed}", direction="maximize", sampler=make_sampler(spec, seed=seed),
+        study_name=f"{name}-{seed}",
+        direction="maximize",
+        sampler=make_sampler(spec, seed=seed),
         pruner=make_pruner(spec),
     )
     study.set_user_attr("seed", seed)
@@ -97,12 +100,12 @@ def run_one(args: tuple) -> list[tuple[int, float]]:
 _TABLES: dict = {}
 
 
-def _table(curves):
+def _table(curves, curve=None):
     from tunepilot.engines.replay import CurveTable
 
-    if curves not in _TABLES:
-        _TABLES[curves] = CurveTable(curves)
-    return _TABLES[curves]
+    if (curves, curve) not in _TABLES:
+        _TABLES[curves, curve] = CurveTable(curves, curve)
+    return _TABLES[curves, curve]
 
 
 def _worst(table) -> float:
@@ -239,7 +242,9 @@ def markdown(rows, target, ref_compute, args, seconds: float) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--curves", type=Path, default=DEFAULT_CURVES)
+    p.add_argument("--curve", default=None, help="which learning curve of the file (default: the first)")
     p.add_argument("--seeds", type=int, default=50)
+    p.add_argument("--seed-offset", type=int, default=0, help="first seed (held-out checks: --seed-offset 100)")
     p.add_argument("--budget", type=int, default=600_000, help="training steps per run")
     p.add_argument("--strategies", default=",".join(STRATEGIES))
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
@@ -250,18 +255,20 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in names if n not in STRATEGIES]
     if unknown:
         p.error(f"unknown strategies {unknown}; known: {', '.join(STRATEGIES)}")
-    table = _table(args.curves)
+    table = _table(args.curves, args.curve)
     worst_regret = table.best_final - _worst(table)
-    jobs = [(n, s, args.curves, args.budget) for n in names for s in range(args.seeds)]
+    seeds = range(args.seed_offset, args.seed_offset + args.seeds)
+    jobs = [(n, s, args.curves, args.curve, args.budget) for n in names for s in seeds]
     t0 = time.time()
     with ProcessPoolExecutor(args.workers) as pool:
         results = list(pool.map(run_one, jobs, chunksize=4))
     seconds = time.time() - t0
     traces: dict[str, list] = {n: [] for n in names}
-    for (name, _, _, _), tr in zip(jobs, results, strict=True):
+    for (name, *_), tr in zip(jobs, results, strict=True):
         traces[name].append(tr)
     grid, curves = summarise(traces, args.budget, worst_regret)
     reference = "tpe_median" if "tpe_median" in curves else names[0]
+    print(f"curve {table.curve!r}, seeds {seeds.start}-{seeds.stop - 1}")
     target, ref_compute, rows = table_rows(grid, curves, traces, reference)
     title = f"{args.curves.stem}: regret vs compute, median and IQR over {args.seeds} seeds"
     plot(grid, curves, args.plot, title)

@@ -97,8 +97,8 @@ def test_budget_in_training_steps_stops_the_sweep(tmp_path, grid_curves, make_sw
     assert 25000 <= spent < 25000 + 20000  # the last trial is stopped at the point that crossed the budget
 
 
-def test_a_configuration_already_run_is_reused_not_retrained(tmp_path, curves_file, make_sweep):
-    # two recorded runs only: every proposal maps to one of them, so at most two trainings happen
+def test_a_configuration_already_run_is_never_trained_twice(tmp_path, curves_file, make_sweep):
+    # two recorded runs only: every proposal maps to one of them, so exactly two trainings happen
     runs = [
         {"learning_rate": lr, "total_model_steps": 1000, "learning_curves": {"acc": [[500, q / 2], [1000, q]]}}
         for lr, q in ((1e-5, 0.6), (1e-3, 0.8))
@@ -110,15 +110,18 @@ def test_a_configuration_already_run_is_reused_not_retrained(tmp_path, curves_fi
         objective={"metric": "acc"},
         budget={"n_trials": 8},
         skip_duplicates=True,
+        enqueue=[{"learning_rate": 1e-5}, {"learning_rate": 1.1e-5}],  # chosen on purpose: same run twice
     )
     result = run(path, tmp_path)
-    rows = result["leaderboard"]
+    rows = sorted(result["leaderboard"], key=lambda r: r["number"])
     trained = [r for r in rows if r["steps"] > 0]
-    reused = [r for r in rows if r["steps"] == 0]
-    assert len(rows) == 8 and len(trained) == 2 and len(reused) == 6
-    values = {r["value"] for r in rows}
-    assert values == {0.6, 0.8}  # each reuse carries its twin's result
-    assert all("same configuration as trial" in r["reason"] for r in reused)
+    assert len(trained) == 2 and {r["value"] for r in trained} == {0.6, 0.8}
+    # the enqueued twin is told its twin's result; sampled duplicates are rejected and proposed again
+    assert rows[1]["state"] == "complete" and rows[1]["value"] == 0.6 and rows[1]["steps"] == 0
+    rejected = [r for r in rows if r["state"] == "fail"]
+    assert rejected and all(r["reason"].startswith("duplicate of trial") and r["steps"] == 0 for r in rejected)
+    # rejected proposals do not use up n_trials; the sweep ends when only duplicates come back
+    assert result["stopped"].startswith("converged")
 
 
 def test_grid_sampler_visits_every_combination_once(tmp_path, grid_curves, make_sweep):

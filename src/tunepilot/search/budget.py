@@ -18,9 +18,12 @@ from tunepilot.search.spec import Budget
 
 
 def counts(t: optuna.trial.FrozenTrial) -> bool:
-    """Does a finished trial count against n_trials? Interrupted ones are retried, so they do not."""
+    """Does a finished trial count against n_trials? Interrupted ones are retried and rejected
+    duplicates were never trained, so they do not."""
     if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
         return True
+    if "duplicate_of" in t.user_attrs:
+        return False
     return t.state == TrialState.FAIL and not str(t.user_attrs.get("reason", "")).startswith("interrupted")
 
 

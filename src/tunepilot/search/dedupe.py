@@ -8,9 +8,15 @@ each proposal is a full, identical training run. A configuration's key is the en
 RunConfig without its output directory; the key includes the share of the schedule the trial may
 run (`stop_at`), so a protocol's deliberate re-run at a higher fidelity is not a duplicate.
 
-A duplicate is told exactly what its twin was told (intermediate values, state, value) at zero
-cost, so the sampler learns as if it had run. After `patience` duplicates in a row the search has
-converged and the loop stops.
+What happens to a duplicate depends on who chose it (`Ask.on_duplicate`):
+- "reject" (a sampler's proposal): it is failed at zero cost with reason "duplicate of trial N" and
+  does not count toward n_trials. Samplers ignore failed trials, so the sampler proposes again
+  (TPE's proposals are random draws from its model); telling it the twin's value instead would
+  give the incumbent's point extra weight and pull TPE back onto it. On the replayed DeBERTa curves
+  rejecting beats copying (bench/BENCHMARKS.md).
+- "copy" (a protocol's own choice, an enqueued trial): it is told exactly what its twin was told
+  (intermediate values, state, value) at zero cost, so the protocol moves on as if it had run.
+After `patience` duplicates in a row the search has converged and the loop stops.
 """
 
 from __future__ import annotations
@@ -53,19 +59,23 @@ class Seen:
         if key is not None and state in ("complete", "pruned"):
             self.keys.setdefault(key, trial.number)
 
-    def copy(self, trial: optuna.Trial, twin: FrozenTrial) -> None:
-        """Tell `trial` what `twin` was told, at zero cost."""
-        for step, value in sorted(twin.intermediate_values.items()):
-            trial.report(value, step)
+    def settle(self, trial: optuna.Trial, twin: FrozenTrial, mode: str) -> None:
+        """End a duplicate at zero cost: reject it (failed) or copy its twin's result."""
         trial.set_user_attr("duplicate_of", twin.number)
-        trial.set_user_attr("reason", f"same configuration as trial {twin.number}: its result, no training")
         for key in ("steps", "seconds", "tokens", "gpu_hours"):
             trial.set_user_attr(key, 0)
+        self.in_row += 1
+        if mode == "reject":
+            trial.set_user_attr("reason", f"duplicate of trial {twin.number}: not trained, proposed again")
+            self.study.tell(trial, state=TrialState.FAIL)
+            return
+        for step, value in sorted(twin.intermediate_values.items()):
+            trial.report(value, step)
+        trial.set_user_attr("reason", f"same configuration as trial {twin.number}: its result, no training")
         if twin.state == TrialState.COMPLETE:
             self.study.tell(trial, twin.value)
         else:
             self.study.tell(trial, state=TrialState.PRUNED)
-        self.in_row += 1
 
     @property
     def converged(self) -> bool:

@@ -112,8 +112,8 @@ class SlotLoop:
                 key = config_key(self.engine, spec, ask.stop_at)
                 twin = self.seen.twin(key)
                 if twin is not None:
-                    self.seen.copy(trial, twin)
-                    self.log(f"trial {number}: same configuration as trial {twin.number}; reused its result")
+                    self.seen.settle(trial, twin, ask.on_duplicate)
+                    self.log(f"trial {number}: same configuration as trial {twin.number} ({ask.on_duplicate})")
                     return
                 if key is not None:
                     trial.set_user_attr("config_key", key)

@@ -10,9 +10,10 @@ Why not the median: the median pruner keeps every trial better than the middle o
 middling configurations (fine, never the best) run to the end and eat most of the budget. Curves
 of one task keep their order at equal fractions (rank correlation 0.81 at 10% and 0.92 at 20% on
 the DeBERTa/MultiNLI curves), so anything clearly under the best curve can stop early. The margin
-(default 6% relative at the start, falling linearly to 0 at the end: on the DeBERTa/MultiNLI curves
-the eventual top configurations were within 3.6% of the best curve at 10% and 1.4% at 50%; tighter
-or faster-shrinking margins prune winners there, see bench/BENCHMARKS.md) is the slack a curve needs
+(default 4% relative at the start, falling linearly to 0 at the end; chosen on the DeBERTa/MultiNLI
+curves, where the eventual top configurations were within 3.6% of the best curve at 10% of their
+schedules and within 1.4% at 50%, and where faster-shrinking margins pruned winners: see
+bench/BENCHMARKS.md) is the slack a curve needs
 to overtake a better one later; `warmup` is the share of the schedule before any judgement, `until` the share
 after which a trial is always finished (what is left costs little against what it may be worth).
 """
@@ -29,7 +30,7 @@ from optuna.trial import FrozenTrial, TrialState
 class EnvelopePruner(BasePruner):
     def __init__(
         self,
-        margin: float = 0.06,
+        margin: float = 0.04,
         power: float = 1.0,
         warmup: float = 0.05,
         until: float = 1.0,

@@ -133,7 +133,7 @@ def _write_meta(setup: SweepSetup, exclusive: bool) -> None:
 def _enqueue_first(study: optuna.Study, spec: SweepSpec) -> None:
     """The sweep file's `enqueue:` trials, once (skip_if_exists makes a resumed run not repeat them)."""
     for params in spec.enqueue:
-        study.enqueue_trial(params, skip_if_exists=True)
+        study.enqueue_trial(params, user_attrs={"enqueued": True}, skip_if_exists=True)
 
 
 def _spec_maker(base: RunConfig | None, sweep_dir: Path) -> Callable[[optuna.Trial], TrialSpec]:

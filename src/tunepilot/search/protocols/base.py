@@ -26,6 +26,9 @@ class Ask:
     stop_at: float = 1.0  # end the trial (as pruned) once it reached this fraction of its schedule
     stage: str | None = None
     error: str | None = None  # the trial could not get its params (e.g. an enqueued NaN): it fails
+    # a configuration that already ran: "copy" its result (a protocol's own choice), or "reject" the
+    # proposal (a sampler's: failed as a duplicate, invisible to the sampler, which proposes again)
+    on_duplicate: str = "copy"
 
 
 class Protocol:

@@ -14,7 +14,14 @@ class Bayes(Protocol):
     def ask(self) -> Ask:
         trial = self.study.ask()
         error = suggest_all(trial, self.space)
-        return Ask(trial, stop_at=float(trial.user_attrs.get("stop_at", 1.0)), error=error)
+        # an enqueued trial (the sweep file's, a retry) was chosen on purpose; a sampled one was not
+        enqueued = trial.user_attrs.get("retry_of") is not None or trial.user_attrs.get("enqueued", False)
+        return Ask(
+            trial,
+            stop_at=float(trial.user_attrs.get("stop_at", 1.0)),
+            error=error,
+            on_duplicate="copy" if enqueued else "reject",
+        )
 
     def should_prune(self, trial: optuna.Trial, fraction: float) -> bool:
         return trial.should_prune()

@@ -63,7 +63,9 @@ class RankEarly(Protocol):
             at_rung = [t for t in mine if t.user_attrs["rung"] == k]
             if k == 0:
                 if len(at_rung) < self.n:
-                    return self._ask({"bracket": bracket, "rung": 0, "stop_at": fraction})
+                    ask = self._ask({"bracket": bracket, "rung": 0, "stop_at": fraction})
+                    ask.on_duplicate = "reject"  # a sampled proposal: ask again rather than re-judge it
+                    return ask
                 candidates = None
             else:
                 candidates = self._promoted(bracket, k, [t for t in mine if t.user_attrs["rung"] == k - 1], everything)
