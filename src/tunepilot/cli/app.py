@@ -61,7 +61,6 @@ def _quiet_libraries() -> None:
     """Our own progress bars and messages only: library load bars and deprecation chatter go quiet."""
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     warnings.filterwarnings("ignore", category=FutureWarning)
 
 
