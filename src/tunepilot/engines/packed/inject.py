@@ -62,16 +62,28 @@ def add_adapters(wrapped: dict[str, MultiLoraLinear], names: list[str], slot: in
 
 
 def remove_adapters(wrapped: dict[str, MultiLoraLinear], slot: int) -> None:
+    """Take a slot's adapters out of every layer; its weights and gradients in the stacks become zero
+    (one foreach kernel for all layers rather than four small fills per layer)."""
+    with torch.no_grad():
+        torch._foreach_zero_([t for layer in wrapped.values() for t in layer.stack.slot_tensors(slot)])
     for layer in wrapped.values():
-        layer.remove_adapter(slot)
+        layer.stack.forget(slot)
 
 
 def adapter_state(wrapped: dict[str, MultiLoraLinear], slot: int) -> dict[str, torch.Tensor]:
-    """A slot's weights under PEFT's saved key names (`base_model.model.<module>.lora_A.weight`)."""
-    state = {}
+    """A slot's weights under PEFT's saved key names (`base_model.model.<module>.lora_A.weight`).
+
+    Gathered on the device and copied to the host once: one copy per tensor would synchronise the
+    host with the GPU 2 x (adapted layers) times (336 for all-linear Qwen2.5-0.5B) at every report."""
+    keys, tensors = [], []
     for name, layer in wrapped.items():
         ad = layer.stack.adapters.get(slot)
         if ad is not None:
-            state[f"base_model.model.{name}.lora_A.weight"] = ad.lora_A.detach().cpu().contiguous()
-            state[f"base_model.model.{name}.lora_B.weight"] = ad.lora_B.detach().cpu().contiguous()
-    return state
+            keys += [f"base_model.model.{name}.lora_A.weight", f"base_model.model.{name}.lora_B.weight"]
+            tensors += [ad.lora_A.detach(), ad.lora_B.detach()]
+    if not tensors:
+        return {}
+    flat = torch.cat([t.reshape(-1) for t in tensors]).cpu()  # reshape: row-major, B as [out, r]
+    parts = flat.split([t.numel() for t in tensors])
+    # clone: separate storages (safetensors refuses tensors that share memory)
+    return {k: part.view(t.shape).clone() for k, part, t in zip(keys, parts, tensors, strict=True)}

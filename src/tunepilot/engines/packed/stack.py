@@ -67,14 +67,23 @@ class LoraStack(nn.Module):
         self.adapters[slot] = adapter
         self._bind(slot, adapter)
 
+    def slot_tensors(self, slot: int) -> list[torch.Tensor]:
+        """The slot's slices of the weight and gradient stacks (for zeroing many layers at once)."""
+        if slot >= self.A.shape[0]:
+            return []
+        return [self.A.data[slot], self.Bt.data[slot], self.A.grad[slot], self.Bt.grad[slot]]
+
+    def forget(self, slot: int) -> None:
+        """Drop a slot's adapter (its slices must be zeroed too: `clear`, or `slot_tensors` in bulk)."""
+        self.adapters.pop(slot, None)
+        self._cache.clear()
+
     @torch.no_grad()
     def clear(self, slot: int) -> None:
         """Forget a slot: its weights and gradients become zero (the padding a later trial needs)."""
-        self.adapters.pop(slot, None)
-        self._cache.clear()
-        if slot < self.A.shape[0]:
-            for t in (self.A, self.Bt, self.A.grad, self.Bt.grad):
-                t[slot].zero_()
+        self.forget(slot)
+        for t in self.slot_tensors(slot):
+            t.zero_()
 
     def _bind(self, slot: int, ad: LoraAdapter) -> None:
         r = ad.rank
