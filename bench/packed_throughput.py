@@ -264,7 +264,7 @@ def run_packed(arch: str, k: int, args, device: torch.device, dtype: torch.dtype
     _sync(device)
     warmup_s = time.perf_counter() - t_warm
     t0 = time.perf_counter()
-    with _profiler(args.profile or profiled) as prof:
+    with _profiler(args.profile or profiled) as prof, _sync_debug(profiled and args.sync_debug, device):
         outcomes = engine.advance()
         _sync(device)
     seconds = time.perf_counter() - t0
@@ -329,6 +329,30 @@ def count_host_ops(arch: str, k: int, args) -> dict:
         print(f"  step not countable on meta: {str(e)[:80]}", flush=True)
         step.n = None
     return {"arch": arch, "k": k, "decoder_ops": decoder.n, "step_ops": step.n}
+
+
+@contextlib.contextmanager
+def _sync_debug(enabled: bool, device: torch.device):
+    """Count the host-device synchronisations of the timed steps by Python source line (CUDA only)."""
+    if not enabled or device.type != "cuda":
+        yield
+        return
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            yield
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    where: dict[str, int] = {}
+    for w in caught:
+        key = f"{Path(w.filename).name}:{w.lineno}"
+        where[key] = where.get(key, 0) + 1
+    print(f"  host syncs in the timed steps: {sum(where.values())}", flush=True)
+    for key, n in sorted(where.items(), key=lambda kv: -kv[1])[:15]:
+        print(f"    {n:6d}  {key}", flush=True)
 
 
 @contextlib.contextmanager
@@ -398,6 +422,8 @@ def main() -> None:
     p.add_argument("--profile-ks", nargs="*", type=int, default=[],
                    help="extra eager runs of these K under torch.profiler (timed rows stay unprofiled)")
     p.add_argument("--profile-compiled", action="store_true", help="the --profile-ks runs are compiled")
+    p.add_argument("--sync-debug", action="store_true",
+                   help="the --profile-ks runs also count host syncs by source line (torch sync debug mode)")
     p.add_argument("--compile-ks", nargs="*", type=int, default=[],
                    help="also run these K with torch.compile'd decoder layers and loss chunk")
     p.add_argument("--micro", type=int, default=4)
