@@ -308,6 +308,9 @@ def count_host_ops(arch: str, k: int, args) -> dict:
             self.n += 1
             if func is torch.ops.aten._local_scalar_dense.default:  # .item(): meta has no value
                 return True if args[0].dtype == torch.bool else 0  # (transformers' packed-sequence check)
+            if func is torch.ops.aten.nonzero.default:  # data-dependent size: as if every entry were set
+                x = args[0]
+                return torch.empty((x.numel(), x.dim()), dtype=torch.long, device=x.device)
             return func(*args, **(kwargs or {}))
 
     model = build_model(arch, torch.device("meta"), torch.bfloat16)
