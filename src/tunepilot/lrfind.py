@@ -167,21 +167,24 @@ def find_lr(config: RunConfig, settings: LRFindSettings, run_dir: str | Path) ->
         if not isinstance(record, TrainStep):
             return
         ramp.observe(record.loss, record.lr)
-        if ramp.stop_reason and holder["run"].stop_event is None:
-            holder["run"].stop_event = Event(step=record.step, code="lr_find_diverged", message=ramp.stop_reason)
+        if ramp.stop_reason:
+            holder["run"].request_stop(Event(step=record.step, code="lr_find_diverged", message=ramp.stop_reason))
 
-    run = TrainingRun(ramp_config(config, settings, Path(run_dir)), run_dir, callbacks=[on_record])
+    ratio = settings.end / settings.start
+
+    def exponential_ramp(optimizer, plan):
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda k: ratio ** (min(k, settings.steps - 1) / (settings.steps - 1)))
+
+    run = TrainingRun(ramp_config(config, settings, Path(run_dir)), run_dir, callbacks=[on_record],
+                      scheduler_factory=exponential_ramp)
     holder["run"] = run
     run.setup()
-    ratio = settings.end / settings.start
-    run.scheduler = torch.optim.lr_scheduler.LambdaLR(
-        run.optimizer, lambda k: ratio ** (min(k, settings.steps - 1) / (settings.steps - 1))
-    )
     try:
         for _ in run.steps():
             pass
     finally:
-        run.writer.close()
+        run.close()
     ramp.result.stopped = ramp.stop_reason
     suggest(ramp.result, settings)
     return ramp.result

@@ -45,13 +45,15 @@ Callback = Callable[[Record], None]
 class TrainingRun:
     def __init__(self, config: RunConfig, run_dir: str | Path | None = None, *, resume: bool = False,
                  callbacks: list[Callback] | None = None,
-                 eval_fractions: tuple[float, ...] | None = None, base_model=None):
+                 eval_fractions: tuple[float, ...] | None = None, base_model=None,
+                 scheduler_factory: Callable[[torch.optim.Optimizer, Plan], object] | None = None):
         self.config = config
         self.run_dir = Path(run_dir or config.output.output_dir)
         self.resume = resume
         self.callbacks = callbacks or []
         self._eval_fractions = eval_fractions  # sweeps: evaluate at these fractions of the plan
         self._base_model = base_model  # a loaded base model to reuse (sweeps); else loaded from config
+        self._scheduler_factory = scheduler_factory  # e.g. lr-find's exponential ramp; default: the config's
         self.state = LoopState()
         self.stop_event: Event | None = None
         self.monitor = None
@@ -97,6 +99,8 @@ class TrainingRun:
         groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=t.learning_rate,
                                       betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_epsilon)
+        if self._scheduler_factory is not None:
+            return optimizer, self._scheduler_factory(optimizer, self.plan)
         name = "constant_with_warmup" if t.lr_scheduler_type.startswith("constant") else t.lr_scheduler_type
         scheduler = get_scheduler(name, optimizer, num_warmup_steps=self.plan.warmup_steps,
                                   num_training_steps=self.plan.total_steps)
@@ -233,6 +237,11 @@ class TrainingRun:
         if self.monitor.stop_event is not None and self.stop_event is None:
             self._stop(self.monitor.stop_event)
 
+    def request_stop(self, event: Event) -> None:
+        """Stop after the current step (callbacks use this); the reason goes to the stream and summary."""
+        if self.stop_event is None:
+            self._stop(event)
+
     def _stop(self, event: Event) -> None:
         self.stop_event = event
         self._emit(Event(step=event.step, code="stop", severity=event.severity,
@@ -258,6 +267,10 @@ class TrainingRun:
         atomic_write_json(self.run_dir / "summary.json", summary)
         self.writer.close()
         return summary
+
+    def close(self) -> None:
+        """Close the metrics stream without saving an adapter or summary (a run used as a probe)."""
+        self.writer.close()
 
     def _save_final(self) -> None:
         if self.config.method.finetuning_type == "full":
