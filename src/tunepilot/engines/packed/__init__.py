@@ -1,6 +1,7 @@
 """The packed engine: many LoRA trials on one frozen base model in one process.
 
     lora.py     MultiLoraLinear: base output once, each slot's LoRA delta on its own rows
+    stack.py    a layer's slots' LoRA weights in stacked parameters; each trial's aliasing views
     inject.py   wrap a model's linear layers; add/remove a slot's adapters; PEFT key names
     loss.py     chunked lm_head + cross-entropy over trained positions only
     pack.py     the packed forward pass: per-slot summed losses from one base forward
