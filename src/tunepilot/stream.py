@@ -13,7 +13,7 @@ import os
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 from tunepilot.errors import UserError
 
@@ -57,7 +57,7 @@ class Event:
     kind: Literal["event"] = "event"
 
 
-Record = Union[TrainStep, EvalPoint, Event]
+Record = TrainStep | EvalPoint | Event
 _TYPES: dict[str, type] = {"train": TrainStep, "eval": EvalPoint, "event": Event}
 
 

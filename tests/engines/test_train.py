@@ -94,7 +94,7 @@ def test_early_stopping_restores_the_best_adapter(tiny_config):
 def test_sigkill_then_resume_has_every_step_exactly_once(tiny_config, tmp_path):
     from tunepilot.config import dump_config
 
-    config = tiny_config(max_steps=300, eval_steps=10, early_stopping_patience=None)
+    config = tiny_config(max_steps=150, eval_steps=10, early_stopping_patience=None)
     run_dir = Path(config.output.output_dir)
     path = tmp_path / "cfg.yaml"
     path.write_text(dump_config(config))
@@ -105,11 +105,11 @@ def test_sigkill_then_resume_has_every_step_exactly_once(tiny_config, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
-    assert 25 <= len(steps_of(run_dir)) < 300
+    assert 25 <= len(steps_of(run_dir)) < 150
     done = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert steps_of(run_dir) == list(range(1, 301))
-    assert json.loads(done.stdout)["steps"] == 300
+    assert steps_of(run_dir) == list(range(1, 151))
+    assert json.loads(done.stdout)["steps"] == 150
 
 
 def wait_for_steps(run_dir: Path, n: int, timeout: float) -> None:

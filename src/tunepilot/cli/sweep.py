@@ -16,11 +16,12 @@ from tunepilot.errors import ExitCode
 
 
 def sweep_command(
-    path: Path, sweep_dir: Path | None, storage: str | None, n_trials: int | None, quiet: bool
+    path: Path, sweep_dir: Path | None, storage: str | None, n_trials: int | None, quiet: bool,
+    overrides: list[str] | None = None,
 ) -> Result:
     from tunepilot.search.sweep import prepare, run_sweep
 
-    setup = prepare(path, sweep_dir, storage, n_trials)
+    setup = prepare(path, sweep_dir, storage, n_trials, overrides)
     log = (lambda msg: None) if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     data = run_sweep(setup, log=log)
     ok = data["best"] is not None
@@ -113,9 +114,12 @@ def register(app: typer.Typer) -> None:
             help="Optuna RDB URL shared by workers (default: sqlite in the sweep directory).",
         ),
         n_trials: int = typer.Option(None, "--n-trials", help="Override budget.n_trials."),
+        set_: list[str] = typer.Option(
+            [], "--set", help="Override a base-config key: --set model_name_or_path=DIR (repeatable)."
+        ),
         json_: bool = typer.Option(False, "--json", help="Print a JSON envelope instead of text."),
     ) -> None:
         """Search hyperparameters (Optuna ask/tell in engine slots); re-run the same command to resume."""
         raise typer.Exit(
-            run_command("sweep", json_, lambda: sweep_command(path, out, storage, n_trials, json_))
+            run_command("sweep", json_, lambda: sweep_command(path, out, storage, n_trials, json_, set_))
         )

@@ -49,7 +49,7 @@ def _packed(spec, base: RunConfig, sweep_dir: Path):
     from tunepilot.engines.packed.engine import PackedEngine
 
     opts = spec.engine.options
-    _no_options(spec, {"slots", "chunk_rows"})
+    _no_options(spec, {"slots", "chunk_rows", "compile"})
     return PackedEngine(base, **opts)
 
 

@@ -24,7 +24,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from tunepilot.config import RunConfig, _flat_index, build_config, load_config, read_yaml
+from tunepilot.config import (
+    RunConfig,
+    _flat_index,
+    build_config,
+    load_config,
+    merge_raw,
+    parse_overrides,
+    read_yaml,
+)
 from tunepilot.errors import ExitCode, UserError
 
 
@@ -102,6 +110,9 @@ class SweepSpec(_Strict):
     report_every: float = Field(
         0.05, gt=0, le=0.5, description="Pruning grid: report to the pruner every this share of a schedule."
     )
+    eval_points: int = Field(
+        10, gt=0, le=100, description="Evaluations per trial, evenly spaced over its own schedule (engines that train)."
+    )
 
     @field_validator("sampler", "pruner", "protocol", "engine", mode="before")
     @classmethod
@@ -143,12 +154,15 @@ def _known(v: Named, names: tuple[str, ...]) -> Named:
 DERIVED_KEYS = {"lora_alpha_multiplier"}
 
 
-def load_sweep(path: str | Path) -> tuple[SweepSpec, RunConfig | None]:
-    """Read and check a sweep file; returns the spec and its resolved base config (None if absent)."""
+def load_sweep(path: str | Path, overrides: list[str] | None = None) -> tuple[SweepSpec, RunConfig | None]:
+    """Read and check a sweep file; returns the spec and its resolved base config (None if absent).
+
+    `overrides` (`--set key=value`) apply to the base config, after the file, as for `tunepilot train`.
+    """
     path = Path(path)
     raw = read_yaml(path)
     spec = parse_sweep(raw, source=str(path))
-    base = resolve_base(spec, path.parent, str(path))
+    base = resolve_base(spec, path.parent, str(path), overrides or [])
     return spec, base
 
 
@@ -227,16 +241,19 @@ def _space_problems(raw: dict[str, Any]) -> list[str]:
     return problems
 
 
-def resolve_base(spec: SweepSpec, root: Path, source: str) -> RunConfig | None:
+def resolve_base(spec: SweepSpec, root: Path, source: str, overrides: list[str] | None = None) -> RunConfig | None:
     """The base train config, validated like `tunepilot train` would; problems prefixed with `base`."""
     if spec.base is None:
+        if overrides:
+            raise UserError(f"{source}: --set needs a base config in the sweep file to apply to")
         return None
     try:
         if isinstance(spec.base, str):
             base_path = Path(spec.base) if Path(spec.base).is_absolute() else root / spec.base
-            config, _ = load_config(base_path)
+            config, _ = load_config(base_path, overrides)
         else:
-            config, _ = build_config(spec.base, source=f"{source}: base")
+            raw = merge_raw(spec.base, parse_overrides(overrides or []))
+            config, _ = build_config(raw, source=f"{source}: base")
     except UserError as e:
         raise UserError(f"{source}: base: {e.message}", e.code, [f"base.{p}" for p in e.problems]) from e
     return config

@@ -40,8 +40,9 @@ def prepare(
     sweep_dir: str | Path | None = None,
     storage: str | None = None,
     n_trials: int | None = None,
+    overrides: list[str] | None = None,
 ) -> SweepSetup:
-    spec, base = load_sweep(path)
+    spec, base = load_sweep(path, overrides)
     if n_trials is not None:
         spec.budget.n_trials = n_trials
     if ENGINES[spec.engine.name].config_keys:
@@ -101,7 +102,7 @@ def build_loop(
         engine,
         protocol,
         BudgetTracker(spec.budget, study),
-        make_spec=_spec_maker(base, sweep_dir),
+        make_spec=_spec_maker(base, sweep_dir, spec.eval_points),
         every=spec.report_every,
         oom_overrides=lambda t: oom_overrides(t, base),
         gpus=engine_gpus(base) if base else 0.0,
@@ -136,7 +137,11 @@ def _enqueue_first(study: optuna.Study, spec: SweepSpec) -> None:
         study.enqueue_trial(params, user_attrs={"enqueued": True}, skip_if_exists=True)
 
 
-def _spec_maker(base: RunConfig | None, sweep_dir: Path) -> Callable[[optuna.Trial], TrialSpec]:
+def _spec_maker(
+    base: RunConfig | None, sweep_dir: Path, eval_points: int = 10
+) -> Callable[[optuna.Trial], TrialSpec]:
+    fractions = tuple(round((i + 1) / eval_points, 6) for i in range(eval_points))
+
     def make(trial: optuna.Trial) -> TrialSpec:
         overrides = trial.user_attrs.get("overrides") or {}
         run_dir = sweep_dir / "trials" / f"{trial.number:04d}"
@@ -145,7 +150,7 @@ def _spec_maker(base: RunConfig | None, sweep_dir: Path) -> Callable[[optuna.Tri
         config = space_mod.trial_config(base, trial.params, overrides)
         config.output.output_dir = str(run_dir)
         config.output.overwrite_output_dir = True  # a retried trial starts its run over
-        return TrialSpec(trial.number, trial.params, config, run_dir)
+        return TrialSpec(trial.number, trial.params, config, run_dir, report_fractions=fractions)
 
     return make
 
