@@ -114,3 +114,15 @@ def test_an_lr_far_too_high_is_brought_into_the_usual_range_not_just_scaled():
     d = diagnose(as_log(records, method="lora", learning_rate=0.5, num_params=int(7e9)))
     lr = next(r for r in d.recommendations if r["key"] == "learning_rate")
     assert lr["before"] == 0.5 and lr["after"] == pytest.approx(3e-4, rel=0.05)  # half of 6.1e-4, not 0.15
+
+
+def test_a_run_length_set_by_max_steps_is_changed_through_max_steps():
+    from tunepilot.health.findings import Change, Finding
+    from tunepilot.health.recommend import recommendations
+
+    finding = Finding("underfitting", "warning", "still learning", verdict="underfitting",
+                      changes=[Change("num_train_epochs", "the loss had not levelled off", factor=2.0)])
+    by_steps = recommendations([finding], "underfitting", {"max_steps": 30, "num_train_epochs": 1.0})
+    by_epochs = recommendations([finding], "underfitting", {"max_steps": -1, "num_train_epochs": 1.0})
+    assert [(r["key"], r["after"]) for r in by_steps] == [("max_steps", 60)]
+    assert [(r["key"], r["after"]) for r in by_epochs] == [("num_train_epochs", 2.0)]

@@ -23,12 +23,21 @@ def recommendations(findings: list[Finding], verdict: str, config: dict[str, Any
     out: dict[str, dict[str, Any]] = {}
     for finding in ordered:
         for change in finding.changes:
+            change = _in_run_units(change, config)
             if change.key in out:
                 continue
             item = resolve(change, config.get(change.key))
             if item is not None:
                 out[change.key] = {**item, "rule": finding.code}
     return list(out.values())
+
+
+def _in_run_units(change: Change, config: dict[str, Any]) -> Change:
+    """A run length set by max_steps ignores num_train_epochs: scale max_steps instead."""
+    max_steps = config.get("max_steps")
+    if change.key == "num_train_epochs" and change.factor is not None and isinstance(max_steps, int) and max_steps > 0:
+        return Change("max_steps", change.reason, factor=change.factor)
+    return change
 
 
 def resolve(change: Change, before: Any) -> dict[str, Any] | None:
