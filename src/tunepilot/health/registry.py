@@ -35,6 +35,8 @@ def rule(code: str, *, live: bool = True) -> Callable[[RuleFn], RuleFn]:
 
 
 def run_rules(view: RunView, *, live: bool = False, only: set[str] | None = None) -> list[Finding]:
+    import tunepilot.health.rules  # noqa: F401  (registers the built-in rules; imported here to avoid a cycle)
+
     findings: list[Finding] = []
     for r in RULES.values():
         if (live and not r.live) or (only is not None and r.code not in only):
