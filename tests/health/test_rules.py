@@ -311,3 +311,31 @@ def test_a_loss_that_goes_negative_is_not_judged_by_ratios():
 def test_a_train_step_without_loss_is_ignored_by_the_rules():
     records = [*healthy(), TrainStep(step=201, loss=None)]
     assert diagnose(as_log(records, method="lora", learning_rate=1e-4)).verdict == "healthy"
+
+
+def test_flat_noisy_evals_with_a_low_start_are_not_overfitting():
+    """+-3% noise around a plateau, the lowest points early: the old noise estimate (spread around a
+    centred median of 3, which is often the point itself) read this as a rise."""
+    wobble = [-0.036, -0.005, 0.016, -0.004, 0.003, -0.031, -0.005, -0.008, 0.019, 0.003]
+    records = [*train_curve(lambda s: 2.0 - s / 1000, n=1000, noise=0.0),
+               *[EvalPoint(step=100 * (i + 1), eval_loss=round(1.2 * (1 + w), 4)) for i, w in enumerate(wobble)]]
+    assert run_rule("overfitting", records) == []
+
+
+def test_a_steady_small_rise_over_the_last_evals_is_overfitting():
+    """Smooth evals that bottom out and then rise 1.5% over four evals in a row: a trailing median of
+    the evals lags such a rise by one eval and used to hide it."""
+    evals = [1.30, 1.20, 1.14, 1.10, 1.085, 1.080, 1.084, 1.088, 1.092, 1.096]
+    records = [*train_curve(lambda s: 2.0 * math.exp(-s / 300) + 0.5, n=1000, noise=0.0),
+               *[EvalPoint(step=100 * (i + 1), eval_loss=e) for i, e in enumerate(evals)]]
+    [finding] = run_rule("overfitting", records)
+    assert finding.evidence["from_step"] == 600
+    assert finding.evidence["rise_relative"] == pytest.approx(0.015, abs=0.001)
+
+
+def test_train_loss_still_falling_is_not_underfitting_when_the_eval_loss_stopped_improving():
+    train = train_curve(lambda s: 1.0 + 2.0 * math.exp(-s / 150), n=200, noise=0.0)
+    assert run_rule("underfitting", train)  # alone, a train loss still falling steeply is underfitting
+    flat = [EvalPoint(40, 1.5), EvalPoint(80, 1.4), EvalPoint(120, 1.38), EvalPoint(160, 1.385),
+            EvalPoint(200, 1.39)]
+    assert run_rule("underfitting", [*train, *flat]) == []

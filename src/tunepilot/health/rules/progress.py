@@ -135,6 +135,10 @@ def underfitting(view: RunView) -> list[Finding]:
     eval_drop = 0.0  # the last eval against the best before it: still improving, and by how much
     if len(view.eval_losses) >= 3:
         eval_drop = -rel(view.eval_losses[-1], min(view.eval_losses[:-1]))
+        if eval_drop <= 0:
+            # the held-out loss stopped improving: a train loss still falling is fitting the training
+            # set, and a longer run would not do better (a held-out seq2seq log said underfitting here)
+            drop = 0.0
     if drop < s.underfit_min_drop and eval_drop < s.underfit_min_drop:
         return []
     what = (f"the train loss fell {sig(100 * drop, 2)}% over the last {len(tail)} points"
