@@ -7,7 +7,7 @@
       lora_alpha_multiplier: [1, 2]   # lora_alpha = multiplier x rank
     objective: {metric: eval_loss, direction: minimize}
     sampler: tpe                      # tpe | random | grid | gp, or {name: tpe, seed: 0}
-    pruner: median                    # median | percentile | hyperband | successive_halving | envelope | none
+    pruner: median                    # median | percentile | hyperband | successive_halving | envelope | gain | none
     protocol: bayes                   # bayes | staged | ... (tunepilot.search.protocols)
     budget: {n_trials: 20, seconds: 3600, gpu_hours: 2, price_per_gpu_hour: 2.5}
     engine: standard                  # standard | replay | packed, or {name: replay, curves: PATH}
@@ -127,7 +127,7 @@ class SweepSpec(_Strict):
     @field_validator("pruner")
     @classmethod
     def _pruner(cls, v: Named) -> Named:
-        return _known(v, ("median", "percentile", "hyperband", "successive_halving", "envelope", "none"))
+        return _known(v, ("median", "percentile", "hyperband", "successive_halving", "envelope", "gain", "none"))
 
     @field_validator("protocol")
     @classmethod

@@ -17,6 +17,7 @@ import optuna
 from optuna.trial import TrialState
 
 from tunepilot.errors import UserError
+from tunepilot.search.gain import GainPruner
 from tunepilot.search.pruners import EnvelopePruner
 from tunepilot.search.spec import Range, SweepSpec
 
@@ -80,6 +81,10 @@ def make_pruner(spec: SweepSpec) -> optuna.pruners.BasePruner:
             )
         if spec.pruner.name == "envelope":
             return EnvelopePruner(**opts)
+        if spec.pruner.name == "gain":
+            # its fallback is the envelope pruner; `envelope: {margin: ...}` passes that pruner's options
+            own = {k: v for k, v in opts.items() if k != "envelope"}
+            return GainPruner(fallback=EnvelopePruner(**opts.get("envelope", {})), **own)
         if spec.pruner.name == "percentile":
             return optuna.pruners.PercentilePruner(
                 **{"percentile": 50.0, "n_startup_trials": 5, "n_warmup_steps": every, **opts}
