@@ -36,7 +36,8 @@ def plot_run(log: RunLog, diagnosis: Diagnosis, path: str | Path,
     _mark_findings(ax, diagnosis)
     ax.set_ylabel("loss")
     ax.set_title(f"{Path(log.path).name}: {diagnosis.verdict}", loc="left")
-    ax.legend(loc="upper right", fontsize=8)
+    if ax.get_legend_handles_labels()[0]:  # a log without any loss has nothing to label
+        ax.legend(loc="upper right", fontsize=8)
     ax.grid(alpha=0.3)
     if lower:
         _plot_lower(axes[1], lower)
