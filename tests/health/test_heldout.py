@@ -3,8 +3,9 @@
 tests/fixtures/logs/heldout/LABELS.md holds one careful human verdict per log, written from the
 numbers before `tunepilot diagnose` saw them (how they were chosen and trimmed: SOURCES.md there).
 Every log must be read and judged without a crash (a UserError would be a clean refusal, but none of
-these logs deserves one), and the verdicts must agree with the labels at least as often as measured:
-26 of 27 when this test was written (the first pass, before the rule fixes it prompted, was 23 of 27).
+these logs deserves one), and the verdicts must agree with the labels at least as often as measured
+when this test was written: 29 of 32. The first 27 gave 23 on the first pass and 26 after the rule
+fixes they prompted; the last 5 were labelled and run once after those fixes (3 of 5 agree).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from tunepilot.health.findings import VERDICTS
 from tunepilot.logs import read_log
 
 HELDOUT = FIXTURES / "heldout"
-MEASURED_AGREEMENT = 26  # of 27; raise it when a principled fix raises it, never lower it silently
+MEASURED_AGREEMENT = 29  # of 32; raise it when a principled fix raises it, never lower it silently
 _ROW = re.compile(r"^\|\s*([\w.\-]+)\s*\|\s*([a-z-]+)\s*\|(.*)\|\s*$")
 
 
@@ -39,7 +40,7 @@ def verdict(name: str) -> str:
 
 def test_every_label_is_a_verdict_and_every_log_is_labelled():
     found = labels()
-    assert len(found) == 27 and set(found.values()) <= set(VERDICTS)
+    assert len(found) == 32 and set(found.values()) <= set(VERDICTS)
     assert {p.name for p in HELDOUT.iterdir() if p.is_dir()} == set(found)
 
 
