@@ -10,6 +10,8 @@ benchmark runs unchanged on any curves file of the same format.
     python bench/search_efficiency.py                       # 50 seeds, all strategies, 2 processes
     python bench/search_efficiency.py --seeds 5 --strategies random,tpe_median
     python bench/search_efficiency.py --curves OTHER.jsonl --plot out.png --markdown out.md
+    python bench/search_efficiency.py --seed-offset 100 --strategies tpe_median,ours   # held-out seeds
+    python bench/search_efficiency.py --curve mismatched --half b                     # other landscapes
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import math
 import os
 import statistics
 import sys
+import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -41,6 +44,11 @@ STRATEGIES: dict[str, dict] = {
     "rank_early": {"sampler": "tpe", "pruner": "none", "protocol": {"name": "rank_early"}},
     "tpe_envelope": {"sampler": "tpe", "pruner": "envelope", "skip_duplicates": False},
     "ours": {"sampler": {"name": "tpe", "n_startup_trials": 5}, "pruner": "envelope"},
+    # round 3: the envelope, then "can it still beat the incumbent?" by the gains the study's complete
+    # curves made, plus collapse detection (search/gain.py); chosen on matched seeds 0-49 only
+    "ours_gain": {"sampler": {"name": "tpe", "n_startup_trials": 5}, "pruner": "gain"},
+    # asynchronous successive halving (ASHA) as a pruner: promoted trials continue, nothing is paid twice
+    "tpe_asha": {"sampler": {"name": "tpe", "n_startup_trials": 5}, "pruner": "successive_halving"},
 }
 
 
@@ -61,6 +69,15 @@ def file_space(table) -> dict:
         log = lo > 0 and hi / lo >= 10
         space[col] = {"low": int(lo) if is_int else float(lo), "high": int(hi) if is_int else float(hi), "log": log}
     return space
+
+
+def half_file(curves: Path, half: str) -> Path:
+    """Every second configuration of `curves` (from the first line for "a", the second for "b") in a
+    temporary file: the other half's runs do not exist for the search, and regret is against this half's best."""
+    lines = [line for line in curves.read_text(encoding="utf-8").splitlines() if line.strip()]
+    out = Path(tempfile.gettempdir()) / f"{curves.stem}.half-{half}.jsonl"
+    out.write_text("\n".join(lines[half == "b" :: 2]) + "\n", encoding="utf-8")
+    return out
 
 
 def run_one(args: tuple) -> list[tuple[int, float]]:
@@ -147,7 +164,23 @@ def first_reach(grid: np.ndarray, median: np.ndarray, target: float) -> float | 
     return float(grid[hit[0]]) if len(hit) else None
 
 
-def table_rows(grid, curves, traces, reference: str = "tpe_median"):
+def ratio_interval(grid, traces, worst_regret, name: str, reference: str, n: int = 400) -> tuple[float, float]:
+    """5-95% bootstrap interval of the compute ratio (seeds resampled with replacement, the reference's
+    target re-derived each time): a median over 50 seeds of a lottery-like search is itself noisy."""
+    rng = np.random.default_rng(0)
+    mats = {k: np.stack([regret_at(tr, grid, worst_regret) for tr in traces[k]]) for k in (name, reference)}
+    out = []
+    for _ in range(n):
+        pick = {k: rng.integers(0, len(m), len(m)) for k, m in mats.items()}
+        ref_med = np.median(mats[reference][pick[reference]], 0)
+        ref = first_reach(grid, ref_med, ref_med[-1])
+        reach = first_reach(grid, np.median(mats[name][pick[name]], 0), ref_med[-1])
+        out.append(np.inf if reach is None or not ref else reach / ref)
+    lo, hi = np.percentile(out, [5, 95], method="lower")  # an order statistic: inf (not reached) stays inf
+    return float(lo), float(hi)
+
+
+def table_rows(grid, curves, traces, reference: str = "tpe_median", worst_regret: float = 1.0):
     target = curves[reference][0][-1]  # the regret TPE + median reaches with the whole budget
     ref_compute = first_reach(grid, curves[reference][0], target)
     rows = []
@@ -156,6 +189,7 @@ def table_rows(grid, curves, traces, reference: str = "tpe_median"):
         finals = [tr[-1][1] if tr else math.nan for tr in traces[name]]
         trials = statistics.median(len(tr) for tr in traces[name])
         ratio = None if reach is None or not ref_compute else reach / ref_compute
+        interval = ratio_interval(grid, traces, worst_regret, name, reference) if name != reference else None
         rows.append(
             {
                 "strategy": name,
@@ -166,6 +200,7 @@ def table_rows(grid, curves, traces, reference: str = "tpe_median"):
                 "median_trials": trials,
                 "steps_to_reference": reach,
                 "compute_vs_reference": ratio,
+                "ratio_interval": interval,
             }
         )
     return target, ref_compute, rows
@@ -220,15 +255,17 @@ def budget_markdown(rows: list[dict], names: list[str]) -> str:
 def markdown(rows, target, ref_compute, args, seconds: float) -> str:
     lines = [
         "| strategy | median final regret | IQR | mean | median trials | steps to reach TPE+median's "
-        "final regret | compute vs TPE+median |",
-        "|---|---|---|---|---|---|---|",
+        "final regret | compute vs TPE+median | 90% bootstrap interval |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         reach = "not reached" if r["steps_to_reference"] is None else f"{r['steps_to_reference'] / 1e3:,.0f}k"
         ratio = "" if r["compute_vs_reference"] is None else f"{r['compute_vs_reference']:.2f}x"
+        lo, hi = r["ratio_interval"] or (math.nan, math.nan)
+        interval = "" if math.isnan(lo) else f"{lo:.2f}-{'not reached' if math.isinf(hi) else f'{hi:.2f}x'}"
         lines.append(
             f"| {r['strategy']} | {r['median_final_regret']:.4f} | {r['q25']:.4f}-{r['q75']:.4f} | "
-            f"{r['mean_final_regret']:.4f} | {r['median_trials']:.0f} | {reach} | {ratio} |"
+            f"{r['mean_final_regret']:.4f} | {r['median_trials']:.0f} | {reach} | {ratio} | {interval} |"
         )
     lines.append("")
     lines.append(
@@ -243,6 +280,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--curves", type=Path, default=DEFAULT_CURVES)
     p.add_argument("--curve", default=None, help="which learning curve of the file (default: the first)")
+    p.add_argument(
+        "--half",
+        choices=("a", "b"),
+        default=None,
+        help="replay only half of the file's configurations (a: lines 1, 3, 5, ...; b: lines 2, 4, ...) as "
+        "its own file: a second landscape for checks the strategies were not tuned on",
+    )
     p.add_argument("--seeds", type=int, default=50)
     p.add_argument("--seed-offset", type=int, default=0, help="first seed (held-out checks: --seed-offset 100)")
     p.add_argument("--budget", type=int, default=600_000, help="training steps per run")
@@ -255,6 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in names if n not in STRATEGIES]
     if unknown:
         p.error(f"unknown strategies {unknown}; known: {', '.join(STRATEGIES)}")
+    if args.half:
+        args.curves = half_file(args.curves, args.half)
     table = _table(args.curves, args.curve)
     worst_regret = table.best_final - _worst(table)
     seeds = range(args.seed_offset, args.seed_offset + args.seeds)
@@ -269,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     grid, curves = summarise(traces, args.budget, worst_regret)
     reference = "tpe_median" if "tpe_median" in curves else names[0]
     print(f"curve {table.curve!r}, seeds {seeds.start}-{seeds.stop - 1}")
-    target, ref_compute, rows = table_rows(grid, curves, traces, reference)
+    target, ref_compute, rows = table_rows(grid, curves, traces, reference, worst_regret)
     title = f"{args.curves.stem}: regret vs compute, median and IQR over {args.seeds} seeds"
     plot(grid, curves, args.plot, title)
     text = markdown(rows, target, ref_compute, args, seconds)
