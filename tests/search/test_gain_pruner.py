@@ -99,3 +99,14 @@ def test_a_collapsed_curve_stops_with_nothing_to_compare_against():
     for step, v in ((10, 0.72), (20, 0.66)):  # a dip of 8%: noise or a spike, not a collapse
         noisy.report(v, step)
     assert diverged.should_prune() and not noisy.should_prune()
+
+
+def test_from_top_counts_only_the_gains_of_the_best_complete_trials():
+    # a slow learner gained 0.30 from 40% but ended last; the best two gained at most 0.05
+    complete = [({40: 0.85}, 0.90), ({40: 0.82}, 0.86), ({40: 0.40}, 0.70)]
+    every = _study("maximize", _no_fallback(slack=1.0, n_min_complete=2), complete)
+    top = _study("maximize", _no_fallback(slack=1.0, n_min_complete=2, from_top=0.5), complete)
+    t1, t2 = every.ask(), top.ask()
+    t1.report(0.80, 40)
+    t2.report(0.80, 40)
+    assert not t1.should_prune() and t2.should_prune()
