@@ -244,6 +244,10 @@ def plot(grid, curves, path: Path, title: str) -> None:
     fig.savefig(path, dpi=120)
 
 
+def _times(ratio: float) -> str:
+    return "not reached" if math.isinf(ratio) else f"{ratio:.2f}x"
+
+
 def budget_markdown(rows: list[dict], names: list[str]) -> str:
     lines = ["| TPE+median budget | its median regret | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
     for r in rows:
@@ -262,7 +266,7 @@ def markdown(rows, target, ref_compute, args, seconds: float) -> str:
         reach = "not reached" if r["steps_to_reference"] is None else f"{r['steps_to_reference'] / 1e3:,.0f}k"
         ratio = "" if r["compute_vs_reference"] is None else f"{r['compute_vs_reference']:.2f}x"
         lo, hi = r["ratio_interval"] or (math.nan, math.nan)
-        interval = "" if math.isnan(lo) else f"{lo:.2f}-{'not reached' if math.isinf(hi) else f'{hi:.2f}x'}"
+        interval = "" if math.isnan(lo) else f"{_times(lo)} to {_times(hi)}"
         lines.append(
             f"| {r['strategy']} | {r['median_final_regret']:.4f} | {r['q25']:.4f}-{r['q75']:.4f} | "
             f"{r['mean_final_regret']:.4f} | {r['median_trials']:.0f} | {reach} | {ratio} | {interval} |"
