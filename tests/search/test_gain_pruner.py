@@ -110,3 +110,22 @@ def test_from_top_counts_only_the_gains_of_the_best_complete_trials():
     t1.report(0.80, 40)
     t2.report(0.80, 40)
     assert not t1.should_prune() and t2.should_prune()
+
+
+def test_a_replay_sweep_with_the_gain_pruner_stops_hopeless_trials_and_keeps_the_best(
+    tmp_path, grid_curves, make_sweep
+):
+    from tunepilot.search.sweep import prepare, run_sweep
+
+    path = make_sweep(grid_curves, pruner="gain", budget={"n_trials": 16})
+    result = run_sweep(prepare(path, tmp_path / "sweep"))
+    rows = result["leaderboard"]
+    complete = [r for r in rows if r["state"] == "complete"]
+    pruned = [r for r in rows if r["state"] == "pruned"]
+    assert complete and pruned and all(r["reached_pct"] < 100 for r in pruned)
+    # nothing pruned ended better than the best complete trial would have (the curves are noise-free)
+    from tunepilot.engines.replay import CurveTable
+
+    table = CurveTable(grid_curves)
+    best = max(r["value"] for r in complete)
+    assert all(table.nearest(r["params"]).final <= best + 1e-9 for r in pruned)
