@@ -70,3 +70,20 @@ def tiny_model_dir(path: str | Path, arch: str = "llama", seed: int = 0, **confi
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return path
+
+
+def write_arithmetic_chat(path: str | Path, n: int, seed: int = 0, answer: str = "{a} + {b} = {c}") -> Path:
+    """Hand-made addition questions in the `messages` format: learnable, so a loss can fall.
+
+    `answer` is formatted with a, b and c = a + b (e.g. "{a} + {b} = {c}. #### {c}").
+    """
+    import json
+
+    rows = []
+    for i in range(n):
+        a, b = (i * 7 + seed) % 13, (i * 5 + 3 * seed) % 11
+        rows.append({"messages": [{"role": "user", "content": f"What is {a} + {b}?"},
+                                  {"role": "assistant", "content": answer.format(a=a, b=b, c=a + b)}]})
+    path = Path(path)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path

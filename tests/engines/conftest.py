@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
 from tunepilot.config import RunConfig, build_config
+from tunepilot.testing import write_arithmetic_chat
 
 
 def write_chat_jsonl(path: Path, n: int, seed: int = 0) -> Path:
-    """Hand-made arithmetic Q/A in the messages format: learnable, so a loss can fall."""
-    lines = []
-    for i in range(n):
-        a, b = (i * 7 + seed) % 13, (i * 5 + 3 * seed) % 11
-        lines.append(json.dumps({"messages": [{"role": "user", "content": f"What is {a} + {b}?"},
-                                              {"role": "assistant", "content": f"{a} + {b} = {a + b}. #### {a + b}"}]}))
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return write_arithmetic_chat(path, n, seed, answer="{a} + {b} = {c}. #### {c}")
 
 
 @pytest.fixture(scope="session")

@@ -10,24 +10,11 @@ from typer.testing import CliRunner
 
 from tunepilot.cli.app import app
 from tunepilot.config import load_config
+from tunepilot.testing import write_arithmetic_chat
 
 
 def write_data(path, n: int, seed: int = 0):
-    lines = []
-    for i in range(n):
-        a, b = (i * 7 + seed) % 13, (i * 5 + 3 * seed) % 11
-        lines.append(
-            json.dumps(
-                {
-                    "messages": [
-                        {"role": "user", "content": f"What is {a} + {b}?"},
-                        {"role": "assistant", "content": f"{a} + {b} = {a + b}"},
-                    ]
-                }
-            )
-        )
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return write_arithmetic_chat(path, n, seed)
 
 
 def sweep_and_train(tmp_path, base: dict, space: dict, n_trials: int, train_overrides: list[str]):

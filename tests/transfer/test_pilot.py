@@ -9,26 +9,12 @@ from typer.testing import CliRunner
 
 from tunepilot.cli.app import app
 from tunepilot.engines.base import Outcome, Report
-from tunepilot.testing import tiny_model_dir
+from tunepilot.testing import tiny_model_dir, write_arithmetic_chat
 from tunepilot.transfer.pilot import Pilot, choose_winner
 
 
 def write_chat(path, n, seed=0):
-    rows = []
-    for i in range(n):
-        a, b = (i * 7 + seed) % 13, (i * 5 + 3 * seed) % 11
-        rows.append(
-            json.dumps(
-                {
-                    "messages": [
-                        {"role": "user", "content": f"What is {a} + {b}?"},
-                        {"role": "assistant", "content": f"{a} + {b} = {a + b}."},
-                    ]
-                }
-            )
-        )
-    path.write_text("\n".join(rows) + "\n")
-    return path
+    return write_arithmetic_chat(path, n, seed, answer="{a} + {b} = {c}.")
 
 
 def test_winner_is_compared_at_the_largest_common_fraction():
