@@ -184,29 +184,7 @@ def recommend(
     cutoff, why = choose_cutoff(stats)
     rec.set("cutoff_len", cutoff, why)
     effective, why_batch = choose_effective_batch(stats, epochs)
-    rank = 16
-    if method != "full":
-        rank, why = choose_rank(info, stats, epochs, task)
-        rec.set("lora_rank", rank, why)
-        rec.set(
-            "lora_alpha",
-            LORA_ALPHA,
-            "fixed alpha with alpha/r scaling: the optimal LR is then about "
-            "independent of rank (LoRA Without Regret, 2025)",
-        )
-        rec.set(
-            "lora_dropout",
-            0.05 if stats.records < 10000 else 0.0,
-            "small data: a little dropout regularises"
-            if stats.records < 10000
-            else "enough data: dropout only slows learning",
-        )
-        rec.set(
-            "lora_target",
-            "all-linear",
-            "adapt attention and MLP: attention-only LoRA underperforms "
-            "(LoRA Without Regret, 2025; Biderman et al. 2024)",
-        )
+    rank = 16 if method == "full" else _set_adapter(rec, info, stats, epochs, task)
     plan, est, notes = fit_memory(
         info, MemoryPlan(method=method, lora_rank=rank, seq_len=cutoff), gpu_memory_gb, effective
     )
@@ -242,6 +220,32 @@ def recommend(
     )
     rec.memory = est
     return rec, info, stats
+
+
+def _set_adapter(rec: Recommendation, info: ModelInfo, stats: DataStats, epochs: float, task: Task) -> int:
+    """LoRA rank, alpha, dropout and targets, each with its reason; returns the rank."""
+    rank, why = choose_rank(info, stats, epochs, task)
+    rec.set("lora_rank", rank, why)
+    rec.set(
+        "lora_alpha",
+        LORA_ALPHA,
+        "fixed alpha with alpha/r scaling: the optimal LR is then about "
+        "independent of rank (LoRA Without Regret, 2025)",
+    )
+    rec.set(
+        "lora_dropout",
+        0.05 if stats.records < 10000 else 0.0,
+        "small data: a little dropout regularises"
+        if stats.records < 10000
+        else "enough data: dropout only slows learning",
+    )
+    rec.set(
+        "lora_target",
+        "all-linear",
+        "adapt attention and MLP: attention-only LoRA underperforms "
+        "(LoRA Without Regret, 2025; Biderman et al. 2024)",
+    )
+    return rank
 
 
 def _set_lr(rec: Recommendation, info: ModelInfo, method: str, settings: TransferSettings) -> None:
