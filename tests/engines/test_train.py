@@ -32,6 +32,7 @@ def test_train_writes_stream_adapter_and_summary(tiny_config):
     assert [r.step for r in records if isinstance(r, EvalPoint)] == [4, 8, 12]
     assert train_steps[0].lr < train_steps[1].lr  # warmup
     assert summary["status"] == "completed" and summary["steps"] == 12
+    assert 0 < summary["train_seconds"] < summary["seconds"]  # evaluations are not training time
     saved = yaml.safe_load(Path(run_dir, "config.yaml").read_text())
     assert saved["train"]["learning_rate"] == config.train.learning_rate
     assert json.loads(Path(run_dir, "summary.json").read_text())["steps"] == 12

@@ -22,7 +22,8 @@ from tunepilot.models import load_trainable_state, trainable_state
 class LoopState:
     step: int = 0  # optimizer steps completed
     tokens: int = 0  # trained tokens so far
-    seconds: float = 0.0  # wall-clock seconds of training so far (across resumes)
+    seconds: float = 0.0  # wall-clock seconds of the run so far, evaluations included (across resumes)
+    train_seconds: float = 0.0  # the part spent in optimizer steps (for tokens per second)
     best_eval: float | None = None  # best objective value (eval loss, or the task metric)
     best_eval_loss: float | None = None  # lowest eval loss seen
     best_step: int | None = None

@@ -163,6 +163,7 @@ class TrainingRun:
 
     def _train_step(self, step: int) -> TrainStep:
         cfg, plan = self.config.train, self.plan
+        started = time.perf_counter()
         torch.manual_seed(cfg.seed * 1_000_003 + step)  # dropout noise depends on the step alone: resumable
         batches = [collate([self.data.train[i] for i in idx], self.tokenizer.pad_token_id)
                    for idx in step_indices(plan, cfg.seed, step)]
@@ -181,6 +182,7 @@ class TrainingRun:
         self.optimizer.zero_grad(set_to_none=True)
         self.state.step, self.state.tokens = step, self.state.tokens + n_tokens
         self.state.seconds = time.perf_counter() - self._t0
+        self.state.train_seconds += time.perf_counter() - started
         return TrainStep(step=step, loss=loss_sum / n_tokens, lr=lr, grad_norm=grad_norm,
                          epoch=round(epoch_at(plan, step), 4), tokens=self.state.tokens,
                          seconds=round(self.state.seconds, 3), memory_mb=self._peak_memory_mb())
@@ -287,7 +289,8 @@ class TrainingRun:
             "status": status, "ok": status != "stopped",
             "stop_reason": None if stop is None else {"code": stop.code, "message": stop.message, "step": stop.step},
             "steps": s.step, "planned_steps": self.plan.total_steps, "tokens": s.tokens,
-            "seconds": round(s.seconds, 3), "tokens_per_second": round(s.tokens / max(s.seconds, 1e-9), 1),
+            "seconds": round(s.seconds, 3), "train_seconds": round(s.train_seconds, 3),
+            "tokens_per_second": round(s.tokens / max(s.train_seconds, 1e-9), 1),  # optimizer steps only
             "objective": {"name": self.objective_name, "best": s.best_eval, "step": s.best_step},
             "best_eval_loss": s.best_eval_loss, "best_step": s.best_step, "restored_best": restored_best,
             "peak_memory_mb": self._peak_memory_mb(), "device": str(self.device),
