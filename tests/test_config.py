@@ -98,3 +98,9 @@ def test_version_and_help():
     runner = CliRunner()
     assert runner.invoke(app, ["--version"]).output.startswith("tunepilot ")
     assert "train" in runner.invoke(app, ["--help"]).output
+
+
+def test_unsupported_stage_is_reported_with_the_other_problems():
+    with pytest.raises(UserError) as e:
+        build_config({"model_name_or_path": "m", "dataset": "d", "stage": "dpo", "lora_rnak": 8}, check_paths=False)
+    assert len(e.value.problems) == 2 and any("stage: 'dpo'" in p for p in e.value.problems)

@@ -170,7 +170,7 @@ def _flat_index() -> dict[str, tuple[str, str]]:
     return index
 
 
-def _route_special(key: str, value: Any, nested: dict[str, dict[str, Any]]) -> bool:
+def _route_special(key: str, value: Any, nested: dict[str, dict[str, Any]], problems: list[str]) -> bool:
     """Flat keys whose meaning is a value elsewhere (bf16: true -> model.dtype: bfloat16)."""
     if key in ("bf16", "fp16") and value:
         nested["model"]["dtype"] = "bfloat16" if key == "bf16" else "float16"
@@ -178,7 +178,8 @@ def _route_special(key: str, value: Any, nested: dict[str, dict[str, Any]]) -> b
     if key in ("bf16", "fp16", "tf32"):
         return True
     if key == "stage" and value not in ("sft", "pt"):
-        raise UserError(f"stage: {value!r} is not supported; tunepilot trains sft (and pt) stages only")
+        problems.append(f"stage: {value!r} is not supported; tunepilot trains sft (and pt) stages only")
+        return True
     return False
 
 
@@ -198,7 +199,7 @@ def to_nested(raw: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], list[str]
 
 def _put(nested, key: str, value: Any, index, problems: list[str], ignored: list[str]) -> None:
     section, _, name = key.rpartition(".")
-    if _route_special(name, value, nested) and not section:
+    if not section and _route_special(name, value, nested, problems):
         return
     if name in FOREIGN_IGNORED and not section:
         ignored.append(name)

@@ -7,6 +7,7 @@ an uninterrupted run would have seen, with no data-loader state to save.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass
 
@@ -59,9 +60,14 @@ def make_plan(train: TrainSettings, n_train: int) -> Plan:
 def micro_batch_indices(plan: Plan, seed: int, micro_index: int) -> list[int]:
     """Example indices of global micro-batch `micro_index` (epochs repeat with fresh permutations)."""
     epoch, offset = divmod(micro_index, plan.micro_batches_per_epoch)
-    generator = torch.Generator().manual_seed(seed + epoch)
-    order = torch.randperm(plan.n_train, generator=generator)
+    order = _epoch_order(plan.n_train, seed, epoch)
     return order[offset * plan.micro_batch:(offset + 1) * plan.micro_batch].tolist()
+
+
+@functools.lru_cache(maxsize=4)
+def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """One epoch's permutation, drawn once per epoch rather than once per micro-batch."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch))
 
 
 def step_indices(plan: Plan, seed: int, step: int) -> list[list[int]]:
