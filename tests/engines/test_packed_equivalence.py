@@ -180,6 +180,25 @@ def test_batched_path_trials_equal_trials_alone(load, data, tiny_model, tmp_path
         assert packed[number].value == pytest.approx(alone[number].value, abs=1e-5)
 
 
+def test_a_diverging_trial_fails_alone_and_its_pack_mate_is_untouched(load, data, tiny_model, tmp_path):
+    """A trial whose loss turns non-finite leaves with the step it happened at; the trial packed with
+    it trains exactly as it does alone (its rows, weights and optimizer never see the other's)."""
+    steady = {**MIXED[2], "max_steps": 6, "lora_target": "all-linear"}
+    wild = {**steady, "learning_rate": 1e30, "seed": 9, "max_grad_norm": 0.0}
+    packed = run_engine(load, data, tiny_model, tmp_path / "pack", {1: steady, 2: wild}, slots=2,
+                        fractions=(1.0,))
+    assert packed[2].state == "failed" and packed[2].reason.startswith("loss is ")
+    failed_at = int(packed[2].reason.rsplit(" ", 1)[1])
+    written = [r.step for r in read_stream(tmp_path / "pack" / "t2" / "metrics.jsonl") if isinstance(r, TrainStep)]
+    assert 1 < failed_at < 6 and written == list(range(1, failed_at))  # the bad step is not logged as a loss
+    alone = run_engine(load, data, tiny_model, tmp_path / "alone", {1: steady}, slots=1, fractions=(1.0,))
+    got, want = curves(tmp_path / "pack" / "t1"), curves(tmp_path / "alone" / "t1")
+    assert packed[1].state == "complete" and len(got[0]) == 6
+    for g, w in zip(got[0], want[0], strict=True):
+        assert g[0] == pytest.approx(w[0], abs=1e-5) and g[1] == pytest.approx(w[1], abs=1e-5)
+    assert packed[1].value == pytest.approx(alone[1].value, abs=1e-5)
+
+
 def peft_reference(load, data, cfg, init_state: dict, steps: int):
     """The same trial with plain PEFT and the standard loop: loss and grad norm per optimizer step."""
     from peft import LoraConfig, get_peft_model, set_peft_model_state_dict

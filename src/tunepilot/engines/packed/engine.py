@@ -60,6 +60,7 @@ class PackedEngine:
         self._slots: list[TrialState | None] = [None] * k
         self._extra: dict[int, dict[str, Any]] = {}  # per slot: writer, targets, start time, run dir
         self._pending: list[Progress] = []
+        self._unread: Readback | None = None  # the last packed step's values, still on their way
 
     # -- the Engine interface ------------------------------------------------------------------
     @property
@@ -85,10 +86,11 @@ class PackedEngine:
             out += self._step()
             ready = [t for t in self._slots if t is not None and t.at_report]
             if ready:
-                return out + self._report(ready)
+                out += self._flush()  # the stream and last_loss up to date; a failed trial is gone
+                return out + self._report([t for t in ready if self._slots[t.slot] is t])
             if any(isinstance(p, Outcome) for p in out):
                 return out
-        return out
+        return out + self._flush()
 
     def stop(self, number: int, reason: str) -> Outcome:
         trial = next((t for t in self._slots if t is not None and t.number == number), None)
@@ -97,6 +99,7 @@ class PackedEngine:
         return self._finish(trial, "pruned", trial.evals[-1][1] if trial.evals else None, reason)
 
     def close(self) -> None:
+        self._unread = None
         for t in [t for t in self._slots if t is not None]:
             self._finish(t, "failed", None, "engine closed")
         self.pack = None  # the base model goes with the last reference
@@ -150,7 +153,12 @@ class PackedEngine:
 
     # -- training --------------------------------------------------------------------------------
     def _step(self) -> list[Progress]:
-        """One packed forward/backward; each trial steps its optimizer when its window is full."""
+        """One packed forward/backward; each trial steps its optimizer when its window is full.
+
+        The host never waits for the GPU here: the finished steps' losses and grad norms are copied
+        to the host asynchronously and read after the next step is queued (`_read`), so the GPU
+        always has the next step's work in hand. A non-finite loss therefore ends its trial one
+        packed step late; the step it names is the step it happened at."""
         trials = [t for t in self._slots if t is not None]
         micro = {t.slot: t.next_micro() for t in trials}
         losses = self.pack.losses(micro, training=True, seeds={t.slot: t.dropout_key() for t in trials})
@@ -158,36 +166,50 @@ class PackedEngine:
         # gradient w.r.t. a trial's weights is exactly that trial's own gradient.
         objective = sum(losses[t.slot][0] / t.window_tokens for t in trials)
         objective.backward()
+        logs = [(t, log) for t in trials if (log := t.after_backward(losses[t.slot][0].detach())) is not None]
+        previous, self._unread = self._unread, (Readback(logs, self.pack.device) if logs else None)
+        return self._read(previous)
+
+    def _read(self, pending: Readback | None) -> list[Progress]:
+        """Write the stream records of a step read back from the device; fail non-finite trials."""
+        if pending is None:
+            return []
         out: list[Progress] = []
-        # One host sync for all trials' losses, one for their grad norms (not one per trial each)
-        values = torch.stack([losses[t.slot][0].detach() for t in trials]).tolist()
-        logs = []
-        for t, value in zip(trials, values, strict=True):
-            if not math.isfinite(value):
-                out.append(self._finish(t, "failed", None, f"loss is {value} at step {t.step + 1}"))
+        for (t, log), (loss, norm) in zip(pending.entries, pending.values(), strict=True):
+            if self._slots[t.slot] is not t:  # finished meanwhile (pruned, failed, closed)
                 continue
-            log = t.after_backward(value)
-            if log is not None:
-                logs.append((t, log))
-        norms = torch.stack([log["grad_norm"].detach().float() for _, log in logs]).tolist() if logs else []
-        for (t, log), norm in zip(logs, norms, strict=True):
-            self._write(t, TrainStep(step=t.step, loss=log["loss"], lr=log["lr"], grad_norm=norm,
-                                     epoch=t.epoch, tokens=t.tokens, seconds=self._seconds(t),
+            if not math.isfinite(loss):
+                out.append(self._finish(t, "failed", None, f"loss is {loss} at step {log['step']}"))
+                continue
+            t.last_loss = loss
+            self._write(t, TrainStep(step=log["step"], loss=loss, lr=log["lr"], grad_norm=norm,
+                                     epoch=log["epoch"], tokens=log["tokens"], seconds=self._seconds(t),
                                      memory_mb=_memory_mb(self.pack.device)))
         return out
 
+    def _flush(self) -> list[Progress]:
+        """Read the step still in flight (waits for the GPU): before reports and when leaving."""
+        pending, self._unread = self._unread, None
+        return self._read(pending)
+
     @torch.no_grad()
     def evaluate(self, trials: list[TrialState]) -> dict[int, float | None]:
-        """Token-mean eval loss of each trial on its own eval set; trials' batches share forwards."""
+        """Token-mean eval loss of each trial on its own eval set; trials' batches share forwards.
+
+        The sums stay on the device until all batches are queued: one host sync for the whole eval."""
         batches = {t.slot: _chunks(t.eval_examples, t.config.train.per_device_eval_batch_size)
                    for t in trials}
-        sums = {t.slot: [0.0, 0] for t in trials}
+        totals: dict[int, list] = {t.slot: [] for t in trials}
+        counts = {t.slot: 0 for t in trials}
         for i in range(max((len(b) for b in batches.values()), default=0)):
             micro = {s: b[i] for s, b in batches.items() if i < len(b)}
             for s, (total, n) in self.pack.losses(micro, training=False).items():
-                sums[s][0] += float(total)
-                sums[s][1] += n
-        return {t.number: (sums[t.slot][0] / sums[t.slot][1] if sums[t.slot][1] else None) for t in trials}
+                totals[s].append(total)
+                counts[s] += n
+        slots = [t.slot for t in trials if counts[t.slot]]
+        sums = torch.stack([torch.stack(totals[s]).sum() for s in slots]).tolist() if slots else []
+        means = {s: v / counts[s] for s, v in zip(slots, sums, strict=True)}
+        return {t.number: means.get(t.slot) for t in trials}
 
     def _report(self, ready: list[TrialState]) -> list[Progress]:
         evals = self.evaluate(ready)
@@ -236,6 +258,29 @@ class PackedEngine:
 
     def _seconds(self, t: TrialState, extra: dict | None = None) -> float:
         return self.clock() - (extra or self._extra[t.slot])["t0"]
+
+
+class Readback:
+    """The losses and grad norms of one packed step's finished optimizer steps, copied to pinned host
+    memory without blocking; `values()` waits for the copy (by then usually long done)."""
+
+    def __init__(self, entries: list[tuple[TrialState, dict[str, Any]]], device: torch.device):
+        self.entries = entries
+        values = torch.stack([torch.stack([log["loss"].float(), log["grad_norm"].detach().float()])
+                              for _, log in entries])
+        self.event = None
+        if device.type == "cuda":
+            self.host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
+            self.host.copy_(values, non_blocking=True)
+            self.event = torch.cuda.Event()
+            self.event.record()
+        else:
+            self.host = values
+
+    def values(self) -> list[list[float]]:
+        if self.event is not None:
+            self.event.synchronize()
+        return self.host.tolist()
 
 
 def _chunks(items: list, size: int) -> list[list]:

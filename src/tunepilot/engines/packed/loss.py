@@ -6,8 +6,12 @@ label (shifted, != -100) reach lm_head at all, in chunks of `chunk_rows`. The he
 the only gradient needed is the one w.r.t. the hidden states, and it is computed in the same pass
 as the loss, chunk by chunk: softmax(logits) - onehot(label), times the head weight. Each chunk's
 logits are freed at once; nothing is recomputed and no separate backward pass over [rows, vocab]
-runs (the scheme of fused linear-cross-entropy kernels, here with plain torch ops). The value is
-`F.cross_entropy(logits.float(), labels, reduction="sum")` and the gradient is its gradient.
+runs (the scheme of fused linear-cross-entropy kernels, here with plain torch ops).
+
+Rows belong to segments (a pack's trials): the result is one summed token loss per segment, and
+chunks run across segment boundaries, so every chunk but the last has the same shape (one compiled
+graph). Per segment the value is `F.cross_entropy(logits.float(), labels, reduction="sum")` over its
+rows, and the gradient is its gradient.
 """
 
 from __future__ import annotations
@@ -20,55 +24,74 @@ IGNORE_INDEX = -100
 
 def ce_chunk(h: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
              want_grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Summed token loss of one chunk of rows, and d loss / d h (softmax - onehot, times the head)."""
+    """Token losses of one chunk of rows [rows] (fp32), and d (their sum) / d h (softmax - onehot, times the head)."""
     # dtype=float32 upcasts inside the kernel (the same math as .float() first, without writing
     # and re-reading an fp32 copy of the [rows, vocab] logits)
     logp = torch.log_softmax(F.linear(h, weight, bias), dim=-1, dtype=torch.float32)
-    total = -logp.gather(1, y[:, None]).sum()
+    losses = -logp.gather(1, y[:, None]).squeeze(1)
     if not want_grad:
-        return total, None
-    probs = logp.exp_()  # softmax, in place (total is already taken)
+        return losses, None
+    probs = logp.exp_()  # softmax, in place (the losses are already taken)
     probs[torch.arange(len(y), device=y.device), y] -= 1.0
-    return total, probs.to(h.dtype) @ weight
+    return losses, probs.to(h.dtype) @ weight
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
-    """Sum of token losses of lm_head(hidden) against labels; d/d hidden computed in the forward."""
+    """Per-segment sums of token losses of lm_head(hidden); d/d hidden computed in the forward."""
 
     @staticmethod
-    def forward(ctx, hidden, labels, weight, bias, chunk_rows, chunk_fn):
-        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+    def forward(ctx, hidden, labels, owner, segments, weight, bias, chunk_rows, chunk_fn):
+        totals = torch.zeros(segments, dtype=torch.float32, device=hidden.device)
         grad = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
         for start in range(0, hidden.shape[0], chunk_rows):
-            h, y = hidden[start:start + chunk_rows], labels[start:start + chunk_rows]
-            part, g = chunk_fn(h, y, weight, bias, grad is not None)
-            total += part
+            end = start + chunk_rows
+            losses, g = chunk_fn(hidden[start:end], labels[start:end], weight, bias, grad is not None)
+            totals.index_add_(0, owner[start:end], losses)
             if grad is not None:
-                grad[start:start + chunk_rows] = g
-        ctx.save_for_backward(grad)
-        return total
+                grad[start:end] = g
+        ctx.save_for_backward(grad, owner)
+        return totals
 
     @staticmethod
-    def backward(ctx, grad_total):
-        (grad,) = ctx.saved_tensors
-        return grad * grad_total.to(grad.dtype), None, None, None, None, None
+    def backward(ctx, grad_totals):
+        grad, owner = ctx.saved_tensors
+        scale = grad_totals.to(grad.dtype).index_select(0, owner)  # each row: its segment's upstream grad
+        return grad * scale[:, None], None, None, None, None, None, None, None
 
 
 def shifted_targets(hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Hidden states [n, H] that predict a trained token, and those tokens [n] (causal shift)."""
-    h = hidden[:, :-1].reshape(-1, hidden.shape[-1])
-    y = labels[:, 1:].reshape(-1)
-    keep = (y != IGNORE_INDEX).nonzero().squeeze(1)  # one host sync for both selections
-    return h.index_select(0, keep), y.index_select(0, keep)
+    keep = trained_positions(labels.cpu())
+    flat = hidden.reshape(-1, hidden.shape[-1])
+    keep = keep.to(hidden.device)
+    return flat.index_select(0, keep), labels.reshape(-1).index_select(0, keep + 1)
+
+
+def trained_positions(labels: torch.Tensor) -> torch.Tensor:
+    """Flat positions (row * length + t) of `labels` [rows, length] whose next token is trained.
+
+    Computed on the host from host labels: on the device this selection (`nonzero`) would make the
+    host wait for the GPU. The target of position p is `labels.reshape(-1)[p + 1]`."""
+    rows, length = labels.shape
+    t = (labels[:, 1:] != IGNORE_INDEX).nonzero()
+    return t[:, 0] * length + t[:, 1]
 
 
 def chunked_ce_sum(hidden: torch.Tensor, labels: torch.Tensor, head: torch.nn.Module,
                    chunk_rows: int = 4096, chunk_fn=ce_chunk) -> torch.Tensor:
-    """Sum of token losses (fp32 scalar) over rows of `hidden` [n, H] with targets `labels` [n].
+    """Sum of token losses (fp32 scalar) over rows of `hidden` [n, H] with targets `labels` [n]."""
+    owner = torch.zeros(hidden.shape[0], dtype=torch.long, device=hidden.device)
+    return chunked_ce_sums(hidden, labels, owner, 1, head, chunk_rows, chunk_fn)[0]
+
+
+def chunked_ce_sums(hidden: torch.Tensor, labels: torch.Tensor, owner: torch.Tensor, segments: int,
+                    head: torch.nn.Module, chunk_rows: int = 4096, chunk_fn=ce_chunk) -> torch.Tensor:
+    """Per-segment sums of token losses ([segments], fp32): row i of `hidden` [n, H] with target
+    `labels[i]` belongs to segment `owner[i]`.
 
     `chunk_fn` computes one chunk (`ce_chunk`, or a compiled `ce_chunk` that fuses the softmax,
     the one-hot subtraction and the cast into few kernels)."""
     if head.weight.requires_grad:
-        raise ValueError("chunked_ce_sum computes no lm_head weight gradient; the head must be frozen")
-    return _LinearCrossEntropy.apply(hidden, labels, head.weight, getattr(head, "bias", None), chunk_rows,
-                                    chunk_fn)
+        raise ValueError("chunked_ce_sums computes no lm_head weight gradient; the head must be frozen")
+    return _LinearCrossEntropy.apply(hidden, labels, owner, segments, head.weight, getattr(head, "bias", None),
+                                     chunk_rows, chunk_fn)

@@ -8,6 +8,7 @@ those into per-trial mean losses and runs one backward for their sum.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -15,10 +16,22 @@ from torch import nn
 
 from tunepilot.engines.packed.inject import wrap_linears
 from tunepilot.engines.packed.lora import PackContext, _mix_seed
-from tunepilot.engines.packed.loss import IGNORE_INDEX, ce_chunk, chunked_ce_sum, shifted_targets
+from tunepilot.engines.packed.loss import IGNORE_INDEX, ce_chunk, chunked_ce_sums, trained_positions
 from tunepilot.errors import UserError
 
 Example = dict[str, Any]  # {"input_ids": [...], "labels": [...]}
+
+
+@dataclass
+class Batch:
+    """One packed forward pass's inputs, on the model's device, and where its losses come from."""
+
+    inputs: dict[str, torch.Tensor]  # input_ids [rows, length], attention_mask only with padding
+    segments: list[tuple[int, int, int]]  # (slot, first row, end row), slot order
+    keep: torch.Tensor  # flat positions (row * length + t) whose next token is trained
+    targets: torch.Tensor  # the token each kept position predicts
+    owner: torch.Tensor  # each kept position's segment (index into `segments`)
+    counts: list[int]  # trained tokens per segment
 
 
 class Pack:
@@ -56,42 +69,55 @@ class Pack:
             layer.compile(dynamic=False)
         self.chunk_fn = torch.compile(ce_chunk, dynamic=False)
 
-    def batch(self, micro: dict[int, list[Example]]) -> tuple[dict[str, torch.Tensor], list]:
-        """Pad and concatenate slots' examples (slot order); returns inputs and row segments."""
+    def batch(self, micro: dict[int, list[Example]]) -> Batch:
+        """Pad and concatenate slots' examples (slot order); the loss positions chosen on the host."""
         length = max(len(e["input_ids"]) for exs in micro.values() for e in exs)
-        ids, labels, mask, segments, row = [], [], [], [], 0
-        for slot in sorted(micro):
+        ids, labels, mask, segments, owner_of_row = [], [], [], [], []
+        for k, slot in enumerate(sorted(micro)):
             for e in micro[slot]:
                 pad = length - len(e["input_ids"])
                 ids.append(list(e["input_ids"]) + [self.pad_id] * pad)
                 labels.append(list(e["labels"]) + [IGNORE_INDEX] * pad)
                 mask.append([1] * len(e["input_ids"]) + [0] * pad)
-            segments.append((slot, row, row + len(micro[slot])))
-            row += len(micro[slot])
-        t = {"input_ids": torch.tensor(ids, device=self.device),
-             "labels": torch.tensor(labels, device=self.device)}
+            segments.append((slot, len(owner_of_row), len(owner_of_row) + len(micro[slot])))
+            owner_of_row += [k] * len(micro[slot])
+        host_labels = torch.tensor(labels)
+        keep = trained_positions(host_labels)
+        owner = torch.tensor(owner_of_row)[keep // length]
+        inputs = {"input_ids": torch.tensor(ids)}
         # No padding: no mask, so SDPA takes its causal fast path (flash attention on GPU).
         if any(0 in m for m in mask):
-            t["attention_mask"] = torch.tensor(mask, device=self.device)
-        return t, segments
+            inputs["attention_mask"] = torch.tensor(mask)
+        send = self._to_device
+        return Batch({k: send(v) for k, v in inputs.items()}, segments, send(keep),
+                     send(host_labels.reshape(-1)[keep + 1]), send(owner),
+                     torch.bincount(owner, minlength=len(segments)).tolist())
+
+    def _to_device(self, t: torch.Tensor) -> torch.Tensor:
+        """Host tensor to the model's device without making the host wait for the GPU (pinned memory,
+        asynchronous copy; a plain copy from pageable memory synchronises the stream)."""
+        if self.device.type != "cuda":
+            return t.to(self.device)
+        return t.pin_memory().to(self.device, non_blocking=True)
 
     def losses(self, micro: dict[int, list[Example]], training: bool,
                seeds: dict[int, int] | None = None) -> dict[int, tuple[torch.Tensor, int]]:
-        """Per slot: (sum of token losses, number of trained tokens) of one packed forward pass."""
-        inputs, segments = self.batch(micro)
+        """Per slot: (sum of token losses, number of trained tokens) of one packed forward pass.
+
+        Nothing here waits for the GPU: the sums stay on the device until the caller reads them."""
+        b = self.batch(micro)
         ctx = self.context
-        ctx.segments, ctx.training = segments, training
+        ctx.segments, ctx.training = b.segments, training
         ctx.dropout_seeds = {s: _mix_seed(*k) for s, k in (seeds or {}).items()}
         ctx.widths = {s: max(len(e["input_ids"]) for e in exs) for s, exs in micro.items()}
-        self._prepare(segments, inputs["input_ids"].shape[0])
+        self._prepare(b.segments, b.inputs["input_ids"].shape[0])
         self.model.train(training and self.gradient_checkpointing)  # HF checkpoints only in train mode
-        hidden = self.decoder(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"),
+        hidden = self.decoder(input_ids=b.inputs["input_ids"], attention_mask=b.inputs.get("attention_mask"),
                               use_cache=False).last_hidden_state
-        out = {}
-        for slot, a, b in segments:
-            h, y = shifted_targets(hidden[a:b], inputs["labels"][a:b])
-            out[slot] = (chunked_ce_sum(h, y, self.head, self.chunk_rows, self.chunk_fn), int(y.numel()))
-        return out
+        h = hidden.reshape(-1, hidden.shape[-1]).index_select(0, b.keep)
+        totals = chunked_ce_sums(h, b.targets, b.owner, len(b.segments), self.head, self.chunk_rows,
+                                 self.chunk_fn)
+        return {slot: (totals[i], b.counts[i]) for i, (slot, _, _) in enumerate(b.segments)}
 
     def _prepare(self, segments: list, rows: int) -> None:
         """Fill each layer's device-side slot selection before the forward (host work kept out of a

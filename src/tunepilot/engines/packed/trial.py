@@ -60,8 +60,8 @@ class TrialState:
         self.tokens = 0  # trained tokens of finished steps
         self.window: list[list] = []  # the current step's micro-batches not yet run
         self.window_tokens = 0
-        self.loss_sum = 0.0  # summed token losses of the current step so far
-        self.last_loss: float | None = None
+        self.loss_sum: torch.Tensor | None = None  # summed token losses of the current step so far
+        self.last_loss: float | None = None  # the last step's mean loss, once the engine has read it
         self.evals: list[tuple[int, float]] = []
 
     def next_micro(self) -> list:
@@ -74,12 +74,14 @@ class TrialState:
     def dropout_key(self) -> tuple[int, int]:
         return (self.config.train.seed, self.micro)
 
-    def after_backward(self, loss_sum: float) -> dict[str, Any] | None:
-        """Count a micro-batch; when its step's window is done clip, step, and return the log.
+    def after_backward(self, loss_sum: torch.Tensor) -> dict[str, Any] | None:
+        """Count a micro-batch (its summed token loss, a device scalar); when its step's window is
+        done clip, step, and return the step's log.
 
-        The log's grad_norm is a device tensor: the engine reads all trials' norms in one host sync."""
+        Nothing here waits for the GPU: the log's loss and grad_norm are device tensors, which the
+        engine reads for all trials at once, a step later."""
         self.micro += 1
-        self.loss_sum += loss_sum
+        self.loss_sum = loss_sum if self.loss_sum is None else self.loss_sum + loss_sum
         if self.window:
             return None
         norm = torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
@@ -90,9 +92,10 @@ class TrialState:
         self.optimizer.zero_grad(set_to_none=False)
         self.step += 1
         self.tokens += self.window_tokens
-        self.last_loss = self.loss_sum / self.window_tokens
-        self.loss_sum = 0.0
-        return {"loss": self.last_loss, "grad_norm": norm, "lr": lr}
+        log = {"step": self.step, "loss": self.loss_sum / self.window_tokens, "grad_norm": norm, "lr": lr,
+               "epoch": self.epoch, "tokens": self.tokens}
+        self.loss_sum = None
+        return log
 
     @property
     def best(self) -> float | None:
