@@ -67,6 +67,7 @@ def packed_sweep(model_dir, data, args, device, dtype) -> dict:
         "lora_dropout": 0.0,
         "lora_target": "all-linear",
         "max_steps": args.steps,
+        "load_best_model_at_end": False,  # as the Trainer baseline: the final adapter, no best-state copies
     }
     engine = PackedEngine(
         build_config(raw, check_paths=False)[0],

@@ -180,7 +180,7 @@ def run_baseline(arch: str, args, device: torch.device, dtype: torch.dtype) -> d
     data = [
         {k: torch.tensor(v) for k, v in e.items()}
         for e in random_examples(
-            args.micro * (args.warmup + args.steps), args.seq, model.config.vocab_size, 0
+            args.micro * (args.warmup + args.baseline_steps), args.seq, model.config.vocab_size, 0
         )
     ]
     marks: list[float] = []
@@ -193,7 +193,7 @@ def run_baseline(arch: str, args, device: torch.device, dtype: torch.dtype) -> d
     targs = trainer_args(
         output_dir=str(Path(args.workdir) / f"trainer-{arch}"),
         per_device_train_batch_size=args.micro,
-        max_steps=args.warmup + args.steps,
+        max_steps=args.warmup + args.baseline_steps,
         learning_rate=1e-4,
         lr_scheduler_type="cosine",
         warmup_steps=1,
@@ -208,7 +208,7 @@ def run_baseline(arch: str, args, device: torch.device, dtype: torch.dtype) -> d
     trainer = Trainer(model=model, args=targs, train_dataset=data, callbacks=[Clock()])
     trainer.train()
     seconds = marks[-1] - marks[args.warmup - 1]
-    tokens = args.steps * args.micro * (args.seq - 1)  # trained (shifted) tokens, as for the packed runs
+    tokens = args.baseline_steps * args.micro * (args.seq - 1)  # trained (shifted) tokens, as for the packed runs
     fpt = flops_per_token(model.get_base_model(), args.seq, lora_param_count(model.get_base_model()))
     result = {
         "engine": "trainer+peft",
@@ -245,6 +245,7 @@ def run_packed(arch: str, k: int, args, device: torch.device, dtype: torch.dtype
         "max_steps": total,
         "learning_rate": 1e-4,
         "warmup_steps": 1,
+        "load_best_model_at_end": False,  # the Trainer baseline keeps no best state either
     }
     base = build_config(raw, check_paths=False)[0]
     shape = pmem.Shape.of(model)
@@ -398,10 +399,10 @@ def table(results: list[dict]) -> str:
 
 
 def environment() -> dict:
-    commit = subprocess.run(
+    # The device's copy of the tree may carry a stale .git: a commit passed in wins.
+    commit = os.environ.get("BENCH_COMMIT") or subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
     ).stdout.strip()
-    commit = commit or os.environ.get("BENCH_COMMIT", "")  # the device copy has no .git: pass it in
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     import peft
     import transformers
@@ -432,7 +433,9 @@ def main() -> None:
     p.add_argument("--micro", type=int, default=4)
     p.add_argument("--seq", type=int, default=1024)
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--steps", type=int, default=10, help="timed packed steps")
+    p.add_argument("--baseline-steps", type=int, default=30,
+                   help="timed Trainer steps (more than packed: each is short, and the baseline is the noisy side)")
     p.add_argument("--out", default=None, help="write results JSON here")
     p.add_argument("--workdir", default="/tmp/packed-bench")
     p.add_argument("--profile", action="store_true", help="torch.profiler tables of the timed packed steps")
@@ -447,6 +450,7 @@ def main() -> None:
         return
     if args.smoke:
         args.archs, args.ks, args.seq, args.micro, args.warmup, args.steps = ["tiny"], [1, 2], 32, 2, 1, 2
+        args.baseline_steps = 2
     device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     if device.type == "cuda":

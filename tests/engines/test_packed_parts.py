@@ -13,7 +13,7 @@ from tunepilot.engines.base import Engine, Outcome, Report, TrialSpec
 from tunepilot.engines.packed import PackedEngine
 from tunepilot.engines.packed.inject import add_adapters, wrap_linears
 from tunepilot.engines.packed.lora import PackContext
-from tunepilot.engines.packed.loss import chunked_ce_sum, shifted_targets
+from tunepilot.engines.packed.loss import ce_chunk, ce_chunk_fused, chunked_ce_sum, chunked_ce_sums, shifted_targets
 from tunepilot.stream import EvalPoint, TrainStep, read_stream
 
 
@@ -55,20 +55,25 @@ def test_multi_lora_layer_is_each_slots_own_lora(rows):
     assert layer.adapters["1"].scaling == pytest.approx(4.0 / 2.0)  # rsLoRA: alpha / sqrt(r), r=4
 
 
-def test_chunked_cross_entropy_equals_the_full_loss():
+@pytest.mark.parametrize("chunk_fn,fixed", [(ce_chunk, False), (ce_chunk_fused, True)])
+def test_chunked_cross_entropy_equals_the_full_loss(chunk_fn, fixed):
     torch.manual_seed(0)
     head = torch.nn.Linear(8, 11, bias=False).requires_grad_(False)  # the packed base is frozen
     hidden = torch.randn(3, 7, 8, requires_grad=True)
     labels = torch.randint(0, 11, (3, 7))
     labels[:, :2] = -100
     h, y = shifted_targets(hidden, labels)
-    got = chunked_ce_sum(h, y, head, chunk_rows=4)
-    got.backward()
+    owner = torch.tensor([0] * 5 + [1] * (len(y) - 5))  # two segments; chunks of 4 cross their border
+    got = chunked_ce_sums(h, y, owner, 2, head, chunk_rows=4, chunk_fn=chunk_fn, fixed=fixed)
+    (got[0] + 3 * got[1]).backward()
     grad, hidden.grad = hidden.grad.clone(), None
     logits = head(hidden)[:, :-1].flatten(0, 1)
-    want = F.cross_entropy(logits, labels[:, 1:].flatten(), ignore_index=-100, reduction="sum")
-    want.backward()
-    assert got.item() == pytest.approx(want.item(), rel=1e-6) and torch.allclose(grad, hidden.grad, atol=1e-6)
+    token = F.cross_entropy(logits, labels[:, 1:].flatten(), ignore_index=-100, reduction="none")
+    token = token[labels[:, 1:].flatten() != -100]
+    want = torch.stack([token[:5].sum(), token[5:].sum()])
+    (want[0] + 3 * want[1]).backward()
+    assert torch.allclose(got, want, rtol=1e-6) and torch.allclose(grad, hidden.grad, atol=1e-6)
+    assert chunked_ce_sum(h.detach(), y, head, chunk_rows=4).item() == pytest.approx(want.sum().item(), rel=1e-6)
 
 
 @pytest.fixture
@@ -171,3 +176,31 @@ def test_activation_checkpointing_keeps_the_trial_and_its_dropout_masks(tiny_mod
         losses[ckpt] = [v for r in records if isinstance(r, TrainStep) for v in (r.loss, r.grad_norm)]
         eng.close()
     assert len(losses[True]) == 6 and losses[True] == pytest.approx(losses[False], abs=1e-5)
+
+
+def test_pack_losses_are_the_models_causal_lm_losses_per_slot(tiny_model):
+    """Per slot: the summed token losses and counts of the model's own causal-LM loss, with the
+    loss positions chosen on the host (shifted labels, prompt masked)."""
+    from transformers import AutoModelForCausalLM
+
+    from tunepilot.engines.packed.pack import Pack
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    pack = Pack(model, pad_id=0, chunk_rows=5)
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, model.config.vocab_size, (4, 9), generator=gen)
+    micro = {0: [{"input_ids": r.tolist(), "labels": r.tolist()} for r in ids[:2]],
+             1: [{"input_ids": r.tolist(), "labels": [-100] * 3 + r[3:].tolist()} for r in ids[2:]]}
+    for slot in micro:
+        add_adapters(pack.wrapped, list(pack.wrapped), slot, 2, 4.0, False, 0.0, seed=slot)
+    with torch.no_grad():
+        got = pack.losses(micro, training=False)
+        pack.context.segments = []  # no adapter rows: the bare base model (B is zero anyway)
+        logits = model(input_ids=ids).logits
+    labels = ids.clone()
+    labels[2:, :3] = -100
+    token = F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), reduction="none", ignore_index=-100)
+    token = token.view(4, 8)
+    assert got[0][1] == 16 and got[1][1] == 12
+    assert got[0][0].item() == pytest.approx(token[:2].sum().item(), rel=1e-5)
+    assert got[1][0].item() == pytest.approx(token[2:].sum().item(), rel=1e-5)

@@ -132,10 +132,13 @@ class MultiLoraLinear(nn.Module):
     def _batched_add(self, out: torch.Tensor, x: torch.Tensor, segments: list) -> torch.Tensor:
         # The slots' A and B^T come straight from the layer's stacks (lower ranks zero-padded: a
         # padded row of A meets a zero row of B^T, so it adds exactly 0 and gets a zero gradient).
-        # Two bmm calls for all slots (the launch count does not grow with K); baddbmm adds the
-        # delta into the base output in the matmul's epilogue; the scaling multiplies x A^T.
+        # Two bmm calls for all slots (the launch count does not grow with K); the second adds the
+        # delta into the base output in place, in the matmul's epilogue (beta = 1: no copy of the
+        # output, which out-of-place baddbmm makes; autograd allows it, as the base linear does not
+        # keep its output for backward). The scaling multiplies the narrow x A^T.
         slots = tuple(s for s, _, _ in segments)
         a, bt, scales = self.stack.select(slots, x.dtype, x.device)
         k = len(slots)
         xa = torch.bmm(x.reshape(k, -1, x.shape[-1]), a.transpose(1, 2)) * scales
-        return torch.baddbmm(out.reshape(k, -1, out.shape[-1]), xa, bt).view(out.shape)
+        out.view(k, -1, out.shape[-1]).baddbmm_(xa, bt)
+        return out

@@ -36,12 +36,32 @@ def ce_chunk(h: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, bias: torch
     return losses, probs.to(h.dtype) @ weight
 
 
+def ce_chunk_fused(h: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                   want_grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`ce_chunk`'s result, written for torch.compile: the fp32 upcast, logsumexp, softmax, one-hot
+    subtraction and bf16 cast become one reduction and one pointwise kernel over the low-precision
+    logits (eager, this would write fp32 copies of the logits; use `ce_chunk` there)."""
+    logits = F.linear(h, weight, bias).float()
+    lse = torch.logsumexp(logits, dim=-1)
+    losses = lse - logits.gather(1, y[:, None]).squeeze(1)
+    if not want_grad:
+        return losses, None
+    onehot = torch.arange(logits.shape[1], device=y.device)[None, :] == y[:, None]
+    return losses, (torch.exp(logits - lse[:, None]) - onehot.float()).to(h.dtype) @ weight
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
     """Per-segment sums of token losses of lm_head(hidden); d/d hidden computed in the forward."""
 
     @staticmethod
-    def forward(ctx, hidden, labels, owner, segments, weight, bias, chunk_rows, chunk_fn):
-        totals = torch.zeros(segments, dtype=torch.float32, device=hidden.device)
+    def forward(ctx, hidden, labels, owner, segments, weight, bias, chunk_rows, chunk_fn, fixed):
+        rows = hidden.shape[0]
+        if fixed and rows % chunk_rows:  # pad to whole chunks: one chunk shape, one compiled graph
+            pad = chunk_rows - rows % chunk_rows
+            hidden = torch.cat([hidden, hidden.new_zeros(pad, hidden.shape[1])])
+            labels = torch.cat([labels, labels.new_zeros(pad)])
+            owner = torch.cat([owner, owner.new_full((pad,), segments)])  # an extra bucket, dropped
+        totals = torch.zeros(segments + 1, dtype=torch.float32, device=hidden.device)
         grad = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
         for start in range(0, hidden.shape[0], chunk_rows):
             end = start + chunk_rows
@@ -49,14 +69,14 @@ class _LinearCrossEntropy(torch.autograd.Function):
             totals.index_add_(0, owner[start:end], losses)
             if grad is not None:
                 grad[start:end] = g
-        ctx.save_for_backward(grad, owner)
-        return totals
+        ctx.save_for_backward(grad[:rows] if grad is not None else None, owner[:rows])
+        return totals[:segments]
 
     @staticmethod
     def backward(ctx, grad_totals):
         grad, owner = ctx.saved_tensors
         scale = grad_totals.to(grad.dtype).index_select(0, owner)  # each row: its segment's upstream grad
-        return grad * scale[:, None], None, None, None, None, None, None, None
+        return grad * scale[:, None], None, None, None, None, None, None, None, None
 
 
 def shifted_targets(hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,13 +105,15 @@ def chunked_ce_sum(hidden: torch.Tensor, labels: torch.Tensor, head: torch.nn.Mo
 
 
 def chunked_ce_sums(hidden: torch.Tensor, labels: torch.Tensor, owner: torch.Tensor, segments: int,
-                    head: torch.nn.Module, chunk_rows: int = 4096, chunk_fn=ce_chunk) -> torch.Tensor:
+                    head: torch.nn.Module, chunk_rows: int = 4096, chunk_fn=ce_chunk,
+                    fixed: bool = False) -> torch.Tensor:
     """Per-segment sums of token losses ([segments], fp32): row i of `hidden` [n, H] with target
     `labels[i]` belongs to segment `owner[i]`.
 
-    `chunk_fn` computes one chunk (`ce_chunk`, or a compiled `ce_chunk` that fuses the softmax,
-    the one-hot subtraction and the cast into few kernels)."""
+    `chunk_fn` computes one chunk (`ce_chunk`, or a compiled `ce_chunk_fused`); `fixed` pads the
+    rows to whole chunks, so that a compiled chunk function sees one shape whatever the number of
+    trained tokens (the padding rows go to a bucket that is dropped)."""
     if head.weight.requires_grad:
         raise ValueError("chunked_ce_sums computes no lm_head weight gradient; the head must be frozen")
     return _LinearCrossEntropy.apply(hidden, labels, owner, segments, head.weight, getattr(head, "bias", None),
-                                     chunk_rows, chunk_fn)
+                                     chunk_rows, chunk_fn, fixed)

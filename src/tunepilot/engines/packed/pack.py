@@ -16,7 +16,7 @@ from torch import nn
 
 from tunepilot.engines.packed.inject import wrap_linears
 from tunepilot.engines.packed.lora import PackContext, _mix_seed
-from tunepilot.engines.packed.loss import IGNORE_INDEX, ce_chunk, chunked_ce_sums, trained_positions
+from tunepilot.engines.packed.loss import IGNORE_INDEX, ce_chunk, ce_chunk_fused, chunked_ce_sums, trained_positions
 from tunepilot.errors import UserError
 
 Example = dict[str, Any]  # {"input_ids": [...], "labels": [...]}
@@ -67,7 +67,7 @@ class Pack:
         change often."""
         for layer in getattr(self.decoder, "layers", []):
             layer.compile(dynamic=False)
-        self.chunk_fn = torch.compile(ce_chunk, dynamic=False)
+        self.chunk_fn = torch.compile(ce_chunk_fused, dynamic=False)
 
     def batch(self, micro: dict[int, list[Example]]) -> Batch:
         """Pad and concatenate slots' examples (slot order); the loss positions chosen on the host."""
@@ -116,7 +116,7 @@ class Pack:
                               use_cache=False).last_hidden_state
         h = hidden.reshape(-1, hidden.shape[-1]).index_select(0, b.keep)
         totals = chunked_ce_sums(h, b.targets, b.owner, len(b.segments), self.head, self.chunk_rows,
-                                 self.chunk_fn)
+                                 self.chunk_fn, fixed=self.chunk_fn is not ce_chunk)
         return {slot: (totals[i], b.counts[i]) for i, (slot, _, _) in enumerate(b.segments)}
 
     def _prepare(self, segments: list, rows: int) -> None:
@@ -135,3 +135,4 @@ class Pack:
         self.model.eval()
         with torch.no_grad():
             return self.model(input_ids=input_ids.to(self.device), use_cache=False).logits
+
