@@ -252,10 +252,12 @@ def run_packed(arch: str, k: int, args, device: torch.device, dtype: torch.dtype
     per_trial = pmem.trial_bytes(shape, lora_param_count(model), args.micro, args.seq, False)
     budget = pmem.memory_budget(device)
     checkpointing = budget is not None and k * per_trial + pmem.shared_bytes(shape, 2048) > budget
+    checkpointing = checkpointing and not (compiled and args.compiled_no_checkpointing)
     if checkpointing:  # K trials' activations would not fit: recompute them instead
         per_trial = pmem.trial_bytes(shape, lora_param_count(model), args.micro, args.seq, True)
         base = build_config({**raw, "gradient_checkpointing": True}, check_paths=False)[0]
-    engine = PackedEngine(base, k, model=model, pad_id=0, data=lambda cfg: (train, []), compile=compiled)
+    mode = args.compile_mode if compiled else False
+    engine = PackedEngine(base, k, model=model, pad_id=0, data=lambda cfg: (train, []), compile=mode)
     for i in range(k):
         params = {"learning_rate": 1e-4 * (1 + i), "seed": i}
         cfg = build_config({**raw, **params, "gradient_checkpointing": checkpointing}, check_paths=False)[0]
@@ -276,7 +278,7 @@ def run_packed(arch: str, k: int, args, device: torch.device, dtype: torch.dtype
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     est = weights + pmem.shared_bytes(shape, 2048) + k * per_trial  # what the engine's fit check assumes
     result = {
-        "engine": ("packed+compile" if compiled else "packed") + (" (profiled)" if prof is not None else ""),
+        "engine": _engine_name(compiled, args.compile_mode, prof is not None),
         "arch": arch,
         "k": k,
         "warmup_s": warmup_s,
@@ -289,6 +291,13 @@ def run_packed(arch: str, k: int, args, device: torch.device, dtype: torch.dtype
     engine.close()
     del engine, model
     return result
+
+
+def _engine_name(compiled: bool, mode: str, profiled: bool) -> str:
+    name = "packed"
+    if compiled:
+        name += "+compile" if mode == "default" else f"+compile {mode}"
+    return name + (" (profiled)" if profiled else "")
 
 
 def count_host_ops(arch: str, k: int, args) -> dict:
@@ -430,6 +439,9 @@ def main() -> None:
                    help="the --profile-ks runs also count host syncs by source line (torch sync debug mode)")
     p.add_argument("--compile-ks", nargs="*", type=int, default=[],
                    help="also run these K with torch.compile'd decoder layers and loss chunk")
+    p.add_argument("--compile-mode", default="default", help="torch.compile mode of the compiled runs' decoder layers")
+    p.add_argument("--compiled-no-checkpointing", action="store_true",
+                   help="compiled runs never recompute activations (the fit estimate is eager's; an OOM is reported)")
     p.add_argument("--micro", type=int, default=4)
     p.add_argument("--seq", type=int, default=1024)
     p.add_argument("--warmup", type=int, default=3)

@@ -179,28 +179,40 @@ def test_activation_checkpointing_keeps_the_trial_and_its_dropout_masks(tiny_mod
 
 
 def test_pack_losses_are_the_models_causal_lm_losses_per_slot(tiny_model):
-    """Per slot: the summed token losses and counts of the model's own causal-LM loss, with the
-    loss positions chosen on the host (shifted labels, prompt masked)."""
+    """Per slot: the summed token losses and counts of the model's own causal-LM loss (SDPA with its
+    padding mask), though the pack runs right-padded rows through mask-free causal attention and
+    chooses the loss positions on the host (shifted labels, prompt masked)."""
     from transformers import AutoModelForCausalLM
 
     from tunepilot.engines.packed.pack import Pack
 
-    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
-    pack = Pack(model, pad_id=0, chunk_rows=5)
+    reference = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32, attn_implementation="sdpa")
+    pack = Pack(AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32), pad_id=0, chunk_rows=5)
+    assert pack.mask_free  # the tiny model is a causal SDPA model without sliding windows
     gen = torch.Generator().manual_seed(0)
-    ids = torch.randint(3, model.config.vocab_size, (4, 9), generator=gen)
-    micro = {0: [{"input_ids": r.tolist(), "labels": r.tolist()} for r in ids[:2]],
-             1: [{"input_ids": r.tolist(), "labels": [-100] * 3 + r[3:].tolist()} for r in ids[2:]]}
+    ids = torch.randint(3, reference.config.vocab_size, (4, 9), generator=gen)
+    lengths = [9, 6, 9, 4]  # rows 1 and 3 are right-padded in the pack
+    rows = [{"input_ids": ids[i, :n].tolist(), "labels": ids[i, :n].tolist()} for i, n in enumerate(lengths)]
+    for r in rows[2:]:
+        r["labels"][:3] = [-100] * 3
+    micro = {0: rows[:2], 1: rows[2:]}
     for slot in micro:
-        add_adapters(pack.wrapped, list(pack.wrapped), slot, 2, 4.0, False, 0.0, seed=slot)
+        add_adapters(pack.wrapped, list(pack.wrapped), slot, 2, 4.0, False, 0.0, seed=slot)  # B = 0: the base
     with torch.no_grad():
         got = pack.losses(micro, training=False)
-        pack.context.segments = []  # no adapter rows: the bare base model (B is zero anyway)
-        logits = model(input_ids=ids).logits
-    labels = ids.clone()
-    labels[2:, :3] = -100
+        mask = torch.tensor([[1] * n + [0] * (9 - n) for n in lengths])
+        logits = reference(input_ids=ids, attention_mask=mask).logits
+    labels = torch.tensor([r["labels"] + [-100] * (9 - len(r["labels"])) for r in rows])
     token = F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), reduction="none", ignore_index=-100)
     token = token.view(4, 8)
-    assert got[0][1] == 16 and got[1][1] == 12
+    assert got[0][1] == 8 + 5 and got[1][1] == 6 + 1
     assert got[0][0].item() == pytest.approx(token[:2].sum().item(), rel=1e-5)
     assert got[1][0].item() == pytest.approx(token[2:].sum().item(), rel=1e-5)
+
+
+def test_a_bad_slots_or_compile_option_is_a_user_error(tiny_model):
+    from tunepilot.errors import UserError
+
+    for options, key in (({"slots": 0}, "engine.slots"), ({"slots": 1, "compile": "fast"}, "engine.compile")):
+        with pytest.raises(UserError, match=key):
+            PackedEngine(make_config(tiny_model), model=torch.nn.Linear(1, 1), pad_id=0, **options)

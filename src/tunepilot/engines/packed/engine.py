@@ -32,6 +32,7 @@ from tunepilot.errors import UserError
 from tunepilot.io import atomic_write_json
 from tunepilot.stream import EvalPoint, MetricsWriter, TrainStep
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 DataFn = Callable[[Any], tuple[list, list]]  # RunConfig -> (train examples, eval examples)
 
 
@@ -41,11 +42,15 @@ class PackedEngine:
     def __init__(self, config: Any, slots: int | str = "auto", *, model: torch.nn.Module | None = None,
                  pad_id: int | None = None, data: DataFn | None = None, chunk_rows: int = 2048,
                  memory_budget: int | None = None, clock: Callable[[], float] = time.monotonic,
-                 compile: bool = False):
+                 compile: bool | str = False):
         """`config`: the sweep's base RunConfig (model, data, shapes); model/data injectable for tests.
-        `compile`: torch.compile the decoder layers and the loss chunk (see `Pack._compile`)."""
+        `compile`: torch.compile the decoder layers and the loss chunk (see `Pack._compile`); a
+        string is the decoder layers' torch.compile mode."""
         if slots != "auto" and (not isinstance(slots, int) or isinstance(slots, bool) or slots < 1):
             raise UserError(f"engine.slots: {slots!r} is not a positive number of trials or auto")
+        if not isinstance(compile, bool) and compile not in COMPILE_MODES:
+            raise UserError(f"engine.compile: {compile!r} is not true, false or a torch.compile mode "
+                            f"({', '.join(COMPILE_MODES)})")
         self.config, self.clock = config, clock
         if model is None:
             model, pad_id = _load(config)

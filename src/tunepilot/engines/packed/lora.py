@@ -132,13 +132,18 @@ class MultiLoraLinear(nn.Module):
     def _batched_add(self, out: torch.Tensor, x: torch.Tensor, segments: list) -> torch.Tensor:
         # The slots' A and B^T come straight from the layer's stacks (lower ranks zero-padded: a
         # padded row of A meets a zero row of B^T, so it adds exactly 0 and gets a zero gradient).
-        # Two bmm calls for all slots (the launch count does not grow with K); the second adds the
-        # delta into the base output in place, in the matmul's epilogue (beta = 1: no copy of the
-        # output, which out-of-place baddbmm makes; autograd allows it, as the base linear does not
-        # keep its output for backward). The scaling multiplies the narrow x A^T.
+        # Two bmm calls for all slots (the launch count does not grow with K); eager, the second adds
+        # the delta into the base output in place, in the matmul's epilogue (beta = 1: no copy of
+        # the output, which out-of-place baddbmm makes; autograd allows it, as the base linear does
+        # not keep its output for backward). The scaling multiplies the narrow x A^T.
         slots = tuple(s for s, _, _ in segments)
         a, bt, scales = self.stack.select(slots, x.dtype, x.device)
         k = len(slots)
         xa = torch.bmm(x.reshape(k, -1, x.shape[-1]), a.transpose(1, 2)) * scales
+        if torch.compiler.is_compiling():
+            # Compiled, an in-place baddbmm becomes a copy of the output plus an out-of-place one;
+            # a plain add instead fuses into the kernel that reads this output next (rotary, SiLU x
+            # up, the residual add).
+            return out + torch.bmm(xa, bt).view(out.shape)
         out.view(k, -1, out.shape[-1]).baddbmm_(xa, bt)
         return out

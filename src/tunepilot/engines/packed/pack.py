@@ -36,7 +36,7 @@ class Batch:
 
 class Pack:
     def __init__(self, model: nn.Module, pad_id: int, chunk_rows: int = 4096,
-                 gradient_checkpointing: bool = False, compile: bool = False):
+                 gradient_checkpointing: bool = False, compile: bool | str = False):
         if getattr(model.config, "final_logit_softcapping", None) or getattr(model.config, "logit_scale", None):
             raise UserError(f"{model.config.model_type}: logits are soft-capped or scaled after lm_head; the "
                             "packed engine's fused loss does not do that; use engine: standard")
@@ -52,11 +52,12 @@ class Pack:
         if gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.eval()
+        self.mask_free = _mask_free_attention(model, self.decoder)
         self.chunk_fn = ce_chunk
         if compile:
-            self._compile()
+            self._compile(None if compile is True else compile)
 
-    def _compile(self) -> None:
+    def _compile(self, mode: str | None) -> None:
         """torch.compile each decoder layer and the loss chunk (opt-in; fixed shapes, dynamic=False).
 
         Inductor fuses what eager runs as separate memory-bound kernels: RMSNorm with its fp32
@@ -66,7 +67,7 @@ class Pack:
         long runs of one composition (the throughput benchmark), not for sweeps whose packs
         change often."""
         for layer in getattr(self.decoder, "layers", []):
-            layer.compile(dynamic=False)
+            layer.compile(dynamic=False, mode=mode)
         self.chunk_fn = torch.compile(ce_chunk_fused, dynamic=False)
 
     def batch(self, micro: dict[int, list[Example]]) -> Batch:
@@ -85,8 +86,9 @@ class Pack:
         keep = trained_positions(host_labels)
         owner = torch.tensor(owner_of_row)[keep // length]
         inputs = {"input_ids": torch.tensor(ids)}
-        # No padding: no mask, so SDPA takes its causal fast path (flash attention on GPU).
-        if any(0 in m for m in mask):
+        # No padding: no mask, so SDPA takes its causal fast path (flash attention on GPU). With the
+        # mask-free attention, padded rows need none either (see `_mask_free_attention`).
+        if not self.mask_free and any(0 in m for m in mask):
             inputs["attention_mask"] = torch.tensor(mask)
         send = self._to_device
         return Batch({k: send(v) for k, v in inputs.items()}, segments, send(keep),
@@ -136,3 +138,34 @@ class Pack:
         with torch.no_grad():
             return self.model(input_ids=input_ids.to(self.device), use_cache=False).logits
 
+
+MASK_FREE = "tunepilot_causal_sdpa"
+
+
+def _causal_sdpa(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                 attention_mask: torch.Tensor | None, **kwargs: Any) -> tuple[torch.Tensor, None]:
+    """transformers' SDPA attention, causal through `is_causal`, never with a mask tensor."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    return sdpa_attention_forward(module, query, key, value, None, **kwargs)
+
+
+def _mask_free_attention(model: nn.Module, decoder: nn.Module) -> bool:
+    """Run the model's attention as SDPA without a mask; True if it now does.
+
+    Rows are right-padded, so a causal mask alone is exact for every position that carries a loss:
+    a real token only sees earlier, real tokens, and padding (after them) influences nothing that
+    is trained. The decoder builds no mask for an attention function registered without a mask
+    function (transformers' AttentionInterface). Building one would check the position ids for
+    packed sequences, or the padding mask for padding, on the GPU, and make the host wait for the GPU
+    at the start of every forward pass: the GPU would then run dry while the host launches the next
+    kernels. Only for causal SDPA models without sliding-window layers (those need their mask)."""
+    from transformers import AttentionInterface
+
+    config = model.config
+    if (config._attn_implementation != "sdpa" or getattr(config, "sliding_window", None)
+            or getattr(decoder, "has_sliding_layers", False) or config.is_encoder_decoder):
+        return False
+    AttentionInterface.register(MASK_FREE, _causal_sdpa)
+    model.set_attn_implementation(MASK_FREE)
+    return config._attn_implementation == MASK_FREE
