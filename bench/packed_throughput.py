@@ -430,7 +430,7 @@ def environment() -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--archs", nargs="+", default=["qwen2.5-0.5b", "llama-3.2-1b"])
-    p.add_argument("--ks", nargs="+", type=int, default=[1, 4, 8, 16])
+    p.add_argument("--ks", nargs="*", type=int, default=[1, 4, 8, 16])
     p.add_argument("--no-baseline", action="store_true", help="packed runs only (profiling)")
     p.add_argument("--profile-ks", nargs="*", type=int, default=[],
                    help="extra eager runs of these K under torch.profiler (timed rows stay unprofiled)")
