@@ -54,7 +54,7 @@ def load(model_dir: Path, device: torch.device, dtype: torch.dtype):
     return AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation="sdpa").to(device)
 
 
-def packed_sweep(model_dir, data, args, device, dtype) -> dict:
+def packed_sweep(model_dir, data, args, device, dtype, slots: int | str) -> dict:
     import optuna
 
     t0 = time.perf_counter()
@@ -71,7 +71,7 @@ def packed_sweep(model_dir, data, args, device, dtype) -> dict:
     }
     engine = PackedEngine(
         build_config(raw, check_paths=False)[0],
-        args.slots or "auto",
+        slots,
         model=load(model_dir, device, dtype),
         pad_id=0,
         data=lambda cfg: data,
@@ -170,7 +170,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--micro", type=int, default=4)
     p.add_argument("--seq", type=int, default=1024)
-    p.add_argument("--slots", type=int, default=None, help="packed slots; default: chosen from GPU memory")
+    p.add_argument("--slots", nargs="+", default=["auto"],
+                   help="packed slots, one packed sweep per value; auto: chosen from GPU memory")
     p.add_argument("--workdir", default="/tmp/packed-sweep")
     p.add_argument("--out", default=None)
     p.add_argument("--smoke", action="store_true", help="tiny shapes on CPU (checks the script)")
@@ -186,21 +187,21 @@ def main() -> None:
     data = (random_examples(n_train, args.seq, vocab, 1), random_examples(32, args.seq, vocab, 2))
     env = environment()
     print(json.dumps(env), flush=True)
-    packed = packed_sweep(model_dir, data, args, device, dtype)
-    print(json.dumps(packed), flush=True)
+    packed = []
+    for slots in args.slots:
+        packed.append(packed_sweep(model_dir, data, args, device, dtype, slots if slots == "auto" else int(slots)))
+        print(json.dumps(packed[-1]), flush=True)
     base = baseline_sweep(model_dir, data, args, device, dtype)
     print(json.dumps(base), flush=True)
-    ratio = base["seconds"] / packed["seconds"]
-    print(
-        f"| sweep | trials | steps/trial | slots | makespan s | vs baseline |\n|---|---|---|---|---|---|\n"
-        f"| optuna + Trainer + PEFT | {args.trials} | {args.steps} | 1 | {base['seconds']:.1f} | 1.00x |\n"
-        f"| packed engine | {args.trials} | {args.steps} | {packed['slots']} | {packed['seconds']:.1f} | "
-        f"{ratio:.2f}x shorter |"
-    )
+    lines = ["| sweep | trials | steps/trial | slots | makespan s | vs baseline |", "|---|---|---|---|---|---|",
+             f"| optuna + Trainer + PEFT | {args.trials} | {args.steps} | 1 | {base['seconds']:.1f} | 1.00x |"]
+    for run, asked in zip(packed, args.slots, strict=True):
+        run["ratio"] = base["seconds"] / run["seconds"]
+        lines.append(f"| packed engine (slots {asked}) | {args.trials} | {args.steps} | {run['slots']} | "
+                     f"{run['seconds']:.1f} | {run['ratio']:.2f}x shorter |")
+    print("\n".join(lines))
     if args.out:
-        Path(args.out).write_text(
-            json.dumps({"environment": env, "packed": packed, "baseline": base, "ratio": ratio}, indent=2)
-        )
+        Path(args.out).write_text(json.dumps({"environment": env, "packed": packed, "baseline": base}, indent=2))
 
 
 if __name__ == "__main__":
