@@ -148,7 +148,7 @@ def test_early_stopping_patience_counts_evals_without_a_real_gain(tiny_model):
 
     p = torch.nn.Parameter(torch.zeros(2, 2))
     cfg = make_config(tiny_model, early_stopping_patience=2, early_stopping_threshold=0.01, max_steps=10)
-    t = TrialState(0, 0, cfg, [p], synthetic_examples(8, 50, 0), [], (1.0,))
+    t = TrialState(0, 0, cfg, p, synthetic_examples(8, 50, 0), [], (1.0,))
     t.evals = [(1, 2.0), (2, 1.5), (3, 1.495)]  # the last gain is under the threshold: 1 eval without gain
     assert not t.patience_spent
     t.evals.append((4, 1.6))

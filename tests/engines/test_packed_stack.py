@@ -33,14 +33,19 @@ def test_a_trial_is_unchanged_when_a_larger_trial_grows_the_stacks(tiny_model, t
     cfg = make_config(tiny_model, **FIRST)
     engine.start(TrialSpec(1, FIRST, cfg, run_dir=tmp_path / "grown", report_fractions=(0.5, 1.0)))
     engine.advance()  # two optimizer steps alone: AdamW state exists for its rank-2 views
-    layer = next(iter(engine.pack.wrapped.values()))
-    assert layer.stack.capacity == (1, 2)
+    layer, bank = next(iter(engine.pack.wrapped.values())), engine.pack.bank
+    assert layer.stack.capacity == (2, 2)  # the engine's two slots, the first trial's rank
+    moments = engine._slots[0].optimizer.state[engine._slots[0].params[0]]["exp_avg"].clone()
     engine.start(TrialSpec(2, SECOND, make_config(tiny_model, **SECOND), report_fractions=(1.0,)))
-    assert layer.stack.capacity == (2, 8)  # a second slot and a larger rank: re-allocated, views re-pointed
-    ad = layer.stack.adapters[0]
-    assert ad.lora_A.data_ptr() == layer.stack.A.data_ptr()
-    assert ad.lora_A.grad.data_ptr() == layer.stack.A.grad.data_ptr()
+    assert layer.stack.capacity == (2, 8)  # a larger rank: the bank is re-laid out, every view re-pointed
+    ad, row = layer.stack.adapters[0], engine._slots[0].params[0]
+    assert ad.lora_A.data_ptr() == layer.stack.A.data_ptr() == row.data_ptr() == bank.weights.data_ptr()
+    assert ad.lora_A.grad.data_ptr() == layer.stack.A_grad.data_ptr() == row.grad.data_ptr()
     assert torch.equal(layer.stack.A[0, 2:], torch.zeros_like(layer.stack.A[0, 2:]))  # padding stays zero
+    assert moments.abs().sum() > 0
+    moved = engine._slots[0].optimizer.state[row]["exp_avg"]  # the AdamW moments moved with the weights
+    assert moved.shape == row.shape and torch.equal(bank.blocks(moved.view(1, -1))[0][0][0, :2],
+                                                    bank.blocks(moments.view(1, -1), rank=2)[0][0][0])
     _finish(engine)
 
     alone = _engine(tiny_model)

@@ -25,7 +25,7 @@ import torch
 from tunepilot.engines.base import Outcome, Progress, Report, TrialSpec
 from tunepilot.engines.packed import memory
 from tunepilot.engines.packed.export import export_adapter
-from tunepilot.engines.packed.inject import adapter_state, add_adapters, remove_adapters, resolve_targets
+from tunepilot.engines.packed.inject import adapter_state, add_adapters, remove_adapters, reserve, resolve_targets
 from tunepilot.engines.packed.pack import Pack
 from tunepilot.engines.packed.trial import TrialState
 from tunepilot.errors import UserError
@@ -121,9 +121,15 @@ class PackedEngine:
         if not train:
             raise UserError(f"trial {spec.number}: no training examples")
         m = cfg.method
-        params = add_adapters(self.pack.wrapped, targets, slot, m.lora_rank, m.alpha, m.use_rslora,
-                              m.lora_dropout, seed=cfg.train.seed)
-        self._slots[slot] = TrialState(spec.number, slot, cfg, params, train, evals, spec.report_fractions)
+        relayout = reserve(self.pack.wrapped, self.slots, m.lora_rank)
+        if relayout is not None:  # a larger rank than any before: the bank moved, and so must the moments
+            for t in self._slots:
+                if t is not None:
+                    t.rebind(self.pack.bank.row(t.slot), relayout)
+        add_adapters(self.pack.wrapped, targets, slot, m.lora_rank, m.alpha, m.use_rslora, m.lora_dropout,
+                     seed=cfg.train.seed)
+        row = self.pack.bank.row(slot)
+        self._slots[slot] = TrialState(spec.number, slot, cfg, row, train, evals, spec.report_fractions)
         run_dir = Path(spec.run_dir) if spec.run_dir else None
         writer = MetricsWriter(run_dir / "metrics.jsonl") if run_dir else None
         if writer is not None:

@@ -9,11 +9,13 @@ parts (`q_proj` matches `model.layers.0.self_attn.q_proj`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
 from tunepilot.engines.packed.lora import MultiLoraLinear, PackContext
-from tunepilot.engines.packed.stack import LoraAdapter
+from tunepilot.engines.packed.stack import LoraAdapter, LoraBank
 from tunepilot.errors import UserError
 
 
@@ -23,11 +25,14 @@ def wrap_linears(model: nn.Module, context: PackContext) -> dict[str, MultiLoraL
         p.requires_grad_(False)
     head = model.get_output_embeddings()
     names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and m is not head]
+    linears = [model.get_submodule(n) for n in names]
+    device = linears[0].weight.device if linears else None
+    context.bank = LoraBank([(m.in_features, m.out_features) for m in linears], device)
     wrapped: dict[str, MultiLoraLinear] = {}
-    for index, name in enumerate(names):
+    for index, (name, linear) in enumerate(zip(names, linears, strict=True)):
         parent_name, _, leaf = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        wrapper = MultiLoraLinear(getattr(parent, leaf), context, index)
+        wrapper = MultiLoraLinear(linear, context, context.bank, index)
         setattr(parent, leaf, wrapper)
         wrapped[name] = wrapper
     return wrapped
@@ -51,23 +56,36 @@ def resolve_targets(wrapped: dict[str, MultiLoraLinear], targets: list[str]) -> 
 
 
 def add_adapters(wrapped: dict[str, MultiLoraLinear], names: list[str], slot: int, rank: int,
-                 alpha: float, use_rslora: bool, dropout: float, seed: int) -> list[nn.Parameter]:
-    """Fresh adapters for `slot` in the named layers, initialised from the trial's own seed."""
+                 alpha: float, use_rslora: bool, dropout: float, seed: int) -> None:
+    """Fresh adapters for `slot` in the named layers, initialised from the trial's own seed. The bank
+    makes room first; a caller with optimizer state on the bank calls `reserve` before."""
+    reserve(wrapped, slot + 1, rank)
     gen = torch.Generator(device="cpu")
     gen.manual_seed(seed)
-    params: list[nn.Parameter] = []
     for name in names:  # model order: the init draws follow it
-        params += wrapped[name].add_adapter(slot, LoraAdapter(rank, alpha, use_rslora, dropout), gen)
-    return params
+        wrapped[name].add_adapter(slot, LoraAdapter(rank, alpha, use_rslora, dropout), gen)
+
+
+def reserve(wrapped: dict[str, MultiLoraLinear], slots: int, rank: int) -> Callable | None:
+    """Room in the bank for `slots` slots of rank `rank`. If it had to be re-laid out, every adapter's
+    views are re-pointed, and the function that moves optimizer state to the new layout is returned."""
+    if not wrapped:
+        return None
+    relayout = next(iter(wrapped.values())).stack.bank.reserve(slots, rank)
+    if relayout is not None:
+        for layer in wrapped.values():
+            for slot in layer.stack.adapters:
+                layer.stack.bind(slot)
+    return relayout
 
 
 def remove_adapters(wrapped: dict[str, MultiLoraLinear], slot: int) -> None:
-    """Take a slot's adapters out of every layer; its weights and gradients in the stacks become zero
-    (one foreach kernel for all layers rather than four small fills per layer)."""
-    with torch.no_grad():
-        torch._foreach_zero_([t for layer in wrapped.values() for t in layer.stack.slot_tensors(slot)])
+    """Take a slot's adapters out of every layer; its row of the bank (weights and gradients) becomes
+    zero, the padding a later trial in this slot needs."""
     for layer in wrapped.values():
         layer.stack.forget(slot)
+    if wrapped:
+        next(iter(wrapped.values())).stack.bank.clear(slot)
 
 
 def adapter_state(wrapped: dict[str, MultiLoraLinear], slot: int) -> dict[str, torch.Tensor]:

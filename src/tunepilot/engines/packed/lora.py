@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from tunepilot.engines.packed.stack import LoraAdapter, LoraStack
+from tunepilot.engines.packed.stack import LoraAdapter, LoraBank, LoraStack
 
 
 @dataclass
@@ -34,6 +34,7 @@ class PackContext:
     dropout_seeds: dict[int, int] = field(default_factory=dict)  # slot -> seed of this micro-step
     widths: dict[int, int] = field(default_factory=dict)  # slot -> its own (unpadded) sequence width
     training: bool = False
+    bank: LoraBank | None = None  # every wrapped layer's slots' weights (set by inject.wrap_linears)
 
 
 def _mix_seed(*parts: int) -> int:
@@ -48,24 +49,20 @@ def _mix_seed(*parts: int) -> int:
 class MultiLoraLinear(nn.Module):
     """Wraps a frozen `nn.Linear`; holds any number of slots' adapters (module replacement, like PEFT)."""
 
-    def __init__(self, base_layer: nn.Linear, context: PackContext, index: int):
+    def __init__(self, base_layer: nn.Linear, context: PackContext, bank: LoraBank, index: int):
         super().__init__()
         self.base_layer = base_layer
         self.context = context
-        self.index = index  # position among wrapped layers: part of the dropout seed
-        self.stack = LoraStack(base_layer.in_features, base_layer.out_features, base_layer.weight.device)
+        self.index = index  # position among wrapped layers: part of the dropout seed, the bank's layer
+        self.stack = LoraStack(bank, index)
 
     @property
     def adapters(self) -> dict[str, LoraAdapter]:
-        """The slots' adapters by slot name (read-only view; `add_adapter`/`remove_adapter` change it)."""
+        """The slots' adapters by slot name (read-only view; `inject.add_adapters`/`remove_adapters` change it)."""
         return {str(s): ad for s, ad in self.stack.adapters.items()}
 
-    def add_adapter(self, slot: int, adapter: LoraAdapter, generator: torch.Generator) -> list[nn.Parameter]:
+    def add_adapter(self, slot: int, adapter: LoraAdapter, generator: torch.Generator) -> None:
         self.stack.add(slot, adapter, generator)
-        return adapter.params
-
-    def remove_adapter(self, slot: int) -> None:
-        self.stack.clear(slot)
 
     @property
     def weight(self) -> torch.Tensor:  # for code that reads proj.weight (dtype/device probes)

@@ -45,6 +45,7 @@ class Pack:
         self.chunk_rows = chunk_rows
         self.context = PackContext()
         self.wrapped = wrap_linears(model, self.context)
+        self.bank = self.context.bank
         self.decoder = getattr(model, model.base_model_prefix)
         self.head = model.get_output_embeddings()
         self.device = self.head.weight.device
@@ -122,9 +123,12 @@ class Pack:
         return {slot: (totals[i], b.counts[i]) for i, (slot, _, _) in enumerate(b.segments)}
 
     def _prepare(self, segments: list, rows: int) -> None:
-        """Fill each layer's device-side slot selection before the forward (host work kept out of a
-        compiled layer, which would otherwise be traced once more with the cache miss)."""
+        """Before a forward pass: cast the LoRA bank once and hand each layer its views, and fill each
+        layer's device-side slot selection (host work kept out of a compiled layer, which would
+        otherwise be traced once more with the cache miss)."""
         dtype = self.head.weight.dtype
+        for layer, views in zip(self.wrapped.values(), self.bank.views(dtype), strict=True):
+            layer.stack.current = views
         for layer in self.wrapped.values():
             slots = tuple(s for s, _, _ in segments if s in layer.stack.adapters)
             if slots:
@@ -136,6 +140,7 @@ class Pack:
         ctx.segments, ctx.training = [(slot, 0, input_ids.shape[0])], False
         self.model.eval()
         with torch.no_grad():
+            self._prepare(ctx.segments, input_ids.shape[0])
             return self.model(input_ids=input_ids.to(self.device), use_cache=False).logits
 
 

@@ -1,124 +1,177 @@
-"""Every slot's LoRA weights of one layer in two stacked Parameters, and each trial's views of them.
+"""Every slot's LoRA weights of every wrapped layer in one buffer, and each layer's and trial's views.
 
-A layer's slots live in `A` ([slots, r_cap, in]) and `Bt` ([slots, r_cap, out], B transposed),
-fp32, with ranks below r_cap zero-padded. The forward pass reads the stacks only, so K trials cost
-one bmm pair and one gradient accumulation per layer (no per-step stacking of K small tensors, no
-K-way backward of that stack: about 8,000 dispatched ops per K=8 step of the Qwen2.5-0.5B shape).
+`LoraBank.weights` is one fp32 Parameter [slots, P]: row s holds slot s's A ([r_cap, in]) and B^T
+([r_cap, out]) of every wrapped layer, one after the other, ranks below r_cap zero-padded. Its
+gradient is one preallocated [slots, P] tensor that autograd accumulates into in place.
 
-Each trial still owns exactly its weights: its `lora_A` ([r, in]), `lora_Bt` ([r, out]) and
-PEFT-shaped `lora_B` ([out, r]) are Parameters that alias its slice of the stacks, and their
-`.grad` aliases its slice of the stacks' gradients. Its own optimizer steps, clips and zeroes those
-views in place; no other trial's slice is touched. The stacks' gradients are allocated once and
-autograd accumulates into them in place, so the views stay valid; a trial therefore zeroes its
-gradients with `zero_grad(set_to_none=False)`. Padded ranks stay exactly zero: a padded row of A
-meets a zero row of Bt, so both get a zero gradient, and no optimizer ever steps them.
-B is stored transposed so that every trial's slice is one dense block whatever its rank: a fused
-optimizer gets contiguous tensors.
+- The forward pass casts the whole bank to the compute dtype once and splits it into each layer's
+  A [slots, r_cap, in] and B^T [slots, r_cap, out] views (`LoraBank.views`): one cast and one split
+  per pass instead of two casts per layer, and one gradient accumulation for all layers (the
+  split's backward is one concatenation).
+- A trial's optimizer steps its whole row (`LoraBank.row`): one tensor, so its clipping is one norm
+  and its AdamW one fused kernel, instead of two tensors per adapted layer. The row's other entries
+  (padded ranks, layers the trial does not adapt) are exactly zero and get exactly zero gradients:
+  a padded row of A meets a zero row of B^T and vice versa, and a layer without the trial's adapter
+  never sees its rows; AdamW with weight decay keeps a zero with a zero gradient at zero.
+- A trial's per-layer `lora_A` ([r, in]), `lora_Bt` ([r, out]) and PEFT-shaped `lora_B` ([out, r])
+  alias its slice of the bank (and their `.grad` the gradient's): for export and for tests.
+
+The layout depends on r_cap, so a trial with a larger rank than any before re-lays the bank out
+(`LoraBank.reserve`): every weight, gradient and (through the returned function) optimizer moment
+moves to its new place; nothing about a trial changes.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
 
 class LoraAdapter:
-    """One trial's A ([r, in]) and B ([out, r]) in one layer, PEFT's shapes, fp32 like PEFT's weights."""
+    """One trial's LoRA settings in one layer, and views of its A ([r, in]) and B ([out, r]), PEFT's shapes."""
 
     def __init__(self, rank: int, alpha: float, use_rslora: bool, dropout: float):
         self.rank = rank
         self.scaling = alpha / math.sqrt(rank) if use_rslora else alpha / rank
         self.dropout = dropout
-        self.lora_A: nn.Parameter | None = None  # views of the stacks, bound by LoraStack
-        self.lora_Bt: nn.Parameter | None = None  # what the trial's optimizer steps (contiguous)
+        self.lora_A: nn.Parameter | None = None  # views of the bank, bound by LoraStack
+        self.lora_Bt: nn.Parameter | None = None
         self.lora_B: nn.Parameter | None = None  # the same memory as lora_Bt, transposed (PEFT's B)
 
-    @property
-    def params(self) -> list[nn.Parameter]:
-        return [self.lora_A, self.lora_Bt]
 
+class LoraBank:
+    """All slots' LoRA weights of all wrapped layers: `weights` [slots, P] (fp32) and its gradient."""
 
-class LoraStack(nn.Module):
-    def __init__(self, in_features: int, out_features: int, device: torch.device | str | None):
-        super().__init__()
-        self.A = nn.Parameter(torch.zeros(0, 0, in_features, device=device))
-        self.Bt = nn.Parameter(torch.zeros(0, 0, out_features, device=device))
-        self.A.grad, self.Bt.grad = torch.zeros_like(self.A), torch.zeros_like(self.Bt)
-        self.adapters: dict[int, LoraAdapter] = {}
-        self._cache: dict[tuple, tuple] = {}  # (slots, dtype) -> selection index and scales
+    def __init__(self, shapes: list[tuple[int, int]], device: torch.device | str | None):
+        self.shapes = shapes  # (in_features, out_features) of each wrapped layer, model order
+        self.slots = self.rank = 0
+        self._set(torch.zeros(0, 0, device=device), torch.zeros(0, 0, device=device))
 
-    @property
-    def capacity(self) -> tuple[int, int]:
-        return self.A.shape[0], self.A.shape[1]
+    def _set(self, weights: torch.Tensor, grads: torch.Tensor) -> None:
+        self.weights = nn.Parameter(weights)
+        self.weights.grad = grads
+        self.data_blocks, self.grad_blocks = self.blocks(weights), self.blocks(grads)  # per layer, fixed views
 
-    @torch.no_grad()
-    def add(self, slot: int, adapter: LoraAdapter, generator: torch.Generator) -> None:
-        """Bind a fresh adapter to `slot`: A kaiming-uniform (a=sqrt(5)) drawn from `generator` on
-        CPU, so every device gets the same init, and B zero, PEFT's default init."""
-        slots, r_cap = self.capacity
-        if slot >= slots or adapter.rank > r_cap:
-            self._grow(max(slots, slot + 1), max(r_cap, adapter.rank))
-        self.clear(slot)
-        init = torch.empty(adapter.rank, self.A.shape[2])
-        nn.init.kaiming_uniform_(init, a=math.sqrt(5), generator=generator)
-        self.A[slot, :adapter.rank].copy_(init)
-        self.adapters[slot] = adapter
-        self._bind(slot, adapter)
+    def width(self, rank: int) -> int:
+        return rank * sum(i + o for i, o in self.shapes)
 
-    def slot_tensors(self, slot: int) -> list[torch.Tensor]:
-        """The slot's slices of the weight and gradient stacks (for zeroing many layers at once)."""
-        if slot >= self.A.shape[0]:
-            return []
-        return [self.A.data[slot], self.Bt.data[slot], self.A.grad[slot], self.Bt.grad[slot]]
+    def blocks(self, flat: torch.Tensor, rank: int | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per layer: A [rows, r, in] and B^T [rows, r, out], views of `flat` [rows, P] laid out at `rank`."""
+        rank = self.rank if rank is None else rank
+        pieces = flat.split([n for i, o in self.shapes for n in (rank * i, rank * o)], dim=1)
+        rows = flat.shape[0]
+        return [(pieces[2 * k].view(rows, rank, i), pieces[2 * k + 1].view(rows, rank, o))
+                for k, (i, o) in enumerate(self.shapes)]
 
-    def forget(self, slot: int) -> None:
-        """Drop a slot's adapter (its slices must be zeroed too: `clear`, or `slot_tensors` in bulk)."""
-        self.adapters.pop(slot, None)
-        self._cache.clear()
+    def views(self, dtype: torch.dtype) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Every layer's A and B^T in `dtype` for one forward pass: one cast and one split of the bank,
+        differentiable back to `weights` (the split's backward is one concatenation)."""
+        return self.blocks(self.weights.to(dtype))
+
+    def row(self, slot: int) -> nn.Parameter:
+        """Slot `slot`'s whole row (all its layers' weights) as one Parameter, aliasing the bank, with
+        its gradient aliasing the bank's gradient: what the trial's optimizer and clipping see."""
+        param = nn.Parameter(self.weights.data[slot])
+        param.grad = self.weights.grad[slot]
+        return param
 
     @torch.no_grad()
     def clear(self, slot: int) -> None:
-        """Forget a slot: its weights and gradients become zero (the padding a later trial needs)."""
-        self.forget(slot)
-        for t in self.slot_tensors(slot):
-            t.zero_()
-
-    def _bind(self, slot: int, ad: LoraAdapter) -> None:
-        r = ad.rank
-        views = {"lora_A": (self.A.data[slot, :r], self.A.grad[slot, :r]),
-                 "lora_Bt": (self.Bt.data[slot, :r], self.Bt.grad[slot, :r]),
-                 "lora_B": (self.Bt.data[slot, :r].t(), self.Bt.grad[slot, :r].t())}
-        for name, (data, grad) in views.items():
-            param = getattr(ad, name)
-            if param is None:
-                param = nn.Parameter(data)  # an alias of the slice, not a copy
-                setattr(ad, name, param)
-            else:
-                param.data = data  # re-pointed after growth; optimizer state keys stay the same
-            param.grad = grad
-        self._cache.clear()
+        if slot < self.slots:
+            self.weights.data[slot].zero_()
+            self.weights.grad[slot].zero_()
 
     @torch.no_grad()
-    def _grow(self, slots: int, r_cap: int) -> None:
-        old_slots, old_r = self.capacity
-        for name in ("A", "Bt"):
-            old = getattr(self, name)
-            new = old.new_zeros(slots, r_cap, old.shape[2])
-            new[:old_slots, :old_r] = old
-            grad = torch.zeros_like(new)
-            grad[:old_slots, :old_r] = old.grad
-            param = nn.Parameter(new)
+    def reserve(self, slots: int, rank: int) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """Make room for `slots` rows at rank `rank`, keeping every value where it belongs. Returns the
+        function that moves any other [..., P] tensor laid out like a row (optimizer moments) to the
+        new layout, or None if nothing changed."""
+        slots, rank = max(slots, self.slots), max(rank, self.rank)
+        if (slots, rank) == (self.slots, self.rank):
+            return None
+        old_rank, new_width = self.rank, self.width(rank)
+
+        def relayout(t: torch.Tensor) -> torch.Tensor:
+            flat = t.view(1, -1) if t.dim() == 1 else t
+            new = flat.new_zeros(flat.shape[0], new_width)
+            for (na, nb), (oa, ob) in zip(self.blocks(new, rank), self.blocks(flat, old_rank), strict=True):
+                na[:, :old_rank] = oa
+                nb[:, :old_rank] = ob
+            return new.view(*t.shape[:-1], new_width)
+
+        weights = torch.zeros(slots, new_width, device=self.weights.device)
+        grads = torch.zeros_like(weights)
+        weights[:self.slots], grads[:self.slots] = relayout(self.weights.data), relayout(self.weights.grad)
+        self.slots, self.rank = slots, rank
+        self._set(weights, grads)
+        return relayout
+
+
+class LoraStack:
+    """One wrapped layer's adapters by slot, and its A / B^T stacks (views of the bank)."""
+
+    def __init__(self, bank: LoraBank, index: int):
+        self.bank, self.index = bank, index  # the layer's position among the bank's layers
+        self.adapters: dict[int, LoraAdapter] = {}
+        self._cache: dict[tuple, tuple] = {}  # (slots, dtype) -> selection index and scales
+        # This pass's A and B^T views (`LoraBank.views`), set by the pack before each forward pass
+        self.current: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @property
+    def capacity(self) -> tuple[int, int]:
+        return self.bank.slots, self.bank.rank
+
+    @property
+    def A(self) -> torch.Tensor:  # noqa: N802  (the LoRA paper's name)
+        """All slots' A [slots, r_cap, in] (a view of the bank's fp32 weights)."""
+        return self.bank.data_blocks[self.index][0]
+
+    @property
+    def A_grad(self) -> torch.Tensor:  # noqa: N802
+        return self.bank.grad_blocks[self.index][0]
+
+    @torch.no_grad()
+    def add(self, slot: int, adapter: LoraAdapter, generator: torch.Generator) -> None:
+        """Bind a fresh adapter to `slot` (the bank has room): A kaiming-uniform (a=sqrt(5)) drawn
+        from `generator` on CPU, so every device gets the same init, and B zero, PEFT's default init."""
+        init = torch.empty(adapter.rank, self.bank.shapes[self.index][0])
+        nn.init.kaiming_uniform_(init, a=math.sqrt(5), generator=generator)
+        self.A[slot, :adapter.rank].copy_(init)
+        self.adapters[slot] = adapter
+        self.bind(slot)
+
+    def forget(self, slot: int) -> None:
+        """Drop a slot's adapter (the bank's row is zeroed by its owner, for all layers at once)."""
+        self.adapters.pop(slot, None)
+        self._cache.clear()
+
+    def bind(self, slot: int) -> None:
+        """Point the slot's adapter views at the bank (again, after a re-layout)."""
+        ad, r = self.adapters[slot], self.adapters[slot].rank
+        (a, bt), (ga, gbt) = self.bank.data_blocks[self.index], self.bank.grad_blocks[self.index]
+        views = {"lora_A": (a[slot, :r], ga[slot, :r]), "lora_Bt": (bt[slot, :r], gbt[slot, :r]),
+                 "lora_B": (bt[slot, :r].t(), gbt[slot, :r].t())}
+        for name, (data, grad) in views.items():
+            param = nn.Parameter(data)  # an alias of the slice, not a copy
             param.grad = grad
-            setattr(self, name, param)
-        for slot, ad in self.adapters.items():
-            self._bind(slot, ad)
+            setattr(ad, name, param)
+        self._cache.clear()
+
+    def pass_views(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """This pass's A [slots, r_cap, in] and B^T [slots, r_cap, out]: the views the pack set, or
+        (a layer used on its own) a fresh cast of this layer's part of the bank."""
+        if self.current is not None and self.current[0].dtype == dtype:
+            return self.current
+        return self.bank.views(dtype)[self.index]
 
     def segment(self, slot: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """One slot's A [r, in] and B^T [r, out] as graph slices of the stacks."""
+        """One slot's A [r, in] and B^T [r, out] for this pass, differentiable back to the bank."""
+        a, bt = self.pass_views(dtype)
         r = self.adapters[slot].rank
-        return self.A[slot, :r].to(dtype), self.Bt[slot, :r].to(dtype)
+        return a[slot, :r], bt[slot, :r]
 
     def select(self, slots: tuple[int, ...], dtype: torch.dtype, device: torch.device
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -129,14 +182,14 @@ class LoraStack(nn.Module):
         index live on the device, cached until the slots change: a host-to-device copy in every
         layer's forward would synchronise the host with the GPU."""
         index, scales, r = self.select_cached(slots, dtype, device)
-        a, bt = self.A, self.Bt
+        a, bt = self.pass_views(dtype)
         if index is not None:
             a, bt = a.index_select(0, index), bt.index_select(0, index)
         elif len(slots) != a.shape[0]:
             a, bt = a[slots[0]:slots[-1] + 1], bt[slots[0]:slots[-1] + 1]
         if r < a.shape[1]:
             a, bt = a[:, :r], bt[:, :r]
-        return a.to(dtype), bt.to(dtype), scales
+        return a, bt, scales
 
     def select_cached(self, slots: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> tuple:
         key = (slots, dtype)

@@ -9,6 +9,7 @@ The pack only decides which rows of the shared forward pass are this trial's.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -37,20 +38,21 @@ class TrialState:
     batch would. Only the order in which the micro-batches run differs: one per packed step.
     """
 
-    def __init__(self, number: int, slot: int, config: Any, params: list[torch.nn.Parameter],
+    def __init__(self, number: int, slot: int, config: Any, row: torch.nn.Parameter,
                  train_examples: list, eval_examples: list, fractions: tuple[float, ...]):
+        """`row`: the trial's slot of the LoRA bank, all its weights in one tensor (`LoraBank.row`)."""
         t = config.train
         self.number, self.slot, self.config = number, slot, config
-        self.params = params
+        self.params = [row]
         self.train_examples, self.eval_examples = train_examples, eval_examples
         self.plan = make_plan(t, len(train_examples))
         self.steps = self.plan.total_steps
         self.reports = report_steps(fractions, self.steps)
         self.max_grad_norm = t.max_grad_norm if t.max_grad_norm > 0 else float("inf")
         # All LoRA weights are matrices: the standard engine's decay group (ndim >= 2) holds them all.
-        # fused: one kernel for all of a trial's tensors on CUDA (the foreach path launches per chunk)
-        fused = params[0].device.type == "cuda"
-        self.optimizer = torch.optim.AdamW(params, lr=t.learning_rate, betas=(t.adam_beta1, t.adam_beta2),
+        # fused: one kernel for the trial's whole row on CUDA
+        fused = row.device.type == "cuda"
+        self.optimizer = torch.optim.AdamW(self.params, lr=t.learning_rate, betas=(t.adam_beta1, t.adam_beta2),
                                            eps=t.adam_epsilon, weight_decay=t.weight_decay, fused=fused)
         name = "constant_with_warmup" if t.lr_scheduler_type.startswith("constant") else t.lr_scheduler_type
         self.scheduler = get_scheduler(name, self.optimizer, num_warmup_steps=self.plan.warmup_steps,
@@ -63,6 +65,15 @@ class TrialState:
         self.loss_sum: torch.Tensor | None = None  # summed token losses of the current step so far
         self.last_loss: float | None = None  # the last step's mean loss, once the engine has read it
         self.evals: list[tuple[int, float]] = []
+
+    def rebind(self, row: torch.nn.Parameter, relayout: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """The bank was re-laid out: step `row` from now on, with the AdamW moments moved to match."""
+        old = self.params[0]
+        state = self.optimizer.state.pop(old, {})
+        self.params[0] = row
+        self.optimizer.param_groups[0]["params"] = [row]
+        self.optimizer.state[row] = {k: relayout(v) if torch.is_tensor(v) and v.shape == old.shape else v
+                                     for k, v in state.items()}
 
     def next_micro(self) -> list:
         if not self.window:
@@ -88,7 +99,7 @@ class TrialState:
         lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
         self.scheduler.step()
-        # In place: the gradients are views of the layers' stacked gradients (engines/packed/stack.py)
+        # In place: the gradient is a view of the bank's gradient (engines/packed/stack.py)
         self.optimizer.zero_grad(set_to_none=False)
         self.step += 1
         self.tokens += self.window_tokens
