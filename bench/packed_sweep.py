@@ -69,6 +69,7 @@ def packed_sweep(model_dir, data, args, device, dtype, slots: int | str) -> dict
         "max_steps": args.steps,
         "load_best_model_at_end": False,  # as the Trainer baseline: the final adapter, no best-state copies
     }
+    t_load = time.perf_counter()
     engine = PackedEngine(
         build_config(raw, check_paths=False)[0],
         slots,
@@ -76,6 +77,19 @@ def packed_sweep(model_dir, data, args, device, dtype, slots: int | str) -> dict
         pad_id=0,
         data=lambda cfg: data,
     )
+    load_s = time.perf_counter() - t_load
+    eval_s = [0.0]
+    evaluate = engine.evaluate
+
+    def timed_evaluate(trials):  # this script's own clock around the engine's evaluation
+        _sync(device)
+        t = time.perf_counter()
+        try:
+            return evaluate(trials)
+        finally:
+            eval_s[0] += time.perf_counter() - t
+
+    engine.evaluate = timed_evaluate
     study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0))
     live, asked, values = {}, 0, []
     while len(values) < args.trials:
@@ -100,7 +114,68 @@ def packed_sweep(model_dir, data, args, device, dtype, slots: int | str) -> dict
     seconds = time.perf_counter() - t0
     slots = engine.slots
     engine.close()
-    return {"engine": "packed", "seconds": seconds, "slots": slots, "best": study.best_value}
+    return {"engine": "engine loop (packed)", "seconds": seconds, "slots": slots, "best": study.best_value,
+            "load_s": load_s, "eval_s": eval_s[0]}
+
+
+def word_tokenizer(vocab: int):
+    """A word-level tokenizer for the random model: token i is the word `t<i>` (so text round-trips)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel({f"t{i}": i for i in range(vocab)}, unk_token="t0"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="t0", pad_token="t0", eos_token="t1")
+
+
+def write_sweep_files(root: Path, model_dir: Path, data, args, slots) -> Path:
+    """The same sweep as `sample` and `baseline_sweep`, as tunepilot files: text data, base config, sweep."""
+    import yaml
+
+    root.mkdir(parents=True, exist_ok=True)
+    for name, part in zip(("train", "eval"), data, strict=True):
+        lines = [json.dumps({"text": " ".join(f"t{i}" for i in e["input_ids"])}) for e in part]
+        (root / f"{name}.jsonl").write_text("\n".join(lines) + "\n")
+    base = {
+        "model": {"name_or_path": str(model_dir)},
+        "data": {"train": str(root / "train.jsonl"), "eval": str(root / "eval.jsonl"), "format": "text",
+                 "cutoff_len": args.seq},
+        "method": {"lora_target": "all-linear", "lora_dropout": 0.0},
+        "train": {"max_steps": args.steps, "per_device_train_batch_size": args.micro,
+                  "per_device_eval_batch_size": 8, "lr_scheduler_type": "cosine",
+                  "load_best_model_at_end": False},  # as the Trainer baseline: the final adapter
+    }
+    sweep = {
+        "base": "base.yaml",
+        "space": {"learning_rate": {"low": 1e-5, "high": 1e-3, "log": True}, "lora_rank": [8, 16, 32],
+                  "warmup_steps": [0, 2]},  # lora_alpha defaults to 2 x rank, as in `sample`
+        "objective": {"metric": "eval_loss", "direction": "minimize"},
+        "sampler": {"name": "tpe", "seed": 0},
+        "pruner": "none",
+        "budget": {"n_trials": args.trials},
+        "eval_points": 2,
+        "engine": {"name": "packed", "slots": slots},
+    }
+    (root / "base.yaml").write_text(yaml.safe_dump(base))
+    (root / "sweep.yaml").write_text(yaml.safe_dump(sweep))
+    return root / "sweep.yaml"
+
+
+def tunepilot_sweep(model_dir, data, args, device, slots) -> dict:
+    """`tunepilot sweep` (its own prepare + run_sweep, as the CLI calls them) with the packed engine:
+    data preparation, SQLite study, per-trial metrics, exported adapters and leaderboard included."""
+    from tunepilot.search.sweep import prepare, run_sweep
+
+    root = Path(args.workdir) / f"tunepilot-slots-{slots}"
+    path = write_sweep_files(root, model_dir, data, args, slots)
+    t0 = time.perf_counter()
+    summary = run_sweep(prepare(path, sweep_dir=root / "sweep"))
+    _sync(device)
+    seconds = time.perf_counter() - t0
+    board = summary["leaderboard"]
+    done = [r for r in board if r.get("state") == "complete"]
+    return {"engine": "tunepilot sweep (packed)", "seconds": seconds, "slots": slots, "trials": len(board),
+            "complete": len(done), "best": min((r["value"] for r in done), default=None)}
 
 
 def baseline_sweep(model_dir, data, args, device, dtype) -> dict:
@@ -158,6 +233,12 @@ def baseline_sweep(model_dir, data, args, device, dtype) -> dict:
     }
 
 
+def _warm_up(device: torch.device) -> None:
+    if device.type == "cuda":
+        a = torch.randn(1024, 1024, device=device, dtype=torch.bfloat16)
+        (a @ a).sum().item()
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -172,6 +253,8 @@ def main() -> None:
     p.add_argument("--seq", type=int, default=1024)
     p.add_argument("--slots", nargs="+", default=["auto"],
                    help="packed slots, one packed sweep per value; auto: chosen from GPU memory")
+    p.add_argument("--engine-loop", action="store_true",
+                   help="also run each packed sweep through this script's own loop over the engine (no files)")
     p.add_argument("--workdir", default="/tmp/packed-sweep")
     p.add_argument("--out", default=None)
     p.add_argument("--smoke", action="store_true", help="tiny shapes on CPU (checks the script)")
@@ -187,17 +270,23 @@ def main() -> None:
     data = (random_examples(n_train, args.seq, vocab, 1), random_examples(32, args.seq, vocab, 2))
     env = environment()
     print(json.dumps(env), flush=True)
+    _warm_up(device)  # CUDA context, cuBLAS and allocator start-up: paid here, by neither side's clock
+    word_tokenizer(vocab).save_pretrained(model_dir)
     packed = []
     for slots in args.slots:
-        packed.append(packed_sweep(model_dir, data, args, device, dtype, slots if slots == "auto" else int(slots)))
+        slots = slots if slots == "auto" else int(slots)
+        packed.append(tunepilot_sweep(model_dir, data, args, device, slots))
         print(json.dumps(packed[-1]), flush=True)
+        if args.engine_loop:  # the same sweep driven by this script's own ask/tell loop over the engine
+            packed.append(packed_sweep(model_dir, data, args, device, dtype, slots))
+            print(json.dumps(packed[-1]), flush=True)
     base = baseline_sweep(model_dir, data, args, device, dtype)
     print(json.dumps(base), flush=True)
     lines = ["| sweep | trials | steps/trial | slots | makespan s | vs baseline |", "|---|---|---|---|---|---|",
              f"| optuna + Trainer + PEFT | {args.trials} | {args.steps} | 1 | {base['seconds']:.1f} | 1.00x |"]
-    for run, asked in zip(packed, args.slots, strict=True):
+    for run in packed:
         run["ratio"] = base["seconds"] / run["seconds"]
-        lines.append(f"| packed engine (slots {asked}) | {args.trials} | {args.steps} | {run['slots']} | "
+        lines.append(f"| {run['engine']} | {args.trials} | {args.steps} | {run['slots']} | "
                      f"{run['seconds']:.1f} | {run['ratio']:.2f}x shorter |")
     print("\n".join(lines))
     if args.out:

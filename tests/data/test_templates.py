@@ -47,6 +47,8 @@ def test_base_tokenizer_without_chat_template_needs_a_named_template(tok, jsonl)
     with pytest.raises(UserError, match="has none"):
         prepare_datasets(DataSettings(train=str(jsonl(QA))), base, seed=0)
     assert prepare_datasets(DataSettings(train=str(jsonl(QA)), template="chatml"), base, seed=0).train
+    text = jsonl([{"text": "The quick brown fox."}])  # plain text uses no template: a base model is fine
+    assert prepare_datasets(DataSettings(train=str(text), format="text"), base, seed=0).train
 
 
 def test_plain_text_format_trains_every_token_and_ends_with_eos(tok, jsonl):

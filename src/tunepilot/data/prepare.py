@@ -36,6 +36,8 @@ class PreparedData:
 
 
 def check_template(settings, tokenizer=None) -> None:
+    if settings.format == "text":  # plain text is tokenized as it is: no template is used
+        return
     if settings.template == "auto" and tokenizer is not None and not getattr(tokenizer, "chat_template", None):
         raise UserError(
             "data.template: auto uses the model's chat template, but this tokenizer has none "
