@@ -91,6 +91,7 @@ def metric_for(settings: EvalSettings, examples: Sequence[EvalExample]) -> Metri
 @dataclass(frozen=True)
 class _TemplateChoice:
     template: str  # what render_prompt reads from the data settings
+    format: str = "chat"  # eval prompts are always conversations, so a template is always needed
 
 
 def render_prompts(tokenizer, examples: Sequence[EvalExample], shots: Sequence[EvalExample] = (),
