@@ -5,13 +5,17 @@
 Both sides run the same 16-trial TPE search (seed 0) over learning_rate (log 1e-5..1e-3), lora_rank
 {8, 16, 32} (alpha = 2 x rank) and warmup_steps {0, 2}; every trial trains a fixed number of steps
 at micro-batch 4 and sequence 1,024 on the same random-token data, evaluates at half and at the end
-of its schedule on the same 32 eval sequences, and reports to Optuna. The clock starts before the
-base model is loaded from disk and stops when the last trial is told: model loads included. The
-baseline reloads the model for every trial, as a standard Optuna + Trainer script does; the packed
-side loads it once and runs K trials at a time (K chosen from GPU memory, or --slots), asking
-Optuna for the next trial as soon as a slot frees. The driver is this script's ask/tell loop over
-the Engine interface (start/advance), not `tunepilot sweep`, which needs data files and a
-tokenizer; no pruner, so both sides train all trials fully.
+of its schedule on the same 32 eval sequences, and reports to Optuna; no pruner, so both sides train
+all trials fully. The baseline reloads the model for every trial, as a standard Optuna + Trainer
+script does. The packed side is `tunepilot sweep` itself (its `prepare` and `run_sweep`, as the CLI
+calls them) with `engine: packed`: the random tokens are written as text of a word-level tokenizer
+saved beside the random model, so data preparation, the SQLite study, per-trial metrics files,
+adapter export and the leaderboard are all inside its clock. Each clock starts before the base
+model is loaded from disk and stops when the last trial is told.
+
+Checks that both sides did the same work: the word tokenizer must give back every example's ids,
+the packed sweep must train exactly the baseline's token count, and trials with the same sampled
+parameters (TPE's seeded start-up draws) must reach the same eval loss (`eval_gap`; a warning above 2%).
 """
 
 from __future__ import annotations
@@ -39,13 +43,12 @@ from tunepilot.engines.packed import PackedEngine  # noqa: E402
 
 
 def sample(trial) -> dict:
+    """The sweep's space, suggested in the order `tunepilot sweep` suggests it (so that TPE's seeded
+    start-up draws give both sides the same first trials)."""
+    lr = trial.suggest_float("learning_rate", 1e-5, 1e-3, log=True)
     rank = trial.suggest_categorical("lora_rank", [8, 16, 32])
-    return {
-        "learning_rate": trial.suggest_float("learning_rate", 1e-5, 1e-3, log=True),
-        "lora_rank": rank,
-        "lora_alpha": 2 * rank,
-        "warmup_steps": trial.suggest_categorical("warmup_steps", [0, 2]),
-    }
+    warmup = trial.suggest_categorical("warmup_steps", [0, 2])
+    return {"learning_rate": lr, "lora_rank": rank, "lora_alpha": 2 * rank, "warmup_steps": warmup}
 
 
 def load(model_dir: Path, device: torch.device, dtype: torch.dtype):
@@ -118,14 +121,34 @@ def packed_sweep(model_dir, data, args, device, dtype, slots: int | str) -> dict
             "load_s": load_s, "eval_s": eval_s[0]}
 
 
+def word(i: int) -> str:
+    """Token i of the random model as a word. Delimited on both sides, so that no word contains another
+    (transformers matches special tokens, here <0> and <1>, inside longer words: as `t1` in `t137`)."""
+    return f"<{i}>"
+
+
 def word_tokenizer(vocab: int):
-    """A word-level tokenizer for the random model: token i is the word `t<i>` (so text round-trips)."""
+    """A word-level tokenizer for the random model: token i is the word `<i>` (so text round-trips)."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.WordLevel({f"t{i}": i for i in range(vocab)}, unk_token="t0"))
+    tok = Tokenizer(models.WordLevel({word(i): i for i in range(vocab)}, unk_token=word(0)))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="t0", pad_token="t0", eos_token="t1")
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token=word(0), pad_token=word(0), eos_token=word(1))
+
+
+def check_round_trip(model_dir: Path, data) -> None:
+    """Both sides must train on the same tokens: the saved tokenizer, loaded as tunepilot loads it, must
+    give back every example's ids from its text."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    for part in data:
+        for e in part:
+            got = tok(" ".join(word(i) for i in e["input_ids"]), add_special_tokens=False)["input_ids"]
+            if got != e["input_ids"]:
+                raise SystemExit(f"{model_dir}: the word tokenizer does not round-trip (first ids "
+                                 f"{e['input_ids'][:6]}, got {got[:6]}); the two sides would train on different data")
 
 
 def write_sweep_files(root: Path, model_dir: Path, data, args, slots) -> Path:
@@ -134,7 +157,7 @@ def write_sweep_files(root: Path, model_dir: Path, data, args, slots) -> Path:
 
     root.mkdir(parents=True, exist_ok=True)
     for name, part in zip(("train", "eval"), data, strict=True):
-        lines = [json.dumps({"text": " ".join(f"t{i}" for i in e["input_ids"])}) for e in part]
+        lines = [json.dumps({"text": " ".join(word(i) for i in e["input_ids"])}) for e in part]
         (root / f"{name}.jsonl").write_text("\n".join(lines) + "\n")
     base = {
         "model": {"name_or_path": str(model_dir)},
@@ -175,7 +198,9 @@ def tunepilot_sweep(model_dir, data, args, device, slots) -> dict:
     board = summary["leaderboard"]
     done = [r for r in board if r.get("state") == "complete"]
     return {"engine": "tunepilot sweep (packed)", "seconds": seconds, "slots": slots, "trials": len(board),
-            "complete": len(done), "best": min((r["value"] for r in done), default=None)}
+            "complete": len(done), "best": min((r["value"] for r in done), default=None),
+            "trained_tokens": sum(r["tokens"] or 0 for r in board),
+            "values": [{"params": r["params"], "value": r["value"]} for r in board]}
 
 
 def baseline_sweep(model_dir, data, args, device, dtype) -> dict:
@@ -186,6 +211,7 @@ def baseline_sweep(model_dir, data, args, device, dtype) -> dict:
     t0 = time.perf_counter()
     train, evals = ([{k: torch.tensor(v) for k, v in e.items()} for e in part] for part in data)
     study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0))
+    values = []
     for _ in range(args.trials):
         trial = study.ask()
         p = sample(trial)
@@ -221,6 +247,8 @@ def baseline_sweep(model_dir, data, args, device, dtype) -> dict:
         trainer.train()
         losses = [h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h]
         study.tell(trial, min(losses))
+        values.append({"params": {k: p[k] for k in ("learning_rate", "lora_rank", "warmup_steps")},
+                       "value": min(losses)})
         del trainer, model
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -230,7 +258,21 @@ def baseline_sweep(model_dir, data, args, device, dtype) -> dict:
         "seconds": time.perf_counter() - t0,
         "slots": 1,
         "best": study.best_value,
+        "values": values,
     }
+
+
+def eval_gap(packed: list[dict], baseline: list[dict]) -> dict:
+    """The same trial (same sampled params: TPE's first trials are seeded random draws, asked in the same
+    order on both sides) must reach the same eval loss on both sides, up to bf16 noise. Reports the
+    largest relative gap over the trials both ran; a gap over 2% is printed as a warning."""
+    base = {json.dumps(v["params"], sort_keys=True): v["value"] for v in baseline}
+    gaps = [abs(v["value"] - base[k]) / abs(base[k]) for v in packed
+            if v["value"] is not None and (k := json.dumps(v["params"], sort_keys=True)) in base]
+    worst = max(gaps, default=None)
+    if worst is not None and worst > 0.02:
+        print(f"WARNING: a trial's eval loss differs by {worst:.1%} between the two sides", file=sys.stderr)
+    return {"shared_trials": len(gaps), "max_relative_gap": worst}
 
 
 def _warm_up(device: torch.device) -> None:
@@ -267,16 +309,23 @@ def main() -> None:
     build_model(args.arch, torch.device("cpu"), dtype).save_pretrained(model_dir)  # both sides load this
     vocab = json.loads((model_dir / "config.json").read_text())["vocab_size"]
     n_train = math.ceil(args.steps * args.micro)
-    data = (random_examples(n_train, args.seq, vocab, 1), random_examples(32, args.seq, vocab, 2))
+    # ids 0 and 1 are the word tokenizer's pad/unk and end-of-text tokens: tunepilot rejects text that
+    # contains special tokens, so neither side's data has them
+    data = (random_examples(n_train, args.seq, vocab, 1, low=2), random_examples(32, args.seq, vocab, 2, low=2))
     env = environment()
     print(json.dumps(env), flush=True)
     _warm_up(device)  # CUDA context, cuBLAS and allocator start-up: paid here, by neither side's clock
     word_tokenizer(vocab).save_pretrained(model_dir)
+    check_round_trip(model_dir, data)
     packed = []
     for slots in args.slots:
         slots = slots if slots == "auto" else int(slots)
         packed.append(tunepilot_sweep(model_dir, data, args, device, slots))
         print(json.dumps(packed[-1]), flush=True)
+        expected = args.trials * args.steps * args.micro * (args.seq - 1)  # what each baseline trial trains
+        if packed[-1]["trained_tokens"] != expected:
+            raise SystemExit(f"tunepilot sweep trained {packed[-1]['trained_tokens']} tokens, the baseline trains "
+                             f"{expected}: the two sides would not do the same work")
         if args.engine_loop:  # the same sweep driven by this script's own ask/tell loop over the engine
             packed.append(packed_sweep(model_dir, data, args, device, dtype, slots))
             print(json.dumps(packed[-1]), flush=True)
@@ -286,6 +335,7 @@ def main() -> None:
              f"| optuna + Trainer + PEFT | {args.trials} | {args.steps} | 1 | {base['seconds']:.1f} | 1.00x |"]
     for run in packed:
         run["ratio"] = base["seconds"] / run["seconds"]
+        run["eval_gap"] = eval_gap(run.get("values", []), base["values"])
         lines.append(f"| {run['engine']} | {args.trials} | {args.steps} | {run['slots']} | "
                      f"{run['seconds']:.1f} | {run['ratio']:.2f}x shorter |")
     print("\n".join(lines))

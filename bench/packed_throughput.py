@@ -130,11 +130,12 @@ def lora_param_count(model) -> int:
     )
 
 
-def random_examples(n: int, seq: int, vocab: int, seed: int) -> list[dict]:
+def random_examples(n: int, seq: int, vocab: int, seed: int, low: int = 0) -> list[dict]:
+    """n sequences of seq token ids drawn uniformly from [low, vocab)."""
     rng = random.Random(seed)
     out = []
     for _ in range(n):
-        ids = [rng.randrange(vocab) for _ in range(seq)]
+        ids = [rng.randrange(low, vocab) for _ in range(seq)]
         out.append({"input_ids": ids, "labels": list(ids)})
     return out
 
