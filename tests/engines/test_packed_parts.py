@@ -143,6 +143,21 @@ def test_trials_that_cannot_run_fail_before_they_start(engine, tiny_model):
     assert "no_such_proj" in outcomes[0].reason and "does not fit" in outcomes[1].reason
 
 
+def test_the_fit_check_counts_the_bank_row_a_larger_rank_widens_for_everyone(engine, tiny_model):
+    """A trial's bank row spans every wrapped layer at the bank's largest rank: a rank-16 trial next to a
+    rank-2 one makes both rows rank 16 wide, which the fit check must count before it starts."""
+    small, large = make_config(tiny_model, max_steps=2, lora_rank=2, lora_target="q_proj"), \
+        make_config(tiny_model, max_steps=2, lora_rank=16, lora_target="q_proj")
+    engine.start(TrialSpec(1, {}, small))
+    per_row_16 = engine._estimate(large, 16)
+    assert per_row_16 > engine._estimate(small, 2)  # wider rows, and all layers (not only q_proj)
+    engine.budget = engine.shared + per_row_16 + engine._estimate(small, 2) + 1  # the old count fits, not the new
+    engine.start(TrialSpec(2, {}, large))
+    outcomes = [p for p in engine.advance() if isinstance(p, Outcome)]
+    assert [(o.number, o.state) for o in outcomes if o.number == 2] == [(2, "failed")]
+    assert "does not fit" in next(o.reason for o in outcomes if o.number == 2)
+
+
 def test_early_stopping_patience_counts_evals_without_a_real_gain(tiny_model):
     from tunepilot.engines.packed.trial import TrialState
 

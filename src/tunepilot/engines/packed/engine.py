@@ -61,7 +61,7 @@ class PackedEngine:
         self.budget = memory_budget if memory_budget is not None else memory.memory_budget(self.pack.device)
         self.shared = memory.shared_bytes(self.shape, chunk_rows)
         k = slots if isinstance(slots, int) else memory.slots_that_fit(
-            self.budget, self._estimate(config, list(self.pack.wrapped)), self.shared)
+            self.budget, self._estimate(config, config.method.lora_rank), self.shared)
         self._slots: list[TrialState | None] = [None] * k
         self._extra: dict[int, dict[str, Any]] = {}  # per slot: writer, targets, start time, run dir
         self._pending: list[Progress] = []
@@ -116,7 +116,7 @@ class PackedEngine:
         cfg = spec.config
         self._check_compatible(cfg)
         targets = resolve_targets(self.pack.wrapped, cfg.method.lora_target)
-        self._check_fits(cfg, targets)
+        self._check_fits(cfg)
         train, evals = self._data(cfg)  # before the adapters: a data error leaves the slot clean
         if not train:
             raise UserError(f"trial {spec.number}: no training examples")
@@ -145,17 +145,19 @@ class PackedEngine:
             raise UserError(f"model.name_or_path {cfg.model.name_or_path!r} differs from the packed base "
                             f"{self.config.model.name_or_path!r}; all packed trials share one base model")
 
-    def _estimate(self, cfg: Any, targets: list[str]) -> int:
-        weights = cfg.method.lora_rank * sum(
-            self.pack.wrapped[n].in_features + self.pack.wrapped[n].out_features for n in targets)
+    def _estimate(self, cfg: Any, rank: int) -> int:
+        """A trial's bytes: its bank row (all wrapped layers at the bank's rank `rank`, padding
+        included: weights, gradient and AdamW moments) and the activations of its micro-batch."""
+        weights = rank * sum(layer.in_features + layer.out_features for layer in self.pack.wrapped.values())
         return memory.trial_bytes(self.shape, weights, cfg.train.per_device_train_batch_size,
                                   cfg.data.cutoff_len, self.pack.gradient_checkpointing)
 
-    def _check_fits(self, cfg: Any, targets: list[str]) -> None:
+    def _check_fits(self, cfg: Any) -> None:
         if self.budget is None:
             return
-        need = self._estimate(cfg, targets)
-        used = sum(self._estimate(t.config, self._extra[t.slot]["targets"]) for t in self._slots if t)
+        rank = max(cfg.method.lora_rank, self.pack.bank.rank)  # a larger rank widens every trial's row
+        need = self._estimate(cfg, rank)
+        used = sum(self._estimate(t.config, rank) for t in self._slots if t)
         if used + need + self.shared > self.budget:
             raise UserError(f"does not fit: needs ~{need / memory.GIB:.1f} GiB next to {len(self.active)} "
                             f"active trial(s) using ~{used / memory.GIB:.1f} GiB of "
