@@ -172,8 +172,10 @@ def run_baseline(arch: str, args, device: torch.device, dtype: torch.dtype) -> d
     from transformers import Trainer, TrainerCallback
 
     _reset_peak(device)
+    base = build_model(arch, device, dtype)
+    fpt = flops_per_token(base, args.seq, lora_param_count(base))  # before PEFT adds its LoRA Linear modules
     model = get_peft_model(
-        build_model(arch, device, dtype),
+        base,
         LoraConfig(
             r=RANK, lora_alpha=ALPHA, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"
         ),
@@ -210,7 +212,6 @@ def run_baseline(arch: str, args, device: torch.device, dtype: torch.dtype) -> d
     trainer.train()
     seconds = marks[-1] - marks[args.warmup - 1]
     tokens = args.baseline_steps * args.micro * (args.seq - 1)  # trained (shifted) tokens, as for the packed runs
-    fpt = flops_per_token(model.get_base_model(), args.seq, lora_param_count(model.get_base_model()))
     result = {
         "engine": "trainer+peft",
         "arch": arch,
