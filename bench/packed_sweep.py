@@ -137,21 +137,22 @@ def word_tokenizer(vocab: int):
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token=word(0), pad_token=word(0), eos_token=word(1))
 
 
-def check_round_trip(model_dir: Path, data) -> None:
-    """Both sides must train on the same tokens: the saved tokenizer, loaded as tunepilot loads it, must
-    give back every example's ids from its text."""
-    from transformers import AutoTokenizer
+def check_round_trip(base_yaml: Path, data) -> None:
+    """Both sides must train on the same tokens: the tokenizer that `tunepilot sweep` loads for this base
+    config must give back every example's ids from its text."""
+    from tunepilot.config import load_config
+    from tunepilot.models import load_tokenizer
 
-    tok = AutoTokenizer.from_pretrained(model_dir)
+    tok = load_tokenizer(load_config(base_yaml)[0].model)
     for part in data:
         for e in part:
             got = tok(" ".join(word(i) for i in e["input_ids"]), add_special_tokens=False)["input_ids"]
             if got != e["input_ids"]:
-                raise SystemExit(f"{model_dir}: the word tokenizer does not round-trip (first ids "
-                                 f"{e['input_ids'][:6]}, got {got[:6]}); the two sides would train on different data")
+                raise SystemExit(f"{base_yaml}: {type(tok).__name__} does not round-trip the word text (first ids "
+                                 f"{e['input_ids'][:6]}, got {got[:6]}): the two sides would train on other data")
 
 
-def write_sweep_files(root: Path, model_dir: Path, data, args, slots) -> Path:
+def write_sweep_files(root: Path, model_dir: Path, tokenizer_dir: Path, data, args, slots) -> Path:
     """The same sweep as `sample` and `baseline_sweep`, as tunepilot files: text data, base config, sweep."""
     import yaml
 
@@ -160,7 +161,9 @@ def write_sweep_files(root: Path, model_dir: Path, data, args, slots) -> Path:
         lines = [json.dumps({"text": " ".join(word(i) for i in e["input_ids"])}) for e in part]
         (root / f"{name}.jsonl").write_text("\n".join(lines) + "\n")
     base = {
-        "model": {"name_or_path": str(model_dir)},
+        # the tokenizer lives in its own directory: beside a qwen2 config.json, AutoTokenizer would rebuild it
+        # as a Qwen2Tokenizer (byte-level BPE) and turn the words into other tokens
+        "model": {"name_or_path": str(model_dir), "tokenizer": str(tokenizer_dir)},
         "data": {"train": str(root / "train.jsonl"), "eval": str(root / "eval.jsonl"), "format": "text",
                  "cutoff_len": args.seq},
         "method": {"lora_target": "all-linear", "lora_dropout": 0.0},
@@ -190,7 +193,8 @@ def tunepilot_sweep(model_dir, data, args, device, slots) -> dict:
     from tunepilot.search.sweep import prepare, run_sweep
 
     root = Path(args.workdir) / f"tunepilot-slots-{slots}"
-    path = write_sweep_files(root, model_dir, data, args, slots)
+    path = write_sweep_files(root, model_dir, Path(args.workdir) / "word-tokenizer", data, args, slots)
+    check_round_trip(path.parent / "base.yaml", data)
     t0 = time.perf_counter()
     summary = run_sweep(prepare(path, sweep_dir=root / "sweep"))
     _sync(device)
@@ -302,7 +306,7 @@ def main() -> None:
     p.add_argument("--smoke", action="store_true", help="tiny shapes on CPU (checks the script)")
     args = p.parse_args()
     if args.smoke:
-        args.arch, args.trials, args.steps, args.seq, args.micro = "tiny", 3, 2, 32, 2
+        args.arch, args.trials, args.steps, args.seq, args.micro = "tiny-qwen2", 3, 2, 32, 2
     device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     model_dir = Path(args.workdir) / f"random-{args.arch}"
@@ -315,8 +319,7 @@ def main() -> None:
     env = environment()
     print(json.dumps(env), flush=True)
     _warm_up(device)  # CUDA context, cuBLAS and allocator start-up: paid here, by neither side's clock
-    word_tokenizer(vocab).save_pretrained(model_dir)
-    check_round_trip(model_dir, data)
+    word_tokenizer(vocab).save_pretrained(Path(args.workdir) / "word-tokenizer")
     packed = []
     for slots in args.slots:
         slots = slots if slots == "auto" else int(slots)

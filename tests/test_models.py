@@ -31,6 +31,31 @@ def test_unknown_model_is_a_user_error(tmp_path):
                    torch.device("cpu"))
 
 
+def _word_tokenizer(out):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel({"<unk>": 0, "<eos>": 1, "red": 2, "green": 3}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="<eos>").save_pretrained(out)
+    return out
+
+
+def test_model_tokenizer_loads_another_directory_than_the_model(tiny_model, tmp_path):
+    words = _word_tokenizer(tmp_path / "words")
+    own = load_tokenizer(ModelSettings(name_or_path=str(tiny_model)))
+    other = load_tokenizer(ModelSettings(name_or_path=str(tiny_model), tokenizer=str(words)))
+    assert other("green red", add_special_tokens=False)["input_ids"] == [3, 2]
+    assert own("green red", add_special_tokens=False)["input_ids"] != [3, 2]
+    assert other.pad_token == "<eos>"  # no pad token: the eos, as for the model's own tokenizer
+
+
+def test_a_missing_tokenizer_names_the_key(tiny_model, tmp_path):
+    with pytest.raises(UserError, match="^model.tokenizer: "):
+        load_tokenizer(ModelSettings(name_or_path=str(tiny_model), tokenizer="no-such-org/no-such-tokenizer",
+                                     cache_dir=str(tmp_path)))
+
+
 def test_qlora_without_gpu_is_a_clear_error(tiny_model):
     with pytest.raises(UserError, match="QLoRA needs a CUDA GPU"):
         load_model(ModelSettings(name_or_path=str(tiny_model), quantization_bit=4), torch.device("cpu"))

@@ -31,6 +31,8 @@ class _Section(BaseModel):
 class ModelSettings(_Section):
     name_or_path: str = Field(..., description="Hub id, local model directory, or path to a .gguf file.")
     gguf_file: str | None = Field(None, description="GGUF file name inside name_or_path (dequantized on load).")
+    tokenizer: str | None = Field(None, description="Tokenizer directory or hub id, when it is not the model's own "
+                                                    "(default: name_or_path).")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="Weights dtype; auto = bf16 on GPUs that support it, else fp32.")
     quantization_bit: Literal[4, 8] | None = Field(None, description="Load the base in 4/8 bit (QLoRA).")

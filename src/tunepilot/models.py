@@ -83,12 +83,12 @@ def model_source(settings: ModelSettings) -> str:
 def load_tokenizer(settings: ModelSettings):
     from transformers import AutoTokenizer
 
-    source = model_source(settings)
+    source = settings.tokenizer or model_source(settings)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=settings.trust_remote_code,
                                                   cache_dir=settings.cache_dir)
     except OSError as e:
-        raise UserError(_not_found(source, e)) from e
+        raise UserError(_not_found(source, e, "model.tokenizer" if settings.tokenizer else "model")) from e
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -113,10 +113,10 @@ def load_model(settings: ModelSettings, device: torch.device):
     return model
 
 
-def _not_found(source: str, error: Exception) -> str:
+def _not_found(source: str, error: Exception, key: str = "model") -> str:
     if Path(source).exists():
-        return f"model: could not load {source} ({error}); is it a Hugging Face model directory?"
-    return (f"model: {source!r} is neither a local directory nor a reachable hub model ({type(error).__name__}); "
+        return f"{key}: could not load {source} ({error}); is it a Hugging Face model directory?"
+    return (f"{key}: {source!r} is neither a local directory nor a reachable hub model ({type(error).__name__}); "
             "pass a local model directory, a .gguf file, or a hub id with network access")
 
 
