@@ -93,19 +93,9 @@ ARCHS = {
         max_position_embeddings=512,
         tie_word_embeddings=True,
     ),
-    "tiny-qwen2": dict(  # the Qwen2.5 family's code paths (attention bias, qwen2 tokenizer mapping) at CPU size
-        model_type="qwen2",
-        vocab_size=512,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        tie_word_embeddings=True,
-        use_sliding_window=False,
-    ),
 }
+# the Qwen2.5 family's code paths (attention bias, the qwen2 tokenizer mapping) at CPU size
+ARCHS["tiny-qwen2"] = {**ARCHS["tiny"], "model_type": "qwen2", "use_sliding_window": False}
 PEAK_BF16 = 989e12
 RANK, ALPHA = 16, 32
 
