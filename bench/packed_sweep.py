@@ -9,7 +9,7 @@ of its schedule on the same 32 eval sequences, and reports to Optuna; no pruner,
 all trials fully. The baseline reloads the model for every trial, as a standard Optuna + Trainer
 script does. The packed side is `tunepilot sweep` itself (its `prepare` and `run_sweep`, as the CLI
 calls them) with `engine: packed`: the random tokens are written as text of a word-level tokenizer
-saved beside the random model, so data preparation, the SQLite study, per-trial metrics files,
+in its own directory (`model.tokenizer`), so data preparation, the SQLite study, per-trial metrics files,
 adapter export and the leaderboard are all inside its clock. Each clock starts before the base
 model is loaded from disk and stops when the last trial is told.
 

@@ -114,10 +114,12 @@ def load_model(settings: ModelSettings, device: torch.device):
 
 
 def _not_found(source: str, error: Exception, key: str = "model") -> str:
+    what = "tokenizer" if key == "model.tokenizer" else "model"
     if Path(source).exists():
-        return f"{key}: could not load {source} ({error}); is it a Hugging Face model directory?"
-    return (f"{key}: {source!r} is neither a local directory nor a reachable hub model ({type(error).__name__}); "
-            "pass a local model directory, a .gguf file, or a hub id with network access")
+        return f"{key}: could not load {source} ({error}); is it a Hugging Face {what} directory?"
+    local = "a local tokenizer directory" if what == "tokenizer" else "a local model directory, a .gguf file,"
+    return (f"{key}: {source!r} is neither a local directory nor a reachable hub {what} ({type(error).__name__}); "
+            f"pass {local} or a hub id with network access")
 
 
 def _bnb_config(settings: ModelSettings, device: torch.device, compute_dtype: torch.dtype):
