@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -118,7 +119,7 @@ def packed_sweep(model_dir, data, args, device, dtype, slots: int | str) -> dict
     slots = engine.slots
     engine.close()
     return {"engine": "engine loop (packed)", "seconds": seconds, "slots": slots, "best": study.best_value,
-            "load_s": load_s, "eval_s": eval_s[0]}
+            "load_s": load_s, "eval_s": eval_s[0], "engine_seconds": dict(engine.seconds)}
 
 
 def word(i: int) -> str:
@@ -152,7 +153,7 @@ def check_round_trip(base_yaml: Path, data) -> None:
                                  f"{e['input_ids'][:6]}, got {got[:6]}): the two sides would train on other data")
 
 
-def write_sweep_files(root: Path, model_dir: Path, tokenizer_dir: Path, data, args, slots) -> Path:
+def write_sweep_files(root: Path, model_dir: Path, tokenizer_dir: Path, data, args, slots, compile_: bool) -> Path:
     """The same sweep as `sample` and `baseline_sweep`, as tunepilot files: text data, base config, sweep."""
     import yaml
 
@@ -180,30 +181,33 @@ def write_sweep_files(root: Path, model_dir: Path, tokenizer_dir: Path, data, ar
         "pruner": "none",
         "budget": {"n_trials": args.trials},
         "eval_points": 2,
-        "engine": {"name": "packed", "slots": slots},
+        "engine": {"name": "packed", "slots": slots, "compile": compile_},
     }
     (root / "base.yaml").write_text(yaml.safe_dump(base))
     (root / "sweep.yaml").write_text(yaml.safe_dump(sweep))
     return root / "sweep.yaml"
 
 
-def tunepilot_sweep(model_dir, data, args, device, slots) -> dict:
+def tunepilot_sweep(model_dir, data, args, device, slots, compile_: bool = False) -> dict:
     """`tunepilot sweep` (its own prepare + run_sweep, as the CLI calls them) with the packed engine:
     data preparation, SQLite study, per-trial metrics, exported adapters and leaderboard included."""
     from tunepilot.search.sweep import prepare, run_sweep
 
-    root = Path(args.workdir) / f"tunepilot-slots-{slots}"
-    path = write_sweep_files(root, model_dir, Path(args.workdir) / "word-tokenizer", data, args, slots)
+    root = Path(args.workdir) / f"tunepilot-slots-{slots}{'-compiled' if compile_ else ''}"
+    path = write_sweep_files(root, model_dir, Path(args.workdir) / "word-tokenizer", data, args, slots, compile_)
     check_round_trip(path.parent / "base.yaml", data)
+    shutil.rmtree(root / "sweep", ignore_errors=True)  # a sweep left by an earlier run would be resumed
     t0 = time.perf_counter()
     summary = run_sweep(prepare(path, sweep_dir=root / "sweep"))
     _sync(device)
     seconds = time.perf_counter() - t0
     board = summary["leaderboard"]
     done = [r for r in board if r.get("state") == "complete"]
-    return {"engine": "tunepilot sweep (packed)", "seconds": seconds, "slots": slots, "trials": len(board),
+    name = f"tunepilot sweep (packed{', compiled' if compile_ else ''})"
+    return {"engine": name, "seconds": seconds, "slots": slots, "trials": len(board),
             "complete": len(done), "best": min((r["value"] for r in done), default=None),
             "trained_tokens": sum(r["tokens"] or 0 for r in board),
+            "engine_seconds": summary.get("engine_seconds"),  # load / train / eval / export inside the clock
             "values": [{"params": r["params"], "value": r["value"]} for r in board]}
 
 
@@ -299,6 +303,8 @@ def main() -> None:
     p.add_argument("--seq", type=int, default=1024)
     p.add_argument("--slots", nargs="+", default=["auto"],
                    help="packed slots, one packed sweep per value; auto: chosen from GPU memory")
+    p.add_argument("--compile-slots", nargs="*", default=[],
+                   help="also one packed sweep per value with engine.compile: true")
     p.add_argument("--engine-loop", action="store_true",
                    help="also run each packed sweep through this script's own loop over the engine (no files)")
     p.add_argument("--workdir", default="/tmp/packed-sweep")
@@ -321,15 +327,16 @@ def main() -> None:
     _warm_up(device)  # CUDA context, cuBLAS and allocator start-up: paid here, by neither side's clock
     word_tokenizer(vocab).save_pretrained(Path(args.workdir) / "word-tokenizer")
     packed = []
-    for slots in args.slots:
+    runs = [(s, False) for s in args.slots] + [(s, True) for s in args.compile_slots]
+    for slots, compile_ in runs:
         slots = slots if slots == "auto" else int(slots)
-        packed.append(tunepilot_sweep(model_dir, data, args, device, slots))
+        packed.append(tunepilot_sweep(model_dir, data, args, device, slots, compile_))
         print(json.dumps(packed[-1]), flush=True)
         expected = args.trials * args.steps * args.micro * (args.seq - 1)  # what each baseline trial trains
         if packed[-1]["trained_tokens"] != expected:
             raise SystemExit(f"tunepilot sweep trained {packed[-1]['trained_tokens']} tokens, the baseline trains "
                              f"{expected}: the two sides would not do the same work")
-        if args.engine_loop:  # the same sweep driven by this script's own ask/tell loop over the engine
+        if args.engine_loop and not compile_:  # the same sweep through this script's own ask/tell loop
             packed.append(packed_sweep(model_dir, data, args, device, dtype, slots))
             print(json.dumps(packed[-1]), flush=True)
     base = baseline_sweep(model_dir, data, args, device, dtype)

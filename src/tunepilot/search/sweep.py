@@ -73,6 +73,7 @@ def run_sweep(setup: SweepSetup, log: Callable[[str], None] | None = None) -> di
             why = loop.run()
         finally:
             engine.close()
+        seconds = getattr(engine, "seconds", None)  # the engine's own time split, where it keeps one
         results = write_results(sweep_dir, study, base)
     return {
         "sweep_dir": str(sweep_dir),
@@ -83,6 +84,7 @@ def run_sweep(setup: SweepSetup, log: Callable[[str], None] | None = None) -> di
         "resumed_trials": retried,
         "leaderboard": leaderboard(study),
         "decisions": study.user_attrs.get("decisions", []),
+        **({"engine_seconds": dict(seconds)} if seconds else {}),
         **results,
     }
 

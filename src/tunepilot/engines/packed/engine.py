@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -52,8 +53,11 @@ class PackedEngine:
             raise UserError(f"engine.compile: {compile!r} is not true, false or a torch.compile mode "
                             f"({', '.join(COMPILE_MODES)})")
         self.config, self.clock = config, clock
+        # where the engine's wall time went (host clock; the GPU catches up at each report's sync)
+        self.seconds = {"load": 0.0, "train": 0.0, "eval": 0.0, "export": 0.0}
         if model is None:
-            model, pad_id = _load(config)
+            with self._timed("load"):
+                model, pad_id = _load(config)
         self.pack = Pack(model, pad_id if pad_id is not None else 0, chunk_rows,
                          gradient_checkpointing=config.model.gradient_checkpointing, compile=compile)
         self._data = data or _prepared_data(config)
@@ -88,14 +92,17 @@ class PackedEngine:
     def advance(self) -> list[Progress]:
         out, self._pending = self._pending, []
         while any(self._slots):
-            out += self._step()
+            with self._timed("train"):
+                out += self._step()
             ready = [t for t in self._slots if t is not None and t.at_report]
             if ready:
-                out += self._flush()  # the stream and last_loss up to date; a failed trial is gone
+                with self._timed("train"):
+                    out += self._flush()  # the stream and last_loss up to date; a failed trial is gone
                 return out + self._report([t for t in ready if self._slots[t.slot] is t])
             if any(isinstance(p, Outcome) for p in out):
                 return out
-        return out + self._flush()
+        with self._timed("train"):
+            return out + self._flush()
 
     def stop(self, number: int, reason: str) -> Outcome:
         trial = next((t for t in self._slots if t is not None and t.number == number), None)
@@ -225,7 +232,8 @@ class PackedEngine:
         return {t.number: means.get(t.slot) for t in trials}
 
     def _report(self, ready: list[TrialState]) -> list[Progress]:
-        evals = self.evaluate(ready)
+        with self._timed("eval"):
+            evals = self.evaluate(ready)
         out: list[Progress] = []
         for t in ready:
             value = evals[t.number] if evals[t.number] is not None else t.last_loss
@@ -251,8 +259,9 @@ class PackedEngine:
         if run_dir is not None:
             if state == "complete":
                 # the adapter of the best eval when load_best_model_at_end (as the standard engine does)
-                export_adapter(run_dir / "adapter", self.pack.wrapped, t.slot, extra["targets"],
-                               t.config.method, self.config.model.name_or_path, extra.get("best_state"))
+                with self._timed("export"):
+                    export_adapter(run_dir / "adapter", self.pack.wrapped, t.slot, extra["targets"],
+                                   t.config.method, self.config.model.name_or_path, extra.get("best_state"))
             best = t.best
             atomic_write_json(run_dir / "summary.json", {
                 "number": t.number, "engine": self.name, "state": state, "value": value, "reason": reason,
@@ -268,6 +277,14 @@ class PackedEngine:
         writer = self._extra[t.slot]["writer"]
         if writer is not None:
             writer.write(record)
+
+    @contextmanager
+    def _timed(self, phase: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] += time.perf_counter() - start
 
     def _seconds(self, t: TrialState, extra: dict | None = None) -> float:
         return self.clock() - (extra or self._extra[t.slot])["t0"]
