@@ -228,7 +228,7 @@ def run_baseline(arch: str, args, device: torch.device, dtype: torch.dtype) -> d
 
 
 def run_packed(arch: str, k: int, args, device: torch.device, dtype: torch.dtype,
-               compiled: bool = False, profiled: bool = False) -> dict:
+               compiled: bool | str = False, profiled: bool = False) -> dict:
     """K trials in the packed engine: tokens/s over the timed packed steps after warm-up (which
     includes the compilation when `compiled`)."""
     _reset_peak(device)
@@ -260,7 +260,7 @@ def run_packed(arch: str, k: int, args, device: torch.device, dtype: torch.dtype
     if checkpointing:  # K trials' activations would not fit: recompute them instead
         per_trial = pmem.trial_bytes(shape, lora_param_count(model), args.micro, args.seq, True)
         base = build_config({**raw, "gradient_checkpointing": True}, check_paths=False)[0]
-    mode = args.compile_mode if compiled else False
+    mode = (compiled if isinstance(compiled, str) else args.compile_mode[0]) if compiled else False
     engine = PackedEngine(base, k, model=model, pad_id=0, data=lambda cfg: (train, []), compile=mode)
     for i in range(k):
         params = {"learning_rate": 1e-4 * (1 + i), "seed": i}
@@ -282,7 +282,7 @@ def run_packed(arch: str, k: int, args, device: torch.device, dtype: torch.dtype
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     est = weights + pmem.shared_bytes(shape, 2048) + k * per_trial  # what the engine's fit check assumes
     result = {
-        "engine": _engine_name(compiled, args.compile_mode, prof is not None),
+        "engine": _engine_name(bool(compiled), mode, prof is not None),
         "arch": arch,
         "k": k,
         "warmup_s": warmup_s,
@@ -443,7 +443,8 @@ def main() -> None:
                    help="the --profile-ks runs also count host syncs by source line (torch sync debug mode)")
     p.add_argument("--compile-ks", nargs="*", type=int, default=[],
                    help="also run these K with torch.compile'd decoder layers and loss chunk")
-    p.add_argument("--compile-mode", default="default", help="torch.compile mode of the compiled runs' decoder layers")
+    p.add_argument("--compile-mode", nargs="+", default=["default"],
+                   help="torch.compile mode(s) of the compiled runs' decoder layers: one run per mode and K")
     p.add_argument("--compiled-no-checkpointing", action="store_true",
                    help="compiled runs never recompute activations (the fit estimate is eager's; an OOM is reported)")
     p.add_argument("--micro", type=int, default=4)
@@ -481,8 +482,8 @@ def main() -> None:
         runs += [(lambda a=arch, k=k: run_packed(a, k, args, device, dtype, compiled=args.profile_compiled,
                                                  profiled=True), f"K={k} profiled")
                  for k in args.profile_ks]
-        runs += [(lambda a=arch, k=k: run_packed(a, k, args, device, dtype, compiled=True), f"K={k} compiled")
-                 for k in args.compile_ks]
+        runs += [(lambda a=arch, k=k, m=m: run_packed(a, k, args, device, dtype, compiled=m), f"K={k} compiled {m}")
+                 for k in args.compile_ks for m in args.compile_mode]
         for fn, name in runs:
             try:
                 results.append(fn())
