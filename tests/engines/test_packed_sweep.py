@@ -47,3 +47,9 @@ def test_sweep_with_the_packed_engine_runs_trials_in_slots(tiny_model, tmp_path)
         assert [r.step for r in records if isinstance(r, TrainStep)] == [1, 2, 3, 4]
         assert any(isinstance(r, EvalPoint) for r in records)
         assert (summary.parent / "adapter" / "adapter_config.json").exists()
+    # where the engine's time went: every phase of this sweep ran, and the split is in the JSON result
+    split = body["engine_seconds"]
+    assert set(split) == {"load", "train", "eval", "export"}
+    assert all(split[k] > 0 for k in ("load", "train", "eval", "export")), split
+    shown = CliRunner().invoke(app, ["sweep", str(path), "--dir", str(tmp_path / "sw")])  # resumes: all done
+    assert shown.exit_code == 0 and "engine time: load" in shown.output, shown.output[-2000:]

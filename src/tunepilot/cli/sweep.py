@@ -35,6 +35,9 @@ def render(console: Console, d: dict[str, Any], limit: int = 20) -> None:
     for dec in d.get("decisions", []):
         choice = _cell(dec["choice"]) if not isinstance(dec["choice"], dict) else _params(dec["choice"])
         console.print(f"  [bold]{escape(dec['stage'])}[/]: {escape(choice)} - {escape(dec['reason'])}")
+    if d.get("engine_seconds"):
+        split = ", ".join(f"{k} {v:.1f} s" for k, v in d["engine_seconds"].items())
+        console.print(f"engine time: {split}")
     if d["best"] is None:
         console.print("[red]no trial completed[/]; see the reasons above")
         return
