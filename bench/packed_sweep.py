@@ -204,7 +204,8 @@ def tunepilot_sweep(model_dir, data, args, device, slots, compile_: bool = False
     board = summary["leaderboard"]
     done = [r for r in board if r.get("state") == "complete"]
     name = f"tunepilot sweep (packed{', compiled' if compile_ else ''})"
-    return {"engine": name, "seconds": seconds, "slots": slots, "trials": len(board),
+    return {"engine": name, "seconds": seconds, "slots": slots, "engine_slots": summary["engine_slots"],
+            "trials": len(board),
             "complete": len(done), "best": min((r["value"] for r in done), default=None),
             "trained_tokens": sum(r["tokens"] or 0 for r in board),
             "engine_seconds": summary.get("engine_seconds"),  # load / train / eval / export inside the clock

@@ -48,6 +48,7 @@ def test_sweep_with_the_packed_engine_runs_trials_in_slots(tiny_model, tmp_path)
         assert any(isinstance(r, EvalPoint) for r in records)
         assert (summary.parent / "adapter" / "adapter_config.json").exists()
     # where the engine's time went: every phase of this sweep ran, and the split is in the JSON result
+    assert body["engine_slots"] == 3
     split = body["engine_seconds"]
     assert set(split) == {"load", "train", "eval", "export"}
     assert all(split[k] > 0 for k in ("load", "train", "eval", "export")), split

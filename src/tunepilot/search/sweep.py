@@ -84,6 +84,7 @@ def run_sweep(setup: SweepSetup, log: Callable[[str], None] | None = None) -> di
         "resumed_trials": retried,
         "leaderboard": leaderboard(study),
         "decisions": study.user_attrs.get("decisions", []),
+        "engine_slots": engine.slots,  # what `slots: auto` chose
         **({"engine_seconds": dict(seconds)} if seconds else {}),
         **results,
     }
