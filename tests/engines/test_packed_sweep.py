@@ -50,7 +50,7 @@ def test_sweep_with_the_packed_engine_runs_trials_in_slots(tiny_model, tmp_path)
     # where the engine's time went: every phase of this sweep ran, and the split is in the JSON result
     assert body["engine_slots"] == 3
     split = body["engine_seconds"]
-    assert set(split) == {"load", "train", "eval", "export"}
-    assert all(split[k] > 0 for k in ("load", "train", "eval", "export")), split
+    assert set(split) == {"load", "start", "train", "eval", "export"}
+    assert all(v > 0 for v in split.values()), split
     shown = CliRunner().invoke(app, ["sweep", str(path), "--dir", str(tmp_path / "sw")])  # resumes: all done
     assert shown.exit_code == 0 and "engine time: load" in shown.output, shown.output[-2000:]

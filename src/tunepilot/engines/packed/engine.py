@@ -54,7 +54,7 @@ class PackedEngine:
                             f"({', '.join(COMPILE_MODES)})")
         self.config, self.clock = config, clock
         # where the engine's wall time went (host clock; the GPU catches up at each report's sync)
-        self.seconds = {"load": 0.0, "train": 0.0, "eval": 0.0, "export": 0.0}
+        self.seconds = {"load": 0.0, "start": 0.0, "train": 0.0, "eval": 0.0, "export": 0.0}
         if model is None:
             with self._timed("load"):
                 model, pad_id = _load(config)
@@ -85,7 +85,8 @@ class PackedEngine:
         if not free:
             raise RuntimeError(f"packed engine: all {self.slots} slots are busy; stop or advance first")
         try:
-            self._start(spec, free[0])
+            with self._timed("start"):  # data (prepared once per data settings), adapters, optimizer
+                self._start(spec, free[0])
         except UserError as e:  # the trial cannot run here: reported as failed before it starts
             self._pending.append(Outcome(spec.number, "failed", reason=e.message))
 
