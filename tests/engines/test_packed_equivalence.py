@@ -9,6 +9,7 @@ packed trial's logits.
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
@@ -18,7 +19,7 @@ from tunepilot.config import build_config
 from tunepilot.engines.base import Outcome, TrialSpec
 from tunepilot.engines.packed import PackedEngine
 from tunepilot.engines.packed.export import export_adapter
-from tunepilot.stream import EvalPoint, TrainStep, read_stream
+from tunepilot.stream import EvalPoint, Event, TrainStep, read_stream
 
 
 def synthetic_examples(n: int, vocab: int, seed: int) -> list[dict]:
@@ -197,6 +198,31 @@ def test_a_diverging_trial_fails_alone_and_its_pack_mate_is_untouched(load, data
     for g, w in zip(got[0], want[0], strict=True):
         assert g[0] == pytest.approx(w[0], abs=1e-5) and g[1] == pytest.approx(w[1], abs=1e-5)
     assert packed[1].value == pytest.approx(alone[1].value, abs=1e-5)
+
+
+def test_the_health_monitor_stops_a_packed_trial_and_its_pack_mate_is_untouched(load, data, tiny_model, tmp_path):
+    """Each packed trial has the standard engine's live monitor (its own `health` settings): alerts go to
+    its stream, and a stop ends that trial alone as failed with the rule's code. The tiny model cannot
+    diverge for real, so the watched trial's rule is set to call any rise above its best loss a divergence."""
+    steady = {**MIXED[2], "max_steps": 6, "lora_target": "all-linear"}
+    touchy = {**steady, "seed": 9, "learning_rate": 0.5,
+              "health": {"divergence_factor": 1.0001, "divergence_patience": 1, "min_points": 2, "smooth_window": 1}}
+    packed = run_engine(load, data, tiny_model, tmp_path / "pack", {1: steady, 2: touchy}, slots=2, fractions=(1.0,))
+    assert packed[2].state == "failed" and packed[2].reason == "health.stop", packed[2]  # as the standard engine
+    records = read_stream(tmp_path / "pack" / "t2" / "metrics.jsonl")
+    events = [r for r in records if isinstance(r, Event)]
+    assert "health.lr_range" in {e.code for e in events}  # an alert: lr 0.5 is far above LoRA's usual range
+    found, stop = events[-2:]
+    assert found.code == "health.stop" and found.data["rule"] == "divergence"
+    assert stop.code == "stop" and stop.data == {"reason": "health.stop"} and stop.step == found.step
+    steps = [r.step for r in records if isinstance(r, TrainStep)]
+    assert steps[-1] == stop.step < 6
+    assert json.loads((tmp_path / "pack" / "t2" / "summary.json").read_text())["reason"] == "health.stop"
+    alone = run_engine(load, data, tiny_model, tmp_path / "alone", {1: steady}, slots=1, fractions=(1.0,))
+    got, want = curves(tmp_path / "pack" / "t1"), curves(tmp_path / "alone" / "t1")
+    assert packed[1].state == "complete" and len(got[0]) == 6
+    for g, w in zip(got[0], want[0], strict=True):
+        assert g[0] == pytest.approx(w[0], abs=1e-5) and g[1] == pytest.approx(w[1], abs=1e-5)
 
 
 def peft_reference(load, data, cfg, init_state: dict, steps: int):

@@ -30,8 +30,9 @@ from tunepilot.engines.packed.inject import adapter_state, add_adapters, remove_
 from tunepilot.engines.packed.pack import Pack
 from tunepilot.engines.packed.trial import TrialState
 from tunepilot.errors import UserError
+from tunepilot.health.monitor import LiveMonitor
 from tunepilot.io import atomic_write_json
-from tunepilot.stream import EvalPoint, MetricsWriter, TrainStep
+from tunepilot.stream import EvalPoint, Event, MetricsWriter, TrainStep
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 DataFn = Callable[[Any], tuple[list, list]]  # RunConfig -> (train examples, eval examples)
@@ -62,6 +63,7 @@ class PackedEngine:
                          gradient_checkpointing=config.model.gradient_checkpointing, compile=compile)
         self._data = data or _prepared_data(config)
         self.shape = memory.Shape.of(model)
+        self._num_params = sum(p.numel() for p in model.parameters())  # the base model's size, for health rules
         self.budget = memory_budget if memory_budget is not None else memory.memory_budget(self.pack.device)
         self.shared = memory.shared_bytes(self.shape, chunk_rows)
         k = slots if isinstance(slots, int) else memory.slots_that_fit(
@@ -143,7 +145,14 @@ class PackedEngine:
         if writer is not None:
             writer.truncate_after(0)  # a rerun trial in the same directory starts a fresh stream
         self._extra[slot] = {"targets": targets, "t0": self.clock(), "run_dir": run_dir,
-                             "params": spec.params, "writer": writer}
+                             "params": spec.params, "writer": writer, "monitor": self._monitor(self._slots[slot])}
+
+    def _monitor(self, t: TrialState) -> LiveMonitor | None:
+        """The trial's live health monitor (`health.*`), as each standard engine run has one."""
+        if not t.config.health.enabled:
+            return None
+        return LiveMonitor(t.config.health, method="lora", num_params=self._num_params, planned_steps=t.steps,
+                           learning_rate=t.config.train.learning_rate)
 
     def _check_compatible(self, cfg: Any) -> None:
         if cfg.method.finetuning_type != "lora" or cfg.model.quantization_bit is not None:
@@ -203,9 +212,10 @@ class PackedEngine:
                 out.append(self._finish(t, "failed", None, f"loss is {loss} at step {log['step']}"))
                 continue
             t.last_loss = loss
-            self._write(t, TrainStep(step=log["step"], loss=loss, lr=log["lr"], grad_norm=norm,
-                                     epoch=log["epoch"], tokens=log["tokens"], seconds=self._seconds(t),
-                                     memory_mb=_memory_mb(self.pack.device)))
+            stopped = self._write(t, TrainStep(step=log["step"], loss=loss, lr=log["lr"], grad_norm=norm,
+                                               epoch=log["epoch"], tokens=log["tokens"], seconds=self._seconds(t),
+                                               memory_mb=_memory_mb(self.pack.device)))
+            out += [stopped] if stopped is not None else []
         return out
 
     def _flush(self) -> list[Progress]:
@@ -240,8 +250,11 @@ class PackedEngine:
             value = evals[t.number] if evals[t.number] is not None else t.last_loss
             t.evals.append((t.step, value))  # without an eval set the objective is the train loss
             if evals[t.number] is not None:
-                self._write(t, EvalPoint(step=t.step, eval_loss=evals[t.number], epoch=t.epoch,
-                                         seconds=self._seconds(t)))
+                stopped = self._write(t, EvalPoint(step=t.step, eval_loss=evals[t.number], epoch=t.epoch,
+                                                   seconds=self._seconds(t)))
+                if stopped is not None:  # the health monitor ended the trial on this evaluation
+                    out.append(stopped)
+                    continue
             if t.best == value and t.config.train.load_best_model_at_end:
                 self._extra[t.slot]["best_state"] = adapter_state(self.pack.wrapped, t.slot)  # CPU copy
             if not math.isfinite(value):
@@ -274,10 +287,24 @@ class PackedEngine:
         self._slots[t.slot] = None
         return outcome
 
-    def _write(self, t: TrialState, record: Any) -> None:
-        writer = self._extra[t.slot]["writer"]
-        if writer is not None:
-            writer.write(record)
+    def _write(self, t: TrialState, record: Any) -> Outcome | None:
+        """Write a record to the trial's stream and show it to its health monitor; if the monitor
+        stops the trial (NaN, collapse, divergence: the standard engine's rules and switches), the
+        trial ends here as failed, and its Outcome is returned."""
+        extra = self._extra[t.slot]
+        if extra["writer"] is not None:
+            extra["writer"].write(record)
+        monitor = extra["monitor"]
+        if monitor is None or isinstance(record, Event):
+            return None
+        for event in monitor.observe(record):
+            self._write(t, event)
+        stop = monitor.stop_event
+        if stop is None:
+            return None
+        self._write(t, Event(step=stop.step, code="stop", severity=stop.severity,
+                             message=f"run stopped: {stop.message}", data={"reason": stop.code}))
+        return self._finish(t, "failed", None, stop.code)
 
     @contextmanager
     def _timed(self, phase: str) -> Iterator[None]:
