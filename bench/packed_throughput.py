@@ -228,7 +228,7 @@ def run_baseline(arch: str, args, device: torch.device, dtype: torch.dtype) -> d
 
 
 def run_packed(arch: str, k: int, args, device: torch.device, dtype: torch.dtype,
-               compiled: bool | str = False, profiled: bool = False) -> dict:
+               compiled: bool | str = False, profiled: bool = False, fuse_norms: bool | None = None) -> dict:
     """K trials in the packed engine: tokens/s over the timed packed steps after warm-up (which
     includes the compilation when `compiled`)."""
     _reset_peak(device)
@@ -261,7 +261,8 @@ def run_packed(arch: str, k: int, args, device: torch.device, dtype: torch.dtype
         per_trial = pmem.trial_bytes(shape, lora_param_count(model), args.micro, args.seq, True)
         base = build_config({**raw, "gradient_checkpointing": True}, check_paths=False)[0]
     mode = (compiled if isinstance(compiled, str) else args.compile_mode[0]) if compiled else False
-    engine = PackedEngine(base, k, model=model, pad_id=0, data=lambda cfg: (train, []), compile=mode)
+    engine = PackedEngine(base, k, model=model, pad_id=0, data=lambda cfg: (train, []), compile=mode,
+                          fuse_norms=fuse_norms)
     for i in range(k):
         params = {"learning_rate": 1e-4 * (1 + i), "seed": i}
         cfg = build_config({**raw, **params, "gradient_checkpointing": checkpointing}, check_paths=False)[0]
@@ -282,7 +283,7 @@ def run_packed(arch: str, k: int, args, device: torch.device, dtype: torch.dtype
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     est = weights + pmem.shared_bytes(shape, 2048) + k * per_trial  # what the engine's fit check assumes
     result = {
-        "engine": _engine_name(bool(compiled), mode, prof is not None),
+        "engine": _engine_name(bool(compiled), mode, prof is not None) + (" (unfused norms)" * (fuse_norms is False)),
         "arch": arch,
         "k": k,
         "warmup_s": warmup_s,
@@ -443,6 +444,8 @@ def main() -> None:
                    help="the --profile-ks runs also count host syncs by source line (torch sync debug mode)")
     p.add_argument("--compile-ks", nargs="*", type=int, default=[],
                    help="also run these K with torch.compile'd decoder layers and loss chunk")
+    p.add_argument("--unfused-norms-ks", nargs="*", type=int, default=[],
+                   help="also run these K eager with transformers' own RMSNorm (measures the fused norms)")
     p.add_argument("--compile-mode", nargs="+", default=["default"],
                    help="torch.compile mode(s) of the compiled runs' decoder layers: one run per mode and K")
     p.add_argument("--compiled-no-checkpointing", action="store_true",
@@ -479,6 +482,8 @@ def main() -> None:
     for arch in args.archs:
         runs = [(lambda a=arch: run_baseline(a, args, device, dtype), "baseline")] * (not args.no_baseline)
         runs += [(lambda a=arch, k=k: run_packed(a, k, args, device, dtype), f"K={k}") for k in args.ks]
+        runs += [(lambda a=arch, k=k: run_packed(a, k, args, device, dtype, fuse_norms=False), f"K={k} unfused norms")
+                 for k in args.unfused_norms_ks]
         runs += [(lambda a=arch, k=k: run_packed(a, k, args, device, dtype, compiled=args.profile_compiled,
                                                  profiled=True), f"K={k} profiled")
                  for k in args.profile_ks]

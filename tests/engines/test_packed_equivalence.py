@@ -223,6 +223,7 @@ def test_the_health_monitor_stops_a_packed_trial_and_its_pack_mate_is_untouched(
     assert packed[1].state == "complete" and len(got[0]) == 6
     for g, w in zip(got[0], want[0], strict=True):
         assert g[0] == pytest.approx(w[0], abs=1e-5) and g[1] == pytest.approx(w[1], abs=1e-5)
+    assert packed[1].value == pytest.approx(alone[1].value, abs=1e-5)
 
 
 def peft_reference(load, data, cfg, init_state: dict, steps: int):
@@ -284,7 +285,10 @@ def test_packed_trial_is_standard_peft_lora_and_exports_a_peft_adapter(load, dat
 
     params = {**MIXED[2], "max_steps": 4}
     neighbour = {**MIXED[1], "max_steps": 8}  # a pack neighbour, so the checked trial is not alone
-    engine = PackedEngine(make_config(tiny_model), 2, model=load(), pad_id=0, data=data, chunk_rows=5)
+    # fused RMSNorm kernels, as on GPU (on CPU the engine keeps transformers' own by default)
+    engine = PackedEngine(make_config(tiny_model), 2, model=load(), pad_id=0, data=data, chunk_rows=5,
+                          fuse_norms=True)
+    assert engine.pack.fused_norms == 5
     cfg = make_config(tiny_model, **params)
     engine.start(TrialSpec(7, params, cfg, run_dir=tmp_path / "t7", report_fractions=(0.5, 1.0)))
     engine.start(TrialSpec(8, neighbour, make_config(tiny_model, **neighbour), report_fractions=(1.0,)))

@@ -44,10 +44,11 @@ class PackedEngine:
     def __init__(self, config: Any, slots: int | str = "auto", *, model: torch.nn.Module | None = None,
                  pad_id: int | None = None, data: DataFn | None = None, chunk_rows: int = 2048,
                  memory_budget: int | None = None, clock: Callable[[], float] = time.monotonic,
-                 compile: bool | str = False):
+                 compile: bool | str = False, fuse_norms: bool | None = None):
         """`config`: the sweep's base RunConfig (model, data, shapes); model/data injectable for tests.
         `compile`: torch.compile the decoder layers and the loss chunk (see `Pack._compile`); a
-        string is the decoder layers' torch.compile mode."""
+        string is the decoder layers' torch.compile mode. `fuse_norms`: eager RMSNorm as one
+        kernel (`norms.py`; None: on CUDA)."""
         if slots != "auto" and (not isinstance(slots, int) or isinstance(slots, bool) or slots < 1):
             raise UserError(f"engine.slots: {slots!r} is not a positive number of trials or auto")
         if not isinstance(compile, bool) and compile not in COMPILE_MODES:
@@ -60,7 +61,8 @@ class PackedEngine:
             with self._timed("load"):
                 model, pad_id = _load(config)
         self.pack = Pack(model, pad_id if pad_id is not None else 0, chunk_rows,
-                         gradient_checkpointing=config.model.gradient_checkpointing, compile=compile)
+                         gradient_checkpointing=config.model.gradient_checkpointing, compile=compile,
+                         fuse_norms=fuse_norms)
         self._data = data or _prepared_data(config)
         self.shape = memory.Shape.of(model)
         self._num_params = sum(p.numel() for p in model.parameters())  # the base model's size, for health rules

@@ -17,6 +17,7 @@ from torch import nn
 from tunepilot.engines.packed.inject import wrap_linears
 from tunepilot.engines.packed.lora import PackContext, _mix_seed
 from tunepilot.engines.packed.loss import IGNORE_INDEX, ce_chunk, ce_chunk_fused, chunked_ce_sums, trained_positions
+from tunepilot.engines.packed.norms import fuse_rms_norms
 from tunepilot.errors import UserError
 
 Example = dict[str, Any]  # {"input_ids": [...], "labels": [...]}
@@ -36,7 +37,8 @@ class Batch:
 
 class Pack:
     def __init__(self, model: nn.Module, pad_id: int, chunk_rows: int = 4096,
-                 gradient_checkpointing: bool = False, compile: bool | str = False):
+                 gradient_checkpointing: bool = False, compile: bool | str = False,
+                 fuse_norms: bool | None = None):
         if getattr(model.config, "final_logit_softcapping", None) or getattr(model.config, "logit_scale", None):
             raise UserError(f"{model.config.model_type}: logits are soft-capped or scaled after lm_head; the "
                             "packed engine's fused loss does not do that; use engine: standard")
@@ -55,6 +57,10 @@ class Pack:
         model.eval()
         self.mask_free = _mask_free_attention(model, self.decoder)
         self.chunk_fn = ce_chunk
+        # eager on GPU: one fused kernel per RMSNorm (None: on CUDA only; on CPU it gains nothing);
+        # compiled, inductor fuses transformers' own form
+        fuse = self.device.type == "cuda" if fuse_norms is None else fuse_norms
+        self.fused_norms = fuse_rms_norms(model) if fuse and not compile else 0
         if compile:
             self._compile(None if compile is True else compile)
 
