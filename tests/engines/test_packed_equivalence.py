@@ -226,6 +226,49 @@ def test_the_health_monitor_stops_a_packed_trial_and_its_pack_mate_is_untouched(
     assert packed[1].value == pytest.approx(alone[1].value, abs=1e-5)
 
 
+def test_out_of_memory_fails_the_packs_trials_for_a_retry_and_drops_a_slot(load, data, tiny_model, tmp_path,
+                                                                          monkeypatch):
+    """A packed step that runs out of GPU memory (simulated: more than two slots' rows) fails its trials as
+    out of memory (the sweep loop then retries them with half the micro-batch); the engine goes on with one
+    slot fewer, and a trial started afterwards trains exactly as it does alone."""
+    from tunepilot.search.loop import _is_oom
+
+    engine = PackedEngine(make_config(tiny_model), 3, model=load(), pad_id=0, data=data, chunk_rows=7)
+    losses = engine.pack.losses
+
+    def two_slots_fit(micro, training, seeds=None):
+        if len(micro) > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return losses(micro, training, seeds)
+
+    monkeypatch.setattr(engine.pack, "losses", two_slots_fit)
+    trial = {**MIXED[2], "max_steps": 3, "lora_target": "all-linear"}
+
+    def start(number):
+        cfg = make_config(tiny_model, **trial)
+        engine.start(TrialSpec(number, trial, cfg, run_dir=tmp_path / "pack" / f"t{number}", report_fractions=(1.0,)))
+
+    for number in (0, 1, 2):
+        start(number)
+    failed = engine.advance()
+    assert sorted(o.number for o in failed) == [0, 1, 2]
+    assert all(o.state == "failed" and _is_oom(o) and "20.00 GiB" in o.reason for o in failed), failed
+    assert engine.slots == 2 and engine.active == []
+    assert not engine.pack.bank.weights.detach().any() and not engine.pack.bank.weights.grad.any()
+    start(3)
+    done = []
+    while engine.active:
+        done += [p for p in engine.advance() if isinstance(p, Outcome)]
+    engine.close()
+    assert [(o.number, o.state) for o in done] == [(3, "complete")]
+    alone = run_engine(load, data, tiny_model, tmp_path / "alone", {3: trial}, slots=1, fractions=(1.0,))
+    got, want = curves(tmp_path / "pack" / "t3"), curves(tmp_path / "alone" / "t3")
+    assert len(got[0]) == 3
+    for g, w in zip(got[0], want[0], strict=True):
+        assert g[0] == pytest.approx(w[0], abs=1e-5) and g[1] == pytest.approx(w[1], abs=1e-5)
+    assert done[0].value == pytest.approx(alone[3].value, abs=1e-5)
+
+
 def peft_reference(load, data, cfg, init_state: dict, steps: int):
     """The same trial with plain PEFT and the standard loop: loss and grad norm per optimizer step."""
     from peft import LoraConfig, get_peft_model, set_peft_model_state_dict

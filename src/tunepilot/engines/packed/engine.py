@@ -96,6 +96,14 @@ class PackedEngine:
 
     def advance(self) -> list[Progress]:
         out, self._pending = self._pending, []
+        try:
+            return out + self._advance()
+        except torch.OutOfMemoryError as e:  # the failed step's tensors go with the traceback, below
+            message = str(e).splitlines()[0] if str(e) else "out of memory"
+        return out + self._out_of_memory(message)
+
+    def _advance(self) -> list[Progress]:
+        out: list[Progress] = []
         while any(self._slots):
             with self._timed("train"):
                 out += self._step()
@@ -108,6 +116,25 @@ class PackedEngine:
                 return out
         with self._timed("train"):
             return out + self._flush()
+
+    def _out_of_memory(self, message: str) -> list[Progress]:
+        """A packed step or evaluation ran out of GPU memory. The gradients it was accumulating are
+        partial, so every trial in it fails, marked as out of memory (a sweep retries such a trial with
+        half the micro-batch and twice the accumulation), and the engine keeps one slot fewer."""
+        out = self._flush()  # the step before the failed one finished: its records are written
+        trials = [t for t in self._slots if t is not None]
+        keep = max(1, len(trials) - 1)
+        reason = (f"out of memory in a packed step of {len(trials)} trial(s): {message}; "
+                  f"the packed engine holds at most {keep} slot(s) from now on")
+        for t in trials:
+            if self._slots[t.slot] is t:
+                outcome = self._finish(t, "failed", None, reason)
+                outcome.extra["oom"] = True
+                out.append(outcome)
+        del self._slots[keep:]
+        if self.pack.device.type == "cuda":
+            torch.cuda.empty_cache()
+        return out
 
     def stop(self, number: int, reason: str) -> Outcome:
         trial = next((t for t in self._slots if t is not None and t.number == number), None)
