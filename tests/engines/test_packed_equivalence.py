@@ -132,6 +132,16 @@ def curves(run_dir):
     return train, evals
 
 
+def assert_equals_alone(load, data, tiny_model, tmp_path, number: int, params: dict, outcome, steps: int):
+    """Packed trial `number` (its stream under tmp_path/pack) completed and equals the same trial alone."""
+    alone = run_engine(load, data, tiny_model, tmp_path / "alone", {number: params}, slots=1, fractions=(1.0,))
+    got, want = curves(tmp_path / "pack" / f"t{number}"), curves(tmp_path / "alone" / f"t{number}")
+    assert outcome.state == "complete" and len(got[0]) == steps
+    for g, w in zip(got[0], want[0], strict=True):
+        assert g[0] == pytest.approx(w[0], abs=1e-5) and g[1] == pytest.approx(w[1], abs=1e-5)
+    assert outcome.value == pytest.approx(alone[number].value, abs=1e-5)
+
+
 def test_packed_trials_equal_trials_alone(load, data, tiny_model, tmp_path):
     packed = run_engine(load, data, tiny_model, tmp_path / "pack", MIXED, slots=3)
     for number, params in MIXED.items():
@@ -192,12 +202,7 @@ def test_a_diverging_trial_fails_alone_and_its_pack_mate_is_untouched(load, data
     failed_at = int(packed[2].reason.rsplit(" ", 1)[1])
     written = [r.step for r in read_stream(tmp_path / "pack" / "t2" / "metrics.jsonl") if isinstance(r, TrainStep)]
     assert 1 < failed_at < 6 and written == list(range(1, failed_at))  # the bad step is not logged as a loss
-    alone = run_engine(load, data, tiny_model, tmp_path / "alone", {1: steady}, slots=1, fractions=(1.0,))
-    got, want = curves(tmp_path / "pack" / "t1"), curves(tmp_path / "alone" / "t1")
-    assert packed[1].state == "complete" and len(got[0]) == 6
-    for g, w in zip(got[0], want[0], strict=True):
-        assert g[0] == pytest.approx(w[0], abs=1e-5) and g[1] == pytest.approx(w[1], abs=1e-5)
-    assert packed[1].value == pytest.approx(alone[1].value, abs=1e-5)
+    assert_equals_alone(load, data, tiny_model, tmp_path, 1, steady, packed[1], steps=6)
 
 
 def test_the_health_monitor_stops_a_packed_trial_and_its_pack_mate_is_untouched(load, data, tiny_model, tmp_path):
@@ -218,12 +223,7 @@ def test_the_health_monitor_stops_a_packed_trial_and_its_pack_mate_is_untouched(
     steps = [r.step for r in records if isinstance(r, TrainStep)]
     assert steps[-1] == stop.step < 6
     assert json.loads((tmp_path / "pack" / "t2" / "summary.json").read_text())["reason"] == "health.stop"
-    alone = run_engine(load, data, tiny_model, tmp_path / "alone", {1: steady}, slots=1, fractions=(1.0,))
-    got, want = curves(tmp_path / "pack" / "t1"), curves(tmp_path / "alone" / "t1")
-    assert packed[1].state == "complete" and len(got[0]) == 6
-    for g, w in zip(got[0], want[0], strict=True):
-        assert g[0] == pytest.approx(w[0], abs=1e-5) and g[1] == pytest.approx(w[1], abs=1e-5)
-    assert packed[1].value == pytest.approx(alone[1].value, abs=1e-5)
+    assert_equals_alone(load, data, tiny_model, tmp_path, 1, steady, packed[1], steps=6)
 
 
 def test_out_of_memory_fails_the_packs_trials_for_a_retry_and_drops_a_slot(load, data, tiny_model, tmp_path,
@@ -260,13 +260,8 @@ def test_out_of_memory_fails_the_packs_trials_for_a_retry_and_drops_a_slot(load,
     while engine.active:
         done += [p for p in engine.advance() if isinstance(p, Outcome)]
     engine.close()
-    assert [(o.number, o.state) for o in done] == [(3, "complete")]
-    alone = run_engine(load, data, tiny_model, tmp_path / "alone", {3: trial}, slots=1, fractions=(1.0,))
-    got, want = curves(tmp_path / "pack" / "t3"), curves(tmp_path / "alone" / "t3")
-    assert len(got[0]) == 3
-    for g, w in zip(got[0], want[0], strict=True):
-        assert g[0] == pytest.approx(w[0], abs=1e-5) and g[1] == pytest.approx(w[1], abs=1e-5)
-    assert done[0].value == pytest.approx(alone[3].value, abs=1e-5)
+    assert [o.number for o in done] == [3]
+    assert_equals_alone(load, data, tiny_model, tmp_path, 3, trial, done[0], steps=3)
 
 
 def peft_reference(load, data, cfg, init_state: dict, steps: int):
