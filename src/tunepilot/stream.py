@@ -57,6 +57,12 @@ class Event:
     kind: Literal["event"] = "event"
 
 
+def stop_record(reason: Event) -> Event:
+    """The `stop` event an engine writes when `reason` (a health stop, early stopping...) ends its run."""
+    return Event(step=reason.step, code="stop", severity=reason.severity, message=f"run stopped: {reason.message}",
+                 data={"reason": reason.code})
+
+
 Record = TrainStep | EvalPoint | Event
 _TYPES: dict[str, type] = {"train": TrainStep, "eval": EvalPoint, "event": Event}
 

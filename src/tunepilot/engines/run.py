@@ -37,7 +37,7 @@ from tunepilot.engines.plan import Plan, epoch_at, make_plan, step_indices
 from tunepilot.errors import ExitCode, UserError
 from tunepilot.io import atomic_write_dir, atomic_write_json, atomic_write_text
 from tunepilot.models import apply_method, count_parameters, load_model, load_tokenizer, resolve_device
-from tunepilot.stream import EvalPoint, Event, MetricsWriter, Record, TrainStep
+from tunepilot.stream import EvalPoint, Event, MetricsWriter, Record, TrainStep, stop_record
 
 Callback = Callable[[Record], None]
 
@@ -246,8 +246,7 @@ class TrainingRun:
 
     def _stop(self, event: Event) -> None:
         self.stop_event = event
-        self._emit(Event(step=event.step, code="stop", severity=event.severity,
-                             message=f"run stopped: {event.message}", data={"reason": event.code}))
+        self._emit(stop_record(event))
 
     def _checkpoint(self) -> None:
         save_checkpoint(self.run_dir / "checkpoint", self.model, self.optimizer, self.scheduler, self.state)

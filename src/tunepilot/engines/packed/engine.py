@@ -32,7 +32,7 @@ from tunepilot.engines.packed.trial import TrialState
 from tunepilot.errors import UserError
 from tunepilot.health.monitor import LiveMonitor
 from tunepilot.io import atomic_write_json
-from tunepilot.stream import EvalPoint, Event, MetricsWriter, TrainStep
+from tunepilot.stream import EvalPoint, Event, MetricsWriter, TrainStep, stop_record
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 DataFn = Callable[[Any], tuple[list, list]]  # RunConfig -> (train examples, eval examples)
@@ -121,16 +121,15 @@ class PackedEngine:
         """A packed step or evaluation ran out of GPU memory. The gradients it was accumulating are
         partial, so every trial in it fails, marked as out of memory (a sweep retries such a trial with
         half the micro-batch and twice the accumulation), and the engine keeps one slot fewer."""
-        out = self._flush()  # the step before the failed one finished: its records are written
-        trials = [t for t in self._slots if t is not None]
-        keep = max(1, len(trials) - 1)
-        reason = (f"out of memory in a packed step of {len(trials)} trial(s): {message}; "
+        packed = len(self.active)  # before the flush, which may end some of them
+        keep = max(1, packed - 1)
+        reason = (f"out of memory in a packed pass of {packed} trial(s): {message}; "
                   f"the packed engine holds at most {keep} slot(s) from now on")
-        for t in trials:
-            if self._slots[t.slot] is t:
-                outcome = self._finish(t, "failed", None, reason)
-                outcome.extra["oom"] = True
-                out.append(outcome)
+        out = self._flush()  # the step before the failed one finished: its records are written
+        for t in [t for t in self._slots if t is not None]:
+            outcome = self._finish(t, "failed", None, reason)
+            outcome.extra["oom"] = True
+            out.append(outcome)
         del self._slots[keep:]
         if self.pack.device.type == "cuda":
             torch.cuda.empty_cache()
@@ -331,8 +330,7 @@ class PackedEngine:
         stop = monitor.stop_event
         if stop is None:
             return None
-        self._write(t, Event(step=stop.step, code="stop", severity=stop.severity,
-                             message=f"run stopped: {stop.message}", data={"reason": stop.code}))
+        self._write(t, stop_record(stop))
         return self._finish(t, "failed", None, stop.code)
 
     @contextmanager
