@@ -13,11 +13,14 @@ import torch
 from transformers import get_scheduler
 
 
-def build_optimizer(params: list[torch.nn.Parameter], train: Any, *, fused: bool = False) -> torch.optim.Optimizer:
+def build_optimizer(
+    params: list[torch.nn.Parameter], train: Any, *, fused: bool = False, decay_all: bool = False
+) -> torch.optim.Optimizer:
     """AdamW with the config's betas and epsilon. Matrices decay; vectors (norms, biases) do not,
-    as in transformers' Trainer. `fused`: one kernel for all parameters (CUDA)."""
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
+    as in transformers' Trainer. `decay_all`: every tensor decays (a packed trial's flat row of LoRA
+    matrices). `fused`: one kernel for all parameters (CUDA)."""
+    decay = [p for p in params if decay_all or p.ndim >= 2]
+    no_decay = [p for p in params if not decay_all and p.ndim < 2]
     groups = [{"params": decay, "weight_decay": train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     kwargs = {"fused": True} if fused else {}
     return torch.optim.AdamW(
