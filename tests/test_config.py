@@ -44,8 +44,9 @@ def test_llamafactory_yaml_loads_with_keys_mapped_and_unused_keys_named():
     assert config.method.lora_rank == 8 and config.method.alpha == 16
     assert config.train.gradient_accumulation_steps == 8
     assert config.data.template == "llama3" and config.data.cutoff_len == 2048
-    for key in ("ddp_timeout", "plot_loss", "preprocessing_num_workers", "report_to"):
+    for key in ("ddp_timeout", "plot_loss", "preprocessing_num_workers"):
         assert key in warnings[0]
+    assert "report_to" not in warnings[0] and config.tracking.report_to == []  # report_to: none
 
 
 def test_resolution_order_defaults_file_overrides(tmp_path):
