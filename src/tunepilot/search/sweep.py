@@ -58,6 +58,9 @@ def run_sweep(setup: SweepSetup, log: Callable[[str], None] | None = None) -> di
     sweep_dir.mkdir(parents=True, exist_ok=True)
     exclusive = setup.storage == default_storage(sweep_dir)
     with SweepLock(sweep_dir) if exclusive else _nothing():
+        from tunepilot.tracking import sweep_tracker  # the base config's report_to: a parent run per sweep
+
+        tracker = sweep_tracker(spec, base, sweep_dir, setup.study_name)
         engine = build_engine(spec, base, sweep_dir)
         try:
             metric, direction = spec.objective.resolved(getattr(engine, "default_metric", "eval_loss"))
@@ -75,6 +78,7 @@ def run_sweep(setup: SweepSetup, log: Callable[[str], None] | None = None) -> di
             engine.close()
         seconds = getattr(engine, "seconds", None)  # the engine's own time split, where it keeps one
         results = write_results(sweep_dir, study, base)
+        tracker.on_sweep_end(study, {**results, "stopped": why})  # trial states, reasons, costs; best tagged
     return {
         "sweep_dir": str(sweep_dir),
         "storage": setup.storage,
