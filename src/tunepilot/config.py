@@ -26,7 +26,8 @@ from tunepilot.tracking.settings import TrackingSettings
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: `learning_rate: .inf` or `.nan` is refused with its key, like any bad value
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelSettings(_Section):
@@ -82,15 +83,15 @@ class MethodSettings(_Section):
 
 
 class TrainSettings(_Section):
-    learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate.")
-    num_train_epochs: float = Field(1.0, gt=0, description="Passes over the training data.")
-    max_steps: int = Field(-1, description="Optimizer steps; > 0 overrides num_train_epochs.")
+    learning_rate: float = Field(2e-4, gt=0, le=MAX_LEARNING_RATE, description="Peak learning rate.")
+    num_train_epochs: float = Field(1.0, gt=0, le=MAX_EPOCHS, description="Passes over the training data.")
+    max_steps: int = Field(-1, ge=-1, le=MAX_STEPS, description="Optimizer steps; > 0 overrides num_train_epochs.")
     per_device_train_batch_size: int = Field(4, gt=0, description="Micro-batch size.")
     gradient_accumulation_steps: int = Field(1, gt=0, description="Micro-batches per optimizer step.")
     lr_scheduler_type: Literal["cosine", "linear", "constant", "constant_with_warmup"] = Field(
         "cosine", description="Decay after warmup: cosine, linear or constant.")
     warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Warmup as a share of total steps.")
-    warmup_steps: int = Field(0, ge=0, description="Warmup steps; > 0 overrides warmup_ratio.")
+    warmup_steps: int = Field(0, ge=0, le=MAX_STEPS, description="Warmup steps; > 0 overrides warmup_ratio.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     max_grad_norm: float = Field(1.0, ge=0, description="Gradient clipping norm; 0 disables.")
     adam_beta1: float = Field(0.9, gt=0, lt=1, description="AdamW beta1.")
@@ -115,6 +116,12 @@ class TrainSettings(_Section):
 class OutputSettings(_Section):
     output_dir: str = Field("runs/run", description="Run directory: metrics, checkpoints, adapter, summary.")
     overwrite_output_dir: bool = Field(False, description="Allow a new run in a non-empty run directory.")
+# Upper bounds that catch a typo (1e12 for 1e2) before it becomes a run that never ends.
+MAX_STEPS = 10_000_000
+MAX_EPOCHS = 10_000
+MAX_LEARNING_RATE = 10.0
+
+
 
 
 class RunConfig(_Section):
@@ -233,7 +240,10 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
             raise UserError(f"--set {item!r}: expected key=value, e.g. --set learning_rate=1e-4")
-        out[key.strip()] = yaml.safe_load(text) if text.strip() else None
+        try:
+            out[key.strip()] = yaml_load(text) if text.strip() else None
+        except yaml.YAMLError as e:
+            raise UserError(f"--set {item!r}: the value is not valid YAML ({getattr(e, 'problem', e)})") from e
     return out
 
 
@@ -242,11 +252,11 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"{path}: config file not found; pass the path of a YAML config")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml_load(read_text(path, "YAML file"))
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        raise UserError(f"{where}: invalid YAML ({getattr(e, 'problem', e)}); fix the syntax there") from e
+        raise UserError(f"{where}: invalid YAML ({getattr(e, 'problem', e)}); fix it there") from e
     if raw is None:
         return {}
     if not isinstance(raw, dict):
@@ -305,6 +315,64 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None,
 def dump_config(config: RunConfig) -> str:
     """YAML with sections, every value explicit: what ran, ready to run again."""
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+MAX_YAML_NODES = 100_000  # a document's values counted with every alias expanded; far above any real config
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """Safe YAML that refuses a key written twice in one mapping and aliases that expand too far."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                continue
+            key = self.construct_object(key_node)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first on line {seen[key]}); keep only one",
+                    key_node.start_mark)
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+    def compose_document(self):
+        node = super().compose_document()
+        _check_expansion(node)
+        return node
+
+
+def _check_expansion(root) -> None:
+    """Count the nodes a document expands to (aliases included); refuse more than MAX_YAML_NODES."""
+    sizes: dict[int, int] = {}
+
+    def size(node) -> int:
+        known = sizes.get(id(node))
+        if known == -1:
+            raise yaml.composer.ComposerError(None, None, "an alias refers to the node that holds it "
+                                              "(a recursive anchor)", node.start_mark)
+        if known is not None:
+            return known
+        sizes[id(node)] = -1
+        children = node.value if isinstance(node, yaml.SequenceNode) else (
+            [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else [])
+        total = 1 + sum(size(child) for child in children)
+        if total > MAX_YAML_NODES:
+            raise yaml.composer.ComposerError(
+                None, None, f"aliases expand to more than {MAX_YAML_NODES} values (an alias bomb?); "
+                "write the values out or use fewer aliases", node.start_mark)
+        sizes[id(node)] = total
+        return total
+
+    if root is not None:
+        size(root)
+
+
+def yaml_load(text: str) -> Any:
+    """YAML as tunepilot reads it everywhere: safe, no duplicate keys, bounded alias expansion."""
+    return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass: no arbitrary objects
+
+
+
+    from tunepilot.io import read_text
 
 
 def config_with(config: RunConfig, updates: dict[str, Any]) -> RunConfig:
@@ -313,3 +381,35 @@ def config_with(config: RunConfig, updates: dict[str, Any]) -> RunConfig:
     raw.update(updates)
     new, _ = build_config(raw, source="updated config", check_paths=False)
     return new
+# Keys a resumed run may change: they decide when to evaluate, log, save or stop and where results go,
+# not what the optimizer does at each step. Any other changed key makes an exact resume impossible
+# (deny by default, so a key added later is safe from silent mixing until it is listed here).
+RESUME_SAFE = (
+    "output.", "health.", "evaluate.", "tracking.", "model.cache_dir", "train.device",
+    "train.eval_steps", "train.save_steps", "train.logging_steps", "train.per_device_eval_batch_size",
+    "train.early_stopping_patience", "train.early_stopping_threshold", "train.load_best_model_at_end",
+)
+# Eval-data keys are safe only when no eval share is split off the training data.
+RESUME_SAFE_WITHOUT_SPLIT = ("data.eval", "data.max_eval_samples")
+
+
+def resume_conflicts(saved: RunConfig, new: RunConfig) -> list[str]:
+    """The keys (dotted, sorted) whose change between a run's saved config and the resuming config
+    would change the trained result, so that the run cannot continue exactly where it stopped."""
+    old_flat, new_flat = _flatten(saved.model_dump(mode="json")), _flatten(new.model_dump(mode="json"))
+    no_split = saved.data.val_size == 0 and new.data.val_size == 0
+    changed = sorted(k for k in old_flat.keys() | new_flat.keys() if old_flat.get(k) != new_flat.get(k))
+    return [k for k in changed
+            if not k.startswith(RESUME_SAFE) and not (no_split and k.startswith(RESUME_SAFE_WITHOUT_SPLIT))]
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        if isinstance(value, dict) and value:
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+

@@ -12,11 +12,13 @@ config, so a new architecture needs one reader here and nothing else.
 from __future__ import annotations
 
 import json
+import struct
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from tunepilot.errors import UserError
+from tunepilot.io import read_text
 
 # model_type -> family whose LoRA learning-rate behaviour was measured together (see transfer/settings.py).
 # Only families with a published fit are grouped; any other model_type is its own family.
@@ -124,7 +126,7 @@ def read_model_info(path: str | Path) -> ModelInfo:
             "only its config.json is enough) or a .gguf file"
         )
     try:
-        raw = json.loads(config_path.read_text(encoding="utf-8"))
+        raw = json.loads(read_text(config_path, "config.json"))
     except json.JSONDecodeError as e:
         raise UserError(f"{config_path}:{e.lineno}: invalid JSON ({e.msg})") from e
     name = path.name if path.is_dir() else path.parent.name
@@ -168,6 +170,19 @@ def from_config_dict(raw: dict[str, Any], name: str = "model", source: str = "co
     )
 
 
+def check_gguf_magic(path: Path) -> None:
+    """A .gguf file starts with the bytes GGUF; anything else is refused before a parser sees it."""
+    try:
+        with path.open("rb") as f:
+            magic = f.read(4)
+    except OSError as e:
+        raise UserError(f"{path}: cannot read the GGUF file ({e.strerror or e})") from e
+    if magic != b"GGUF":
+        raise UserError(
+            f"{path}: not a GGUF file (it does not start with GGUF); give a .gguf model file or a model directory"
+        )
+
+
 def _from_gguf(path: Path) -> ModelInfo:
     """GGUF metadata: `<arch>.embedding_length`, `.block_count`, ...; tied when no `output.weight`."""
     try:
@@ -176,7 +191,11 @@ def _from_gguf(path: Path) -> ModelInfo:
         raise UserError("reading a .gguf file needs the gguf package: pip install gguf") from e
     if not path.is_file():
         raise UserError(f"{path}: GGUF file not found")
-    reader = GGUFReader(str(path))
+    check_gguf_magic(path)
+    try:
+        reader = GGUFReader(str(path))
+    except (ValueError, KeyError, IndexError, struct.error) as e:  # what the GGUF parser raises on a bad file
+        raise UserError(f"{path}: not a readable GGUF file ({e}); check the file (a complete download?)") from e
 
     def field(key: str, default: Any = None) -> Any:
         f = reader.fields.get(key)

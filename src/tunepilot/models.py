@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,8 @@ import torch
 
 from tunepilot.config import MethodSettings, ModelSettings
 from tunepilot.errors import UserError
-from tunepilot.io import atomic_write_dir
+from tunepilot.io import atomic_write_dir, clean_stale_temps
+from tunepilot.modelinfo import check_gguf_magic
 
 
 def cache_root() -> Path:
@@ -52,7 +54,13 @@ def converted_gguf_dir(gguf_path: str | Path) -> Path:
     target = cache_root() / "gguf" / f"{gguf_path.stem}-{key}"
     if (target / "config.json").exists():
         return target
-    atomic_write_dir(target, lambda tmp: _convert_gguf(gguf_path, tmp))
+    check_gguf_magic(gguf_path)
+    clean_stale_temps(target.parent)  # a conversion killed midway left its temporary directory here
+    try:  # converted in a temporary directory inside the cache, renamed into place when complete
+        atomic_write_dir(target, lambda tmp: _convert_gguf(gguf_path, tmp))
+    except (ValueError, KeyError, IndexError, struct.error) as e:  # what the GGUF parser raises on a bad file
+        raise UserError(f"{gguf_path}: not a readable GGUF model ({type(e).__name__}: {e}); "
+                        "check the file (a complete download?) or give a model directory") from e
     return target
 
 
@@ -84,11 +92,17 @@ def load_tokenizer(settings: ModelSettings):
     from transformers import AutoTokenizer
 
     source = settings.tokenizer or model_source(settings)
+    key = "model.tokenizer" if settings.tokenizer else "model"
+    _check_local_dir(source, key)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=settings.trust_remote_code,
                                                   cache_dir=settings.cache_dir)
     except OSError as e:
-        raise UserError(_not_found(source, e, "model.tokenizer" if settings.tokenizer else "model")) from e
+        raise UserError(_not_found(source, e, key)) from e
+    except ValueError as e:  # a local directory whose tokenizer files are broken or missing
+        if not Path(source).exists():
+            raise
+        raise UserError(_not_found(source, e, key)) from e
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -111,6 +125,14 @@ def load_model(settings: ModelSettings, device: torch.device):
     if not settings.quantization_bit:
         model.to(device)
     return model
+
+
+def _check_local_dir(source: str, key: str) -> None:
+    """A local directory without a single file is a mistake to name now, not a library error later."""
+    path = Path(source)
+    if path.is_dir() and not any(p.is_file() for p in path.iterdir()):
+        raise UserError(f"{key}: {source} is an empty directory; give a Hugging Face model directory "
+                        "(config.json, weights, tokenizer files), a .gguf file or a hub id")
 
 
 def _not_found(source: str, error: Exception, key: str = "model") -> str:

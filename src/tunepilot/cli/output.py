@@ -8,7 +8,9 @@ is `{"version": 1, "command": ..., "ok": false, "exit_code": 2, "error": {"messa
 from __future__ import annotations
 
 import json
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +29,7 @@ class Result:
     exit_code: ExitCode = ExitCode.OK
     render: Callable[[Console, dict[str, Any]], None] | None = None  # human text
     warnings: list[str] = field(default_factory=list)
+    warned: bool = False  # the warnings were printed at the start (print_warnings); JSON still carries them
 
     @property
     def ok(self) -> bool:
@@ -39,6 +42,13 @@ def stderr_console() -> Console:
 
 def stdout_console() -> Console:
     return Console(file=sys.stdout, highlight=False, soft_wrap=True)
+
+
+def print_warnings(warnings: list[str]) -> None:
+    """Warnings about the config (ignored keys...), printed before the work starts, not after it."""
+    err = stderr_console()
+    for w in warnings:
+        err.print(f"[yellow]warning:[/] {w}")
 
 
 def envelope(result: Result) -> dict[str, Any]:
@@ -55,7 +65,7 @@ def emit(result: Result, as_json: bool) -> int:
         sys.stdout.write(json.dumps(envelope(result), indent=2, default=str) + "\n")
     else:
         err = stderr_console()
-        for w in result.warnings:
+        for w in [] if result.warned else result.warnings:
             err.print(f"[yellow]warning:[/] {w}")
         if result.render:
             result.render(stdout_console(), result.data)
@@ -74,13 +84,43 @@ def emit_error(command: str, error: UserError, as_json: bool) -> int:
     return int(error.code)
 
 
+# How to continue each command after Ctrl-C or SIGTERM; a command not named here just starts over.
+RESUME_HINTS = {
+    "train": "re-run the same command with --resume to continue from the last checkpoint",
+    "sweep": "re-run the same command to resume the sweep (completed trials are kept)",
+}
+
+
 def run_command(command: str, as_json: bool, fn: Callable[[], Result]) -> int:
-    """Call a command function; turn a UserError into one message and its exit code."""
+    """Call a command function; turn a UserError into one message and its exit code.
+
+    SIGTERM is handled like Ctrl-C (KeyboardInterrupt) while the command runs, so a scheduler's
+    stop writes the same summaries and exits 3 (interrupted, resumable).
+    """
     try:
-        result = fn()
+        with _sigterm_as_interrupt():
+            result = fn()
     except UserError as e:
         return emit_error(command, e, as_json)
     except KeyboardInterrupt:
-        return emit_error(command, UserError("interrupted; re-run the same command with --resume to continue",
-                                             ExitCode.INTERRUPTED), as_json)
+        hint = RESUME_HINTS.get(command, "re-run the same command to start it again")
+        return emit_error(command, UserError(f"interrupted; {hint}", ExitCode.INTERRUPTED), as_json)
     return emit(result, as_json)
+
+
+class _sigterm_as_interrupt:
+    """Raise KeyboardInterrupt on SIGTERM in the main thread; the previous handler comes back after."""
+
+    def __enter__(self):
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")

@@ -28,6 +28,7 @@ from typing import Any
 from tunepilot.engines.base import Outcome, Progress, Report, TrialSpec
 from tunepilot.errors import UserError
 
+from tunepilot.io import decode_utf8
 NOT_HYPERPARAMETERS = {"iteration", "total_model_steps", "learning_curves"}
 # tunepilot config keys -> column names other tools use for the same knob
 ALIASES = {
@@ -101,8 +102,9 @@ def _read_runs(path: Path, curve: str | None) -> list[Run]:
     if not path.is_file():
         raise UserError(f"engine.curves: {path} not found; give the path of a learning-curves JSONL file")
     runs = []
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
+    with path.open("rb") as f:
+        for n, raw in enumerate(f, 1):
+            line = decode_utf8(raw, path, "curves file", first_line=n)
             if not line.strip():
                 continue
             try:

@@ -218,11 +218,13 @@ def _space_problems(raw: dict[str, Any]) -> list[str]:
     from tunepilot.search.registry import ENGINES
 
     engine = raw.get("engine")
-    entry = ENGINES.get(engine.get("name") if isinstance(engine, dict) else (engine or "standard"))
+    name = engine.get("name") if isinstance(engine, dict) else (engine or "standard")
+    entry = ENGINES.get(name) if isinstance(name, str) else None
+    check_keys = entry.config_keys if entry is not None else isinstance(name, str)  # a bad engine: its own error
     space = raw.get("space") if isinstance(raw.get("space"), dict) else {}
     index, problems = _flat_index(), []
     for key, dist in space.items():
-        if (entry is None or entry.config_keys) and key not in index and key not in DERIVED_KEYS:
+        if check_keys and key not in index and key not in DERIVED_KEYS:
             guess = difflib.get_close_matches(key, [*index, *DERIVED_KEYS], n=1, cutoff=0.6)
             hint = f"; did you mean '{guess[0]}'?" if guess else ""
             problems.append(f"space.{key}: unknown hyperparameter{hint}")
@@ -234,11 +236,60 @@ def _space_problems(raw: dict[str, Any]) -> list[str]:
             and not all(isinstance(dist.get(k), int) for k in ("low", "high"))
         ):
             problems.append(f"space.{key}: an int range needs integer low and high")
+        problems.extend(_at_least_one(key, dist))
     for i, params in enumerate(raw.get("enqueue") or []):
-        for key in params if isinstance(params, dict) else []:
+        for key, value in params.items() if isinstance(params, dict) else []:
             if key not in space:
                 problems.append(f"enqueue.{i}.{key}: not in space; enqueued params must be searched keys")
+            elif not _in_space(value, space[key]):
+                problems.append(
+                    f"enqueue.{i}.{key}: {value!r} is outside space.{key} ({_describe(space[key])}); "
+                    "widen the space or change the enqueued value"
+                )
     return problems
+
+
+# Keys where a value below 1 changes meaning (max_steps <= 0: "use num_train_epochs instead").
+AT_LEAST_ONE = ("max_steps",)
+
+
+def _at_least_one(key: str, dist: Any) -> list[str]:
+    if key not in AT_LEAST_ONE:
+        return []
+    values = dist if isinstance(dist, list) else [dist.get("low")] if isinstance(dist, dict) else []
+    if any(isinstance(v, (int, float)) and not isinstance(v, bool) and v < 1 for v in values):
+        return [
+            f"space.{key}: reaches below 1, where {key} means 'train by epochs'; search values >= 1 "
+            "(or search num_train_epochs)"
+        ]
+    return []
+
+
+def _in_space(value: Any, dist: Any) -> bool:
+    if isinstance(dist, list):
+        joined = [",".join(c) if isinstance(c, list) else c for c in dist]
+        return value in dist or value in joined
+    low, high = (_number(dist.get(k)) for k in ("low", "high")) if isinstance(dist, dict) else (None, None)
+    if low is None or high is None:
+        return True  # a malformed entry has its own error
+    number = _number(value)
+    return number is not None and low <= number <= high
+
+
+def _number(v: Any) -> float | None:
+    """A YAML number (PyYAML reads `1e-5` without a dot as a string, which pydantic accepts too)."""
+    if isinstance(v, bool):
+        return None
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def _describe(dist: Any) -> str:
+    if isinstance(dist, list):
+        return "choices " + ", ".join(repr(c) for c in dist)
+    return f"{dist.get('low')!r} to {dist.get('high')!r}"
 
 
 def resolve_base(spec: SweepSpec, root: Path, source: str, overrides: list[str] | None = None) -> RunConfig | None:

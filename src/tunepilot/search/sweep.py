@@ -15,7 +15,8 @@ import optuna
 
 from tunepilot.config import RunConfig
 from tunepilot.engines.base import TrialSpec
-from tunepilot.io import atomic_write_json
+from tunepilot.errors import UserError
+from tunepilot.io import atomic_write_json, ensure_dir
 from tunepilot.search import space as space_mod
 from tunepilot.search.budget import BudgetTracker
 from tunepilot.search.loop import SlotLoop
@@ -44,6 +45,8 @@ def prepare(
 ) -> SweepSetup:
     spec, base = load_sweep(path, overrides)
     if n_trials is not None:
+        if n_trials < 1:
+            raise UserError(f"--n-trials {n_trials}: give at least 1 trial")
         spec.budget.n_trials = n_trials
     if ENGINES[spec.engine.name].config_keys:
         space_mod.check_space(spec, base)
@@ -55,7 +58,7 @@ def prepare(
 def run_sweep(setup: SweepSetup, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     spec, base, sweep_dir = setup.spec, setup.base, setup.sweep_dir
     log = log or (lambda msg: None)
-    sweep_dir.mkdir(parents=True, exist_ok=True)
+    ensure_dir(sweep_dir, "sweep directory (--dir)")
     exclusive = setup.storage == default_storage(sweep_dir)
     with SweepLock(sweep_dir) if exclusive else _nothing():
         from tunepilot.tracking import sweep_tracker  # the base config's report_to: a parent run per sweep
@@ -73,7 +76,11 @@ def run_sweep(setup: SweepSetup, log: Callable[[str], None] | None = None) -> di
             _enqueue_first(study, spec)
             _write_meta(setup, exclusive)
             loop = build_loop(spec, study, engine, base, sweep_dir, log)
-            why = loop.run()
+            try:
+                why = loop.run()
+            except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the completed trials' results still count
+                write_results(sweep_dir, study, base)
+                raise
         finally:
             engine.close()
         seconds = getattr(engine, "seconds", None)  # the engine's own time split, where it keeps one
