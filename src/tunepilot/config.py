@@ -82,6 +82,12 @@ class MethodSettings(_Section):
         return self.lora_alpha if self.lora_alpha is not None else 2.0 * self.lora_rank
 
 
+# Upper bounds that catch a typo (1e12 for 1e2) before it becomes a run that never ends.
+MAX_STEPS = 10_000_000
+MAX_EPOCHS = 10_000
+MAX_LEARNING_RATE = 10.0
+
+
 class TrainSettings(_Section):
     learning_rate: float = Field(2e-4, gt=0, le=MAX_LEARNING_RATE, description="Peak learning rate.")
     num_train_epochs: float = Field(1.0, gt=0, le=MAX_EPOCHS, description="Passes over the training data.")
@@ -116,12 +122,6 @@ class TrainSettings(_Section):
 class OutputSettings(_Section):
     output_dir: str = Field("runs/run", description="Run directory: metrics, checkpoints, adapter, summary.")
     overwrite_output_dir: bool = Field(False, description="Allow a new run in a non-empty run directory.")
-# Upper bounds that catch a typo (1e12 for 1e2) before it becomes a run that never ends.
-MAX_STEPS = 10_000_000
-MAX_EPOCHS = 10_000
-MAX_LEARNING_RATE = 10.0
-
-
 
 
 class RunConfig(_Section):

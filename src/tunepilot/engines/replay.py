@@ -27,8 +27,8 @@ from typing import Any
 
 from tunepilot.engines.base import Outcome, Progress, Report, TrialSpec
 from tunepilot.errors import UserError
-
 from tunepilot.io import decode_utf8
+
 NOT_HYPERPARAMETERS = {"iteration", "total_model_steps", "learning_curves"}
 # tunepilot config keys -> column names other tools use for the same knob
 ALIASES = {
