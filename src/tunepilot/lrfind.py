@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from tunepilot.config import RunConfig, config_with
+from tunepilot.engines.observers import Observer
 from tunepilot.errors import UserError
 from tunepilot.stream import Event, TrainStep
 
@@ -153,6 +154,20 @@ def ramp_config(config: RunConfig, settings: LRFindSettings, run_dir: Path) -> R
     )
 
 
+class RampObserver(Observer):
+    """Feeds the ramp each step's loss and LR; ends the run once the loss has diverged."""
+
+    def __init__(self, ramp: Ramp):
+        self.ramp = ramp
+
+    def on_record(self, record, control) -> None:
+        if not isinstance(record, TrainStep):
+            return
+        self.ramp.observe(record.loss, record.lr)
+        if self.ramp.stop_reason:
+            control.request_stop(Event(step=record.step, code="lr_find_diverged", message=self.ramp.stop_reason))
+
+
 def find_lr(config: RunConfig, settings: LRFindSettings, run_dir: str | Path) -> LRFindResult:
     """Run the ramp with the standard engine's training step and return curve + suggestion."""
     import torch
@@ -161,24 +176,14 @@ def find_lr(config: RunConfig, settings: LRFindSettings, run_dir: str | Path) ->
 
     settings.check()
     ramp = Ramp(settings)
-    holder: dict[str, Any] = {}
-
-    def on_record(record) -> None:
-        if not isinstance(record, TrainStep):
-            return
-        ramp.observe(record.loss, record.lr)
-        if ramp.stop_reason:
-            holder["run"].request_stop(Event(step=record.step, code="lr_find_diverged", message=ramp.stop_reason))
-
     ratio = settings.end / settings.start
 
     def exponential_ramp(optimizer, plan):
         return torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda k: ratio ** (min(k, settings.steps - 1) / (settings.steps - 1)))
 
-    run = TrainingRun(ramp_config(config, settings, Path(run_dir)), run_dir, callbacks=[on_record],
+    run = TrainingRun(ramp_config(config, settings, Path(run_dir)), run_dir, observers=[RampObserver(ramp)],
                       scheduler_factory=exponential_ramp)
-    holder["run"] = run
     run.setup()
     try:
         for _ in run.steps():

@@ -43,7 +43,11 @@ def make_config(model_dir, **overrides):
         "lora_dropout": 0.0,
     }
     raw.update(overrides)
-    return build_config(raw, check_paths=False)[0]
+    wild_lr = raw.pop("learning_rate") if raw.get("learning_rate", 0) > 10 else None
+    config = build_config(raw, check_paths=False)[0]
+    if wild_lr is not None:  # past the config's bound on purpose: a trial that must diverge
+        object.__setattr__(config.train, "learning_rate", wild_lr)
+    return config
 
 
 MIXED = {  # three trials that differ in everything a trial owns
@@ -222,7 +226,7 @@ def test_the_health_monitor_stops_a_packed_trial_and_its_pack_mate_is_untouched(
     assert stop.code == "stop" and stop.data == {"reason": "health.stop"} and stop.step == found.step
     steps = [r.step for r in records if isinstance(r, TrainStep)]
     assert steps[-1] == stop.step < 6
-    assert json.loads((tmp_path / "pack" / "t2" / "summary.json").read_text())["reason"] == "health.stop"
+    assert json.loads((tmp_path / "pack" / "t2" / "summary.json").read_text())["stop_reason"]["code"] == "health.stop"
     assert_equals_alone(load, data, tiny_model, tmp_path, 1, steady, packed[1], steps=6)
 
 
@@ -231,7 +235,7 @@ def test_out_of_memory_fails_the_packs_trials_for_a_retry_and_drops_a_slot(load,
     """A packed step that runs out of GPU memory (simulated: more than two slots' rows) fails its trials as
     out of memory (the sweep loop then retries them with half the micro-batch); the engine goes on with one
     slot fewer, and a trial started afterwards trains exactly as it does alone."""
-    from tunepilot.search.loop import _is_oom
+    from tunepilot.engines.summary import FailureKind
 
     engine = PackedEngine(make_config(tiny_model), 3, model=load(), pad_id=0, data=data, chunk_rows=7)
     losses = engine.pack.losses
@@ -252,7 +256,7 @@ def test_out_of_memory_fails_the_packs_trials_for_a_retry_and_drops_a_slot(load,
         start(number)
     failed = engine.advance()
     assert sorted(o.number for o in failed) == [0, 1, 2]
-    assert all(o.state == "failed" and _is_oom(o) and "20.00 GiB" in o.reason for o in failed), failed
+    assert all(o.state == "failed" and o.failure == FailureKind.OOM and "20.00 GiB" in o.reason for o in failed), failed
     assert engine.slots == 2 and engine.active == []
     assert not engine.pack.bank.weights.detach().any() and not engine.pack.bank.weights.grad.any()
     start(3)
@@ -386,7 +390,7 @@ def test_packed_trial_equals_the_standard_engine_trial(tiny_config, tmp_path):
     run.setup()
     load_trainable_state(run.model, {k.replace(".weight", ".default.weight"): v for k, v in init.items()})
     points = list(run.steps())
-    summary = run.finish()
+    summary = run.finish().to_json()
     got, want = curves(tmp_path / "packed"), curves(tmp_path / "standard")
     assert len(got[0]) == 4 and len(want[0]) == 4 and len(points) == 2
     for g, w in zip(got[0], want[0], strict=True):

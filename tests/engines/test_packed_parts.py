@@ -126,12 +126,12 @@ def test_slots_stop_and_refill_without_reloading_the_base(engine, tiny_model, tm
         outcomes += [p for p in engine.advance() if isinstance(p, Outcome)]
     assert sorted(o.number for o in outcomes) == [2, 3] and all(o.state == "complete" for o in outcomes)
     summary = json.loads((tmp_path / "t3" / "summary.json").read_text())
-    assert summary["state"] == "complete" and summary["steps"] == 2 and (tmp_path / "t3" / "adapter").is_dir()
+    assert summary["status"] == "completed" and summary["steps"] == 2 and (tmp_path / "t3" / "adapter").is_dir()
     records = read_stream(tmp_path / "t2" / "metrics.jsonl")
     steps = [r for r in records if isinstance(r, TrainStep)]
     assert [r.step for r in steps] == [1, 2, 3, 4] and all(r.grad_norm > 0 and r.lr > 0 for r in steps)
     assert [r.step for r in records if isinstance(r, EvalPoint)] == [2, 4]
-    assert json.loads((tmp_path / "t1" / "summary.json").read_text())["state"] == "pruned"
+    assert json.loads((tmp_path / "t1" / "summary.json").read_text())["status"] == "pruned"
 
 
 def test_trials_that_cannot_run_fail_before_they_start(engine, tiny_model):
@@ -159,17 +159,19 @@ def test_the_fit_check_counts_the_bank_row_a_larger_rank_widens_for_everyone(eng
 
 
 def test_early_stopping_patience_counts_evals_without_a_real_gain(tiny_model):
-    from tunepilot.engines.packed.trial import TrialState
+    """The run recorder (shared by both engines) keeps best and patience: a gain must beat the threshold."""
+    from tunepilot.engines.recorder import RunRecorder
+    from tunepilot.stream import EvalPoint
 
-    p = torch.nn.Parameter(torch.zeros(2, 2))
     cfg = make_config(tiny_model, early_stopping_patience=2, early_stopping_threshold=0.01, max_steps=10)
-    t = TrialState(0, 0, cfg, p, synthetic_examples(8, 50, 0), [], (1.0,))
-    t.evals = [(1, 2.0), (2, 1.5), (3, 1.495)]  # the last gain is under the threshold: 1 eval without gain
-    assert not t.patience_spent
-    t.evals.append((4, 1.6))
-    assert t.patience_spent and t.best == 1.495
-    t.evals.append((5, 1.0))
-    assert not t.patience_spent
+    cfg.health.enabled = False
+    rec = RunRecorder(cfg, None, engine="packed", planned_steps=10)
+    rec.start()
+    improved = [rec.track_eval(EvalPoint(step, v), v) for step, v in ((1, 2.0), (2, 1.5), (3, 1.495))]
+    assert improved == [True, True, False] and not rec.stopped  # the last gain is under the threshold
+    rec.track_eval(EvalPoint(4, 1.6), 1.6)
+    assert rec.stopped and rec.stop_event.code == "early_stopping"
+    assert (rec.state.best_eval, rec.state.best_step) == (1.5, 2)
 
 
 def test_activation_checkpointing_keeps_the_trial_and_its_dropout_masks(tiny_model, tmp_path):
@@ -186,7 +188,7 @@ def test_activation_checkpointing_keeps_the_trial_and_its_dropout_masks(tiny_mod
         eng = PackedEngine(base, 1, model=model, pad_id=0, data=lambda cfg: (train, evals))
         eng.start(TrialSpec(0, params, make_config(tiny_model, **params), run_dir=tmp_path / str(ckpt),
                             report_fractions=(1.0,)))
-        assert eng.advance()[0].state == "complete"
+        assert eng.advance()[-1].state == "complete"
         records = read_stream(tmp_path / str(ckpt) / "metrics.jsonl")
         losses[ckpt] = [v for r in records if isinstance(r, TrainStep) for v in (r.loss, r.grad_norm)]
         eng.close()

@@ -42,7 +42,7 @@ def test_sweep_with_the_packed_engine_runs_trials_in_slots(tiny_model, tmp_path)
     assert len(summaries) == 5
     for summary in summaries:
         s = json.loads(summary.read_text())
-        assert s["engine"] == "packed" and s["state"] == "complete" and s["best_eval_loss"] is not None
+        assert s["engine"] == "packed" and s["status"] == "completed" and s["best_eval_loss"] is not None
         records = read_stream(summary.parent / "metrics.jsonl")
         assert [r.step for r in records if isinstance(r, TrainStep)] == [1, 2, 3, 4]
         assert any(isinstance(r, EvalPoint) for r in records)

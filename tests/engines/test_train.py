@@ -22,7 +22,7 @@ def steps_of(run_dir):
 
 def test_train_writes_stream_adapter_and_summary(tiny_config):
     config = tiny_config()
-    summary = train(config)
+    summary = train(config).to_json()
     run_dir = config.output.output_dir
     records = read_stream(f"{run_dir}/metrics.jsonl")
     train_steps = [r for r in records if isinstance(r, TrainStep)]
@@ -58,14 +58,14 @@ def test_saved_adapter_reloads_with_peft_and_gives_the_same_logits(tiny_config, 
 
 
 def test_resumed_run_equals_uninterrupted_run(tiny_config, tmp_path):
-    full = train(tiny_config(output_dir=str(tmp_path / "a")))
+    full = train(tiny_config(output_dir=str(tmp_path / "a"))).to_json()
     interrupted = TrainingRun(tiny_config(output_dir=str(tmp_path / "b")))
     interrupted.setup()
     for point in interrupted.steps():
         if point.step == 8:
             break  # as if killed right after the checkpoint of step 8
-    interrupted.writer.close()
-    resumed = train(tiny_config(output_dir=str(tmp_path / "b")), resume=True)
+    interrupted.close()
+    resumed = train(tiny_config(output_dir=str(tmp_path / "b")), resume=True).to_json()
     a = read_stream(tmp_path / "a" / "metrics.jsonl")
     b = read_stream(tmp_path / "b" / "metrics.jsonl")
     loss = lambda rs: [r.loss for r in rs if isinstance(r, TrainStep)]  # noqa: E731
@@ -87,7 +87,7 @@ def test_refuses_to_overwrite_a_previous_run_without_resume(tiny_config):
 def test_early_stopping_restores_the_best_adapter(tiny_config):
     # a threshold no gain can reach: only the first eval counts as best, the run stops after 2 more
     config = tiny_config(max_steps=40, eval_steps=2, early_stopping_patience=2, early_stopping_threshold=100.0)
-    summary = train(config)
+    summary = train(config).to_json()
     assert summary["status"] == "early_stopped"
     assert summary["steps"] == 6 and summary["best_step"] == 2 and summary["restored_best"]
 
@@ -138,7 +138,7 @@ def test_schedulers_follow_their_shape_after_warmup(tiny_config, tmp_path, sched
 
 def test_full_fine_tuning_trains_every_weight_and_saves_a_model(tiny_config, tiny_model, tmp_path):
     config = tiny_config(finetuning_type="full", max_steps=3, eval_steps=3, learning_rate=1e-3)
-    summary = train(config)
+    summary = train(config).to_json()
     assert summary["parameters"]["trainable"] == summary["parameters"]["total"]
     saved = AutoModelForCausalLM.from_pretrained(summary["adapter"])
     base = AutoModelForCausalLM.from_pretrained(tiny_model)

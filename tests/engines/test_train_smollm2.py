@@ -22,6 +22,6 @@ def test_lora_on_gsm8k_lowers_heldout_eval_loss(smollm2_gguf, smollm2_dir, share
     before = run.evaluate(0).eval_loss  # LoRA B starts at zero: this is the base model's eval loss
     for _ in run.steps():
         pass
-    summary = run.finish()
+    summary = run.finish().to_json()
     assert summary["status"] == "completed"
     assert summary["best_eval_loss"] < before - 0.05, (before, summary["best_eval_loss"])

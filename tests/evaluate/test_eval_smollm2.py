@@ -81,7 +81,7 @@ def test_short_lora_finetune_beats_base_accuracy_on_banking77(smollm2_dir, share
         "output": {"output_dir": str(tmp_path / "run")},
     }
     config, _ = build_config(raw)
-    summary = train(config)
+    summary = train(config).to_json()
     assert summary["status"] == "completed" and summary["steps"] == 5
 
     run = tmp_path / "run"

@@ -24,7 +24,7 @@ def test_far_too_high_lr_is_stopped_before_the_planned_end_with_the_reason(tiny_
            "lora_rank": 4, "lr_scheduler_type": "constant", "output_dir": str(tmp_path / "run"),
            "finetuning_type": "full"}
     config, _ = build_config(raw)
-    summary = train(config)
+    summary = train(config).to_json()
     assert summary["status"] == "stopped" and summary["steps"] < 40
     saved = json.loads((tmp_path / "run" / "summary.json").read_text())
     reason = saved["stop_reason"]

@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 
 from tunepilot.cli.app import app
 from tunepilot.engines.base import Outcome, Report
+from tunepilot.engines.summary import FailureKind
 from tunepilot.testing import tiny_model_dir, write_arithmetic_chat
 from tunepilot.transfer.pilot import Pilot, choose_winner
 
@@ -105,6 +106,7 @@ class ScriptedEngine:
                 state,
                 value=curve[-1],
                 reason=None if state == "complete" else "diverged",
+                failure=None if state == "complete" else FailureKind.NON_FINITE,
                 steps=len(curve) * 2,
                 seconds=1.0,
             ),

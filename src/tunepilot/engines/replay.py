@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from tunepilot.engines.base import Outcome, Progress, Report, TrialSpec
+from tunepilot.engines.summary import FailureKind
 from tunepilot.errors import UserError
 from tunepilot.io import decode_utf8
 
@@ -94,8 +95,12 @@ class CurveTable:
 
 
 def _first_curve(path: Path) -> str:
+    return _curve_names(path)[0]
+
+
+def _curve_names(path: Path) -> list[str]:
     with path.open(encoding="utf-8") as f:
-        return next(iter(json.loads(f.readline())["learning_curves"]))
+        return list(json.loads(f.readline())["learning_curves"])
 
 
 def _read_runs(path: Path, curve: str | None) -> list[Run]:
@@ -180,6 +185,7 @@ class ReplayEngine:
     ):
         self.table = table or CurveTable(curves, curve)
         self.default_metric = self.table.curve
+        self.seconds = {"advance": 0.0}
         self.columns = columns or {}
         self.advance_delay_s = advance_delay_s  # simulated training time per advance (demos, kill tests)
         self.faults = {int(k): v for k, v in (faults or {}).items()}  # trial number -> injected failure
@@ -193,6 +199,15 @@ class ReplayEngine:
     @property
     def active(self) -> list[int]:
         return list(self._active)
+
+    def supports(self, metric: str) -> bool:
+        """The one curve this engine replays (`curve:`, default the file's first)."""
+        return metric == self.table.curve
+
+    @property
+    def metrics(self) -> list[str]:
+        """Every curve the file holds (each one a `curve:` choice)."""
+        return _curve_names(self.table.path)
 
     def check_space(self, keys: list[str]) -> list[str]:
         return [
@@ -218,6 +233,13 @@ class ReplayEngine:
         self._active[spec.number] = _Active(spec, run, started=time.monotonic())
 
     def advance(self) -> list[Progress]:
+        started = time.monotonic()
+        try:
+            return self._advance()
+        finally:
+            self.seconds["advance"] += time.monotonic() - started
+
+    def _advance(self) -> list[Progress]:
         if self.advance_delay_s:
             time.sleep(self.advance_delay_s)
         out: list[Progress] = []
@@ -252,13 +274,13 @@ class ReplayEngine:
             "total_steps": act.run.total_steps,
             "replayed": {c: act.run.columns[c] for c in act.run.columns},
         }
-        if oom:
-            extra["oom"] = True
+        failure = (FailureKind.OOM if oom else FailureKind.ERROR) if state == "failed" else None
         return Outcome(
             act.spec.number,
             state,
             value,
             reason,
+            failure=failure,
             steps=act.steps,
             seconds=time.monotonic() - act.started,
             extra=extra,

@@ -10,6 +10,10 @@ order; one forward on the concatenation; per-trial mean token losses, each divid
 accumulation count; one backward of their sum; then each trial whose accumulation window is full
 clips its own gradients and steps its own AdamW and schedule. Trials with other accumulation
 counts, micro-batch sizes or lengths simply coexist; a finished trial's rows disappear.
+
+Each trial is recorded by its own `RunRecorder`, as a standard run is: config.yaml, metrics.jsonl,
+summary.json, adapter/, the live health monitor and the observers, best and patience. Its seconds
+are its share of the engine's time: a packed pass's time is split evenly over the trials in it.
 """
 
 from __future__ import annotations
@@ -23,16 +27,16 @@ from typing import Any
 
 import torch
 
-from tunepilot.engines.base import Outcome, Progress, Report, TrialSpec
+from tunepilot.engines.base import Outcome, Progress, Report, TrialSpec, resolved_config_key
 from tunepilot.engines.packed import memory
 from tunepilot.engines.packed.export import export_adapter
 from tunepilot.engines.packed.inject import adapter_state, add_adapters, remove_adapters, reserve, resolve_targets
 from tunepilot.engines.packed.pack import Pack
 from tunepilot.engines.packed.trial import TrialState
+from tunepilot.engines.recorder import RunRecorder, prepare_run_dir
+from tunepilot.engines.summary import FailureKind
 from tunepilot.errors import UserError
-from tunepilot.health.monitor import LiveMonitor
-from tunepilot.io import atomic_write_json
-from tunepilot.stream import EvalPoint, Event, MetricsWriter, TrainStep, stop_record
+from tunepilot.stream import EvalPoint, TrainStep
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 DataFn = Callable[[Any], tuple[list, list]]  # RunConfig -> (train examples, eval examples)
@@ -40,21 +44,24 @@ DataFn = Callable[[Any], tuple[list, list]]  # RunConfig -> (train examples, eva
 
 class PackedEngine:
     name = "packed"
+    default_metric = "eval_loss"
 
     def __init__(self, config: Any, slots: int | str = "auto", *, model: torch.nn.Module | None = None,
                  pad_id: int | None = None, data: DataFn | None = None, chunk_rows: int = 2048,
                  memory_budget: int | None = None, clock: Callable[[], float] = time.monotonic,
-                 compile: bool | str = False, fuse_norms: bool | None = None):
+                 compile: bool | str = False, fuse_norms: bool | None = None, observers: Callable | None = None):
         """`config`: the sweep's base RunConfig (model, data, shapes); model/data injectable for tests.
         `compile`: torch.compile the decoder layers and the loss chunk (see `Pack._compile`); a
         string is the decoder layers' torch.compile mode. `fuse_norms`: eager RMSNorm as one
-        kernel (`norms.py`; None: on CUDA)."""
+        kernel (`norms.py`; None: on CUDA). `observers`: a function of a trial's config giving the
+        observers of its run (e.g. its experiment trackers), besides its health monitor."""
         if slots != "auto" and (not isinstance(slots, int) or isinstance(slots, bool) or slots < 1):
             raise UserError(f"engine.slots: {slots!r} is not a positive number of trials or auto")
         if not isinstance(compile, bool) and compile not in COMPILE_MODES:
             raise UserError(f"engine.compile: {compile!r} is not true, false or a torch.compile mode "
                             f"({', '.join(COMPILE_MODES)})")
         self.config, self.clock = config, clock
+        self._observers = observers or (lambda cfg: [])
         # where the engine's wall time went (host clock; the GPU catches up at each report's sync)
         self.seconds = {"load": 0.0, "start": 0.0, "train": 0.0, "eval": 0.0, "export": 0.0}
         if model is None:
@@ -71,7 +78,7 @@ class PackedEngine:
         k = slots if isinstance(slots, int) else memory.slots_that_fit(
             self.budget, self._estimate(config, config.method.lora_rank), self.shared)
         self._slots: list[TrialState | None] = [None] * k
-        self._extra: dict[int, dict[str, Any]] = {}  # per slot: writer, targets, start time, run dir
+        self._extra: dict[int, dict[str, Any]] = {}  # per slot: recorder, targets, start time, run dir
         self._pending: list[Progress] = []
         self._unread: Readback | None = None  # the last packed step's values, still on their way
 
@@ -84,15 +91,25 @@ class PackedEngine:
     def active(self) -> list[int]:
         return [t.number for t in self._slots if t is not None]
 
+    def supports(self, metric: str) -> bool:
+        """Eval loss only: a task metric needs generation, which the pack does not do (engine: standard)."""
+        return metric == "eval_loss"
+
+    def config_key(self, spec: TrialSpec) -> str | None:
+        return resolved_config_key(spec)
+
     def start(self, spec: TrialSpec) -> None:
         free = [i for i, t in enumerate(self._slots) if t is None]
         if not free:
             raise RuntimeError(f"packed engine: all {self.slots} slots are busy; stop or advance first")
+        started = time.perf_counter()
         try:
             with self._timed("start"):  # data (prepared once per data settings), adapters, optimizer
                 self._start(spec, free[0])
         except UserError as e:  # the trial cannot run here: reported as failed before it starts
-            self._pending.append(Outcome(spec.number, "failed", reason=e.message))
+            self._pending.append(Outcome(spec.number, "failed", reason=e.message, failure=FailureKind.ERROR))
+            return
+        self._charge([self._slots[free[0]]], time.perf_counter() - started)
 
     def advance(self) -> list[Progress]:
         out, self._pending = self._pending, []
@@ -105,16 +122,16 @@ class PackedEngine:
     def _advance(self) -> list[Progress]:
         out: list[Progress] = []
         while any(self._slots):
-            with self._timed("train"):
+            with self._timed("train", self._trials()):
                 out += self._step()
             ready = [t for t in self._slots if t is not None and t.at_report]
             if ready:
-                with self._timed("train"):
+                with self._timed("train", self._trials()):
                     out += self._flush()  # the stream and last_loss up to date; a failed trial is gone
                 return out + self._report([t for t in ready if self._slots[t.slot] is t])
             if any(isinstance(p, Outcome) for p in out):
                 return out
-        with self._timed("train"):
+        with self._timed("train", self._trials()):
             return out + self._flush()
 
     def _out_of_memory(self, message: str) -> list[Progress]:
@@ -126,10 +143,8 @@ class PackedEngine:
         reason = (f"out of memory in a packed pass of {packed} trial(s): {message}; "
                   f"the packed engine holds at most {keep} slot(s) from now on")
         out = self._flush()  # the step before the failed one finished: its records are written
-        for t in [t for t in self._slots if t is not None]:
-            outcome = self._finish(t, "failed", None, reason)
-            outcome.extra["oom"] = True
-            out.append(outcome)
+        for t in self._trials():
+            out.append(self._finish(t, "failed", None, reason, FailureKind.OOM))
         del self._slots[keep:]
         if self.pack.device.type == "cuda":
             torch.cuda.empty_cache()
@@ -139,12 +154,13 @@ class PackedEngine:
         trial = next((t for t in self._slots if t is not None and t.number == number), None)
         if trial is None:
             raise KeyError(f"trial {number} is not active in the packed engine")
-        return self._finish(trial, "pruned", trial.evals[-1][1] if trial.evals else None, reason)
+        evals = self._extra[trial.slot]["recorder"].evals
+        return self._finish(trial, "pruned", evals[-1][1] if evals else None, reason)
 
     def close(self) -> None:
         self._unread = None
-        for t in [t for t in self._slots if t is not None]:
-            self._finish(t, "failed", None, "engine closed")
+        for t in self._trials():
+            self._finish(t, "failed", None, "engine closed", FailureKind.INTERRUPTED)
         self.pack = None  # the base model goes with the last reference
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -158,6 +174,9 @@ class PackedEngine:
         train, evals = self._data(cfg)  # before the adapters: a data error leaves the slot clean
         if not train:
             raise UserError(f"trial {spec.number}: no training examples")
+        if not evals:
+            raise UserError(f"trial {spec.number}: no eval examples, so no eval loss to judge the trial by; "
+                            "give data.eval_file or val_size")
         m = cfg.method
         relayout = reserve(self.pack.wrapped, self.slots, m.lora_rank)
         if relayout is not None:  # a larger rank than any before: the bank moved, and so must the moments
@@ -167,20 +186,16 @@ class PackedEngine:
         add_adapters(self.pack.wrapped, targets, slot, m.lora_rank, m.alpha, m.use_rslora, m.lora_dropout,
                      seed=cfg.train.seed)
         row = self.pack.bank.row(slot)
-        self._slots[slot] = TrialState(spec.number, slot, cfg, row, train, evals, spec.report_fractions)
+        trial = TrialState(spec.number, slot, cfg, row, train, evals, spec.report_fractions)
         run_dir = Path(spec.run_dir) if spec.run_dir else None
-        writer = MetricsWriter(run_dir / "metrics.jsonl") if run_dir else None
-        if writer is not None:
-            writer.truncate_after(0)  # a rerun trial in the same directory starts a fresh stream
-        self._extra[slot] = {"targets": targets, "t0": self.clock(), "run_dir": run_dir,
-                             "params": spec.params, "writer": writer, "monitor": self._monitor(self._slots[slot])}
-
-    def _monitor(self, t: TrialState) -> LiveMonitor | None:
-        """The trial's live health monitor (`health.*`), as each standard engine run has one."""
-        if not t.config.health.enabled:
-            return None
-        return LiveMonitor(t.config.health, method="lora", num_params=self._num_params, planned_steps=t.steps,
-                           learning_rate=t.config.train.learning_rate)
+        if run_dir is not None:  # a rerun trial in the same directory starts afresh
+            prepare_run_dir(run_dir, cfg, overwrite=True)
+        recorder = RunRecorder(cfg, run_dir, engine=self.name, planned_steps=trial.steps,
+                               observers=self._observers(cfg), num_params=self._num_params, trial=spec.number,
+                               params=spec.params)
+        recorder.start()
+        self._slots[slot] = trial
+        self._extra[slot] = {"targets": targets, "t0": self.clock(), "run_dir": run_dir, "recorder": recorder}
 
     def _check_compatible(self, cfg: Any) -> None:
         if cfg.method.finetuning_type != "lora" or cfg.model.quantization_bit is not None:
@@ -237,9 +252,12 @@ class PackedEngine:
             if self._slots[t.slot] is not t:  # finished meanwhile (pruned, failed, closed)
                 continue
             if not math.isfinite(loss):
-                out.append(self._finish(t, "failed", None, f"loss is {loss} at step {log['step']}"))
+                reason = f"loss is {loss} at step {log['step']}"
+                out.append(self._finish(t, "failed", None, reason, FailureKind.NON_FINITE))
                 continue
             t.last_loss = loss
+            recorder = self._extra[t.slot]["recorder"]
+            recorder.state.step, recorder.state.tokens = log["step"], log["tokens"]
             stopped = self._write(t, TrainStep(step=log["step"], loss=loss, lr=log["lr"], grad_norm=norm,
                                                epoch=log["epoch"], tokens=log["tokens"], seconds=self._seconds(t),
                                                memory_mb=_memory_mb(self.pack.device)))
@@ -271,78 +289,99 @@ class PackedEngine:
         return {t.number: means.get(t.slot) for t in trials}
 
     def _report(self, ready: list[TrialState]) -> list[Progress]:
-        with self._timed("eval"):
+        with self._timed("eval", ready):
             evals = self.evaluate(ready)
         out: list[Progress] = []
         for t in ready:
-            value = evals[t.number] if evals[t.number] is not None else t.last_loss
-            t.evals.append((t.step, value))  # without an eval set the objective is the train loss
-            if evals[t.number] is not None:
-                stopped = self._write(t, EvalPoint(step=t.step, eval_loss=evals[t.number], epoch=t.epoch,
-                                                   seconds=self._seconds(t)))
-                if stopped is not None:  # the health monitor ended the trial on this evaluation
-                    out.append(stopped)
-                    continue
-            if t.best == value and t.config.train.load_best_model_at_end:
-                self._extra[t.slot]["best_state"] = adapter_state(self.pack.wrapped, t.slot)  # CPU copy
+            value, recorder = evals[t.number], self._extra[t.slot]["recorder"]
+            t.evaluated_at = t.step
+            point = EvalPoint(step=t.step, eval_loss=value, epoch=t.epoch, seconds=self._seconds(t))
+            stopped = self._write(t, point)
+            if stopped is not None:  # the health monitor ended the trial on this evaluation
+                out.append(stopped)
+                continue
             if not math.isfinite(value):
-                out.append(self._finish(t, "failed", None, f"eval loss is {value} at step {t.step}"))
-            elif t.done or t.patience_spent:  # the objective is the best eval, as in the standard engine
-                out.append(self._finish(t, "complete", t.best, None if t.done else "early_stopping"))
-            else:
-                out.append(Report(t.number, t.step / t.steps, t.step, value))
+                out.append(self._finish(t, "failed", None, f"eval loss is {value} at step {t.step}",
+                                        FailureKind.NON_FINITE))
+                continue
+            improved = recorder.track_eval(point, value)
+            if improved and t.config.train.load_best_model_at_end:
+                self._extra[t.slot]["best_state"] = adapter_state(self.pack.wrapped, t.slot)  # CPU copy
+            out.append(Report(t.number, t.step / t.steps, t.step, value))  # the last point too, as standard
+            if t.done or recorder.stopped:  # the objective is the best eval, as in the standard engine
+                reason = None if t.done else "early_stopping"
+                out.append(self._finish(t, "complete", recorder.state.best_eval, reason))
         return out
 
-    def _finish(self, t: TrialState, state: str, value: float | None, reason: str | None) -> Outcome:
-        extra = self._extra.pop(t.slot)
-        run_dir, seconds = extra["run_dir"], self._seconds(t, extra)
-        outcome = Outcome(t.number, state, value=value, reason=reason, steps=t.step, seconds=seconds,
+    def _finish(self, t: TrialState, state: str, value: float | None, reason: str | None = None,
+                failure: FailureKind | None = None) -> Outcome:
+        extra = self._extra[t.slot]
+        recorder: RunRecorder = extra["recorder"]
+        adapter = None
+        if extra["run_dir"] is not None and state == "complete":
+            # the adapter of the best eval when load_best_model_at_end (as the standard engine does)
+            started = time.perf_counter()
+            with self._timed("export"):
+                adapter = export_adapter(extra["run_dir"] / "adapter", self.pack.wrapped, t.slot, extra["targets"],
+                                         t.config.method, self.config.model.name_or_path, extra.get("best_state"))
+            self._charge([t], time.perf_counter() - started)
+        status = {"complete": None, "pruned": "pruned"}.get(state, "interrupted" if failure ==
+                                                              FailureKind.INTERRUPTED else "failed")
+        summary = recorder.finish(status=status, failure=failure, reason=reason, adapter=adapter,
+                                  restored_best="best_state" in extra, device=str(self.pack.device),
+                                  peak_memory_mb=_memory_mb(self.pack.device),
+                                  parameters={"total": self._num_params, "trainable": t.params[0].numel()},
+                                  plan=t.plan.as_dict(), data={"train": len(t.train_examples),
+                                                               "eval": len(t.eval_examples)})
+        if state == "complete" and not summary.ok:  # stopped by the health monitor on its last record
+            state, failure, reason = "failed", summary.failure, summary.stop_reason.code
+        self._extra.pop(t.slot)
+        outcome = Outcome(t.number, state, value=value if state != "failed" else None, reason=reason,
+                          failure=failure if state == "failed" else None, steps=t.step, seconds=summary.seconds,
                           tokens=t.tokens, extra={"engine": self.name, "slot": t.slot})
-        if run_dir is not None:
-            if state == "complete":
-                # the adapter of the best eval when load_best_model_at_end (as the standard engine does)
-                with self._timed("export"):
-                    export_adapter(run_dir / "adapter", self.pack.wrapped, t.slot, extra["targets"],
-                                   t.config.method, self.config.model.name_or_path, extra.get("best_state"))
-            best = t.best
-            atomic_write_json(run_dir / "summary.json", {
-                "number": t.number, "engine": self.name, "state": state, "value": value, "reason": reason,
-                "params": extra["params"], "steps": t.step, "total_steps": t.steps, "tokens": t.tokens,
-                "seconds": seconds, "best_eval_loss": best, "evals": t.evals,
-                "adapter": str(run_dir / "adapter") if state == "complete" else None})
-            extra["writer"].close()
         remove_adapters(self.pack.wrapped, t.slot)  # zeroes its weights and gradients in the stacks
         self._slots[t.slot] = None
         return outcome
 
     def _write(self, t: TrialState, record: Any) -> Outcome | None:
-        """Write a record to the trial's stream and show it to its health monitor; if the monitor
-        stops the trial (NaN, collapse, divergence: the standard engine's rules and switches), the
-        trial ends here as failed, and its Outcome is returned."""
-        extra = self._extra[t.slot]
-        if extra["writer"] is not None:
-            extra["writer"].write(record)
-        monitor = extra["monitor"]
-        if monitor is None or isinstance(record, Event):
+        """Write a record through the trial's recorder (stream, health monitor, observers); if an
+        observer stops the trial (NaN, collapse, divergence: the standard engine's rules and
+        switches), the trial ends here as failed, and its Outcome is returned."""
+        recorder: RunRecorder = self._extra[t.slot]["recorder"]
+        recorder.record(record)
+        stop = recorder.stop_event
+        if stop is None or stop.code == "early_stopping":
             return None
-        for event in monitor.observe(record):
-            self._write(t, event)
-        stop = monitor.stop_event
-        if stop is None:
-            return None
-        self._write(t, stop_record(stop))
-        return self._finish(t, "failed", None, stop.code)
+        return self._finish(t, "failed", None, stop.code, FailureKind.HEALTH_STOP)
+
+    def _trials(self) -> list[TrialState]:
+        return [t for t in self._slots if t is not None]
+
+    def _charge(self, trials: list[TrialState], seconds: float) -> None:
+        """Each trial's share of a stretch of the engine's time: split evenly over those in it."""
+        live = [t for t in trials if t is not None and t.slot in self._extra and self._slots[t.slot] is t]
+        for t in live:
+            self._extra[t.slot]["recorder"].state.seconds += seconds / len(live)
 
     @contextmanager
-    def _timed(self, phase: str) -> Iterator[None]:
+    def _timed(self, phase: str, trials: list[TrialState] | None = None) -> Iterator[None]:
+        """Time a phase; with `trials`, their shares of it go to their recorders (train/eval seconds)."""
         start = time.perf_counter()
         try:
             yield
         finally:
-            self.seconds[phase] += time.perf_counter() - start
+            spent = time.perf_counter() - start
+            self.seconds[phase] += spent
+            if trials:
+                self._charge(trials, spent)
+                if phase == "train":
+                    for t in trials:
+                        if t.slot in self._extra and self._slots[t.slot] is t:
+                            self._extra[t.slot]["recorder"].state.train_seconds += spent / len(trials)
 
-    def _seconds(self, t: TrialState, extra: dict | None = None) -> float:
-        return self.clock() - (extra or self._extra[t.slot])["t0"]
+    def _seconds(self, t: TrialState) -> float:
+        """Wall-clock seconds since the trial started (the stream's `seconds`)."""
+        return round(self.clock() - self._extra[t.slot]["t0"], 3)
 
 
 class Readback:

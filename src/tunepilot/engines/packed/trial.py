@@ -8,14 +8,13 @@ The pack only decides which rows of the shared forward pass are this trial's.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
 import torch
-from transformers import get_scheduler
 
 from tunepilot.engines.plan import epoch_at, make_plan, step_indices
+from tunepilot.optimizers import build_optimizer, build_scheduler
 
 
 def report_steps(fractions: tuple[float, ...], steps: int) -> list[int]:
@@ -49,14 +48,10 @@ class TrialState:
         self.steps = self.plan.total_steps
         self.reports = report_steps(fractions, self.steps)
         self.max_grad_norm = t.max_grad_norm if t.max_grad_norm > 0 else float("inf")
-        # All LoRA weights are matrices: the standard engine's decay group (ndim >= 2) holds them all.
-        # fused: one kernel for the trial's whole row on CUDA
-        fused = row.device.type == "cuda"
-        self.optimizer = torch.optim.AdamW(self.params, lr=t.learning_rate, betas=(t.adam_beta1, t.adam_beta2),
-                                           eps=t.adam_epsilon, weight_decay=t.weight_decay, fused=fused)
-        name = "constant_with_warmup" if t.lr_scheduler_type.startswith("constant") else t.lr_scheduler_type
-        self.scheduler = get_scheduler(name, self.optimizer, num_warmup_steps=self.plan.warmup_steps,
-                                       num_training_steps=self.steps)
+        # The row holds only LoRA matrices (flattened), which the standard engine's decay group holds
+        # too: all of it decays. fused: one kernel for the trial's whole row on CUDA.
+        self.optimizer = build_optimizer(self.params, t, fused=row.device.type == "cuda", decay_all=True)
+        self.scheduler = build_scheduler(self.optimizer, t, self.plan.warmup_steps, self.steps)
         self.step = 0  # optimizer steps done
         self.micro = 0  # micro-batches done
         self.tokens = 0  # trained tokens of finished steps
@@ -64,7 +59,7 @@ class TrialState:
         self.window_tokens = 0
         self.loss_sum: torch.Tensor | None = None  # summed token losses of the current step so far
         self.last_loss: float | None = None  # the last step's mean loss, once the engine has read it
-        self.evals: list[tuple[int, float]] = []
+        self.evaluated_at = 0  # the step of the last evaluation (its recorder keeps the values)
 
     def rebind(self, row: torch.nn.Parameter, relayout: Callable[[torch.Tensor], torch.Tensor]) -> None:
         """The bank was re-laid out: step `row` from now on, with the AdamW moments moved to match."""
@@ -109,22 +104,6 @@ class TrialState:
         return log
 
     @property
-    def best(self) -> float | None:
-        return min((v for _, v in self.evals if math.isfinite(v)), default=None)
-
-    @property
-    def patience_spent(self) -> bool:
-        """early_stopping_patience evals in a row without a gain over early_stopping_threshold."""
-        t = self.config.train
-        if not t.early_stopping_patience or not self.evals:
-            return False
-        best_i, best = 0, self.evals[0][1]
-        for i, (_, v) in enumerate(self.evals[1:], start=1):
-            if best - v > t.early_stopping_threshold:
-                best_i, best = i, v
-        return len(self.evals) - 1 - best_i >= t.early_stopping_patience
-
-    @property
     def epoch(self) -> float:
         return round(epoch_at(self.plan, self.step), 4)
 
@@ -135,5 +114,4 @@ class TrialState:
     @property
     def at_report(self) -> bool:
         """Just finished a step that is a report point and not yet evaluated there."""
-        fresh = not self.evals or self.evals[-1][0] != self.step
-        return not self.window and self.step in self.reports and fresh
+        return not self.window and self.step in self.reports and self.evaluated_at != self.step
