@@ -17,7 +17,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from tunepilot.errors import ExitCode, UserError
 from tunepilot.evaluate.settings import EvalSettings
@@ -38,19 +46,35 @@ class ModelSettings(_Section):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="Weights dtype; auto = bf16 on GPUs that support it, else fp32.")
     quantization_bit: Literal[4, 8] | None = Field(None, description="Load the base in 4/8 bit (QLoRA).")
+    quantization_method: Literal["bitsandbytes"] = Field(
+        "bitsandbytes", description="How quantization_bit quantizes: bitsandbytes (bnb), the one backend supported.")
     trust_remote_code: bool = Field(False, description="Allow model code from the model repository.")
     cache_dir: str | None = Field(None, description="Where hub models are cached (default: the HF cache).")
     gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory.")
 
+    @field_validator("quantization_method", mode="before")
+    @classmethod
+    def _quantization_method(cls, v: Any) -> Any:
+        from tunepilot.config_keys import quantization_method
+
+        return quantization_method(v)
+
 
 class DataSettings(_Section):
-    train: str = Field(..., description="Training data: a file (jsonl/json/csv/parquet) or directory.")
-    eval: str | None = Field(None, description="Evaluation data file; default: split val_size from train.")
+    train: str = Field(..., description="Training data: a file (jsonl/json/csv/parquet) or directory, or "
+                                        "dataset names of dataset_dir/dataset_info.json (comma-separated).")
+    eval: str | None = Field(None, description="Evaluation data file (or dataset names); default: split val_size "
+                                               "from train.")
+    dataset_dir: str | None = Field(None, description="Folder holding a LLaMA-Factory dataset_info.json; names in "
+                                                      "train/eval are looked up there (default: ./data).")
     val_size: float = Field(0.0, ge=0, lt=1, description="Share of train held out for eval when eval is unset.")
     format: str = Field("auto", description="alpaca, sharegpt, messages, prompt_completion, text, or auto.")
     columns: dict[str, str] = Field(default_factory=dict,
                                     description="Map format fields to your columns, e.g. {prompt: text}.")
-    template: str = Field("auto", description="Prompt template: auto (the model's chat template) or a name.")
+    template: str = Field("auto", description="Prompt template: auto (the model's chat template) or a name "
+                                              "(LLaMA-Factory names such as qwen are mapped).")
+    allow_template_mismatch: bool = Field(False, description="Train even when a named template's markers are not "
+                                                             "single tokens of the tokenizer (refused by default).")
     system: str | None = Field(None, description="System prompt added to every record without one.")
     cutoff_len: int = Field(1024, gt=0, description="Maximum tokens per example; longer ones are truncated.")
     max_samples: int | None = Field(None, gt=0, description="Use at most this many training records.")
@@ -58,6 +82,13 @@ class DataSettings(_Section):
     train_on_prompt: bool = Field(False, description="Also train on prompt tokens (default: responses only).")
     mask_history: bool = Field(False, description="Train only on the last assistant turn of a conversation.")
     packing: bool = Field(False, description="Pack several examples into one sequence of cutoff_len.")
+
+    @field_validator("template", mode="before")
+    @classmethod
+    def _template_name(cls, v: Any) -> Any:
+        from tunepilot.config_keys import template_name
+
+        return template_name(v)
 
 
 class MethodSettings(_Section):
@@ -69,6 +100,9 @@ class MethodSettings(_Section):
     lora_target: list[str] = Field(["all-linear"], description="Modules to adapt: all-linear or names "
                                                                "(q_proj,v_proj,...).")
     use_rslora: bool = Field(False, description="Rank-stabilised scaling alpha/sqrt(r) instead of alpha/r.")
+    use_dora: bool = Field(False, description="DoRA: weight-decomposed LoRA (PEFT use_dora); slower per step.")
+    neftune_noise_alpha: float | None = Field(None, gt=0, description="NEFTune: uniform noise of this scale on the "
+                                                                      "input embeddings while training (e.g. 5).")
 
     @field_validator("lora_target", mode="before")
     @classmethod
@@ -94,8 +128,15 @@ class TrainSettings(_Section):
     max_steps: int = Field(-1, ge=-1, le=MAX_STEPS, description="Optimizer steps; > 0 overrides num_train_epochs.")
     per_device_train_batch_size: int = Field(4, gt=0, description="Micro-batch size.")
     gradient_accumulation_steps: int = Field(1, gt=0, description="Micro-batches per optimizer step.")
-    lr_scheduler_type: Literal["cosine", "linear", "constant", "constant_with_warmup"] = Field(
-        "cosine", description="Decay after warmup: cosine, linear or constant.")
+    lr_scheduler_type: Literal["cosine", "linear", "constant", "constant_with_warmup", "cosine_with_min_lr"] = Field(
+        "cosine", description="Decay after warmup: cosine, linear, constant, or cosine_with_min_lr "
+                              "(with lr_scheduler_kwargs min_lr or min_lr_rate).")
+    lr_scheduler_kwargs: dict[str, float] = Field(
+        default_factory=dict, validate_default=True,
+        description="Scheduler options as in transformers: num_cycles (cosine), min_lr or min_lr_rate "
+                    "(cosine_with_min_lr).")
+    optim: str = Field("adamw_torch", description="Optimizer: adamw_torch, adamw_torch_fused, sgd, adafactor, or "
+                                                  "bitsandbytes' adamw_8bit, paged_adamw_8bit, paged_adamw_32bit.")
     warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Warmup as a share of total steps.")
     warmup_steps: int = Field(0, ge=0, le=MAX_STEPS, description="Warmup steps; > 0 overrides warmup_ratio.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
@@ -117,6 +158,28 @@ class TrainSettings(_Section):
     @classmethod
     def _scheduler_alias(cls, v: Any) -> Any:
         return "cosine" if v == "cosine_with_warmup" else v
+
+    @field_validator("lr_scheduler_kwargs", mode="before")
+    @classmethod
+    def _scheduler_kwargs_json(cls, v: Any) -> Any:
+        from tunepilot.config_keys import scheduler_kwargs_json
+
+        return scheduler_kwargs_json(v)
+
+    @field_validator("lr_scheduler_kwargs")
+    @classmethod
+    def _scheduler_kwargs(cls, v: dict[str, float], info: ValidationInfo) -> dict[str, float]:
+        from tunepilot.config_keys import check_scheduler_kwargs
+
+        check_scheduler_kwargs(info.data.get("lr_scheduler_type", "cosine"), v)
+        return v
+
+    @field_validator("optim", mode="before")
+    @classmethod
+    def _optimizer_name(cls, v: Any) -> Any:
+        from tunepilot.config_keys import optimizer_name
+
+        return optimizer_name(v)
 
 
 class OutputSettings(_Section):
@@ -165,8 +228,8 @@ FOREIGN_IGNORED = {
     "do_train", "do_eval", "do_predict", "overwrite_cache", "preprocessing_num_workers",
     "dataloader_num_workers", "plot_loss", "save_only_model", "ddp_timeout",
     "resume_from_checkpoint", "flash_attn", "eval_strategy",
-    "evaluation_strategy", "save_strategy", "logging_strategy", "dataset_dir", "push_to_hub",
-    "gradient_checkpointing_kwargs", "remove_unused_columns", "optim", "bias", "task_type", "stage",
+    "evaluation_strategy", "save_strategy", "logging_strategy", "push_to_hub",
+    "gradient_checkpointing_kwargs", "remove_unused_columns", "bias", "task_type", "stage",
     "deepspeed", "fsdp", "ddp_find_unused_parameters", "include_num_input_tokens_seen",
 }
 
@@ -192,7 +255,12 @@ def _route_special(key: str, value: Any, nested: dict[str, dict[str, Any]], prob
     if key == "stage" and value not in ("sft", "pt"):
         problems.append(f"stage: {value!r} is not supported; tunepilot trains sft (and pt) stages only")
         return True
-    return False
+    from tunepilot.config_keys import special_key
+
+    handled, problem = special_key(key, value)
+    if problem is not None:
+        problems.append(problem)
+    return handled
 
 
 def to_nested(raw: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], list[str], list[str]]:
@@ -247,74 +315,6 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: config file not found; pass the path of a YAML config")
-    try:
-        raw = yaml_load(read_text(path, "YAML file"))
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        raise UserError(f"{where}: invalid YAML ({getattr(e, 'problem', e)}); fix it there") from e
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise UserError(f"{path}: expected a mapping of keys to values at the top level, got {type(raw).__name__}")
-    return raw
-
-
-def merge_raw(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """Overrides win; dotted keys (train.learning_rate) are kept as given and routed later."""
-    return {**base, **overrides}
-
-
-def build_config(raw: dict[str, Any], source: str = "config",
-                 check_paths: bool = True) -> tuple[RunConfig, list[str]]:
-    """Validate raw keys into a RunConfig; every problem at once in one UserError (exit 2)."""
-    nested, problems, warnings = to_nested(raw)
-    config = None
-    try:
-        config = RunConfig.model_validate({k: v for k, v in nested.items() if v or k in ("model", "data")})
-    except ValidationError as e:
-        problems.extend(_format_validation(e))
-    if check_paths:
-        problems.extend(_path_problems(nested["data"]))
-    if problems:
-        raise UserError(f"{source}: {len(problems)} problem(s) in the config", ExitCode.USAGE, problems)
-    return config, warnings
-
-
-def _format_validation(e: ValidationError) -> list[str]:
-    out = []
-    for err in e.errors():
-        loc = ".".join(str(p) for p in err["loc"])
-        if err["type"] == "missing":
-            out.append(f"{loc}: required key is missing")
-        else:
-            out.append(f"{loc}: {err['input']!r} is invalid ({err['msg']})")
-    return out
-
-
-def _path_problems(data: dict[str, Any]) -> list[str]:
-    problems = []
-    for key in ("train", "eval"):
-        value = data.get(key)
-        if isinstance(value, str) and not Path(value).exists():
-            problems.append(f"data.{key}: {value!r} does not exist; give the path of your data file")
-    return problems
-
-
-def load_config(path: str | Path | None, overrides: list[str] | None = None,
-                check_paths: bool = True) -> tuple[RunConfig, list[str]]:
-    raw = read_yaml(path) if path is not None else {}
-    raw = merge_raw(raw, parse_overrides(overrides or []))
-    return build_config(raw, source=str(path or "--set"), check_paths=check_paths)
-
-
-def dump_config(config: RunConfig) -> str:
-    """YAML with sections, every value explicit: what ran, ready to run again."""
-    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
 MAX_YAML_NODES = 100_000  # a document's values counted with every alias expanded; far above any real config
 
 
@@ -371,16 +371,80 @@ def yaml_load(text: str) -> Any:
     return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass: no arbitrary objects
 
 
-
+def read_yaml(path: str | Path) -> dict[str, Any]:
     from tunepilot.io import read_text
 
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: config file not found; pass the path of a YAML config")
+    try:
+        raw = yaml_load(read_text(path, "YAML file"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise UserError(f"{where}: invalid YAML ({getattr(e, 'problem', e)}); fix it there") from e
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: expected a mapping of keys to values at the top level, got {type(raw).__name__}")
+    return raw
 
-def config_with(config: RunConfig, updates: dict[str, Any]) -> RunConfig:
-    """A copy with flat or dotted keys replaced, validated like a file (used by sweeps and transfer)."""
-    raw = config.model_dump(mode="json")
-    raw.update(updates)
-    new, _ = build_config(raw, source="updated config", check_paths=False)
-    return new
+
+def merge_raw(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Overrides win; dotted keys (train.learning_rate) are kept as given and routed later."""
+    return {**base, **overrides}
+
+
+def build_config(raw: dict[str, Any], source: str = "config",
+                 check_paths: bool = True, *, root: Path | None = None) -> tuple[RunConfig, list[str]]:
+    """Validate raw keys into a RunConfig; every problem at once in one UserError (exit 2).
+    `root`: the config file's folder, where relative data paths are looked up first."""
+    nested, problems, warnings = to_nested(raw)
+    path_problems = _path_problems(nested["data"], root)  # before validation: the config holds resolved paths
+    config = None
+    try:
+        config = RunConfig.model_validate({k: v for k, v in nested.items() if v or k in ("model", "data")})
+    except ValidationError as e:
+        problems.extend(_format_validation(e))
+    if check_paths:
+        problems.extend(path_problems)
+    if problems:
+        raise UserError(f"{source}: {len(problems)} problem(s) in the config", ExitCode.USAGE, problems)
+    return config, warnings
+
+
+def _format_validation(e: ValidationError) -> list[str]:
+    out = []
+    for err in e.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "missing":
+            out.append(f"{loc}: required key is missing")
+        else:
+            out.append(f"{loc}: {err['input']!r} is invalid ({err['msg']})")
+    return out
+
+
+def _path_problems(data: dict[str, Any], root: Path | None) -> list[str]:
+    """Relative data paths resolved next to the config file, then in the working directory; dataset
+    names of a LLaMA-Factory dataset_info.json stay names (tunepilot.data.sources)."""
+    from tunepilot.data.sources import resolve_data_paths
+
+    return resolve_data_paths(data, root)
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None,
+                check_paths: bool = True) -> tuple[RunConfig, list[str]]:
+    raw = read_yaml(path) if path is not None else {}
+    raw = merge_raw(raw, parse_overrides(overrides or []))
+    root = Path(path).resolve().parent if path is not None else None
+    return build_config(raw, source=str(path or "--set"), check_paths=check_paths, root=root)
+
+
+def dump_config(config: RunConfig) -> str:
+    """YAML with sections, every value explicit: what ran, ready to run again."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
 # Keys a resumed run may change: they decide when to evaluate, log, save or stop and where results go,
 # not what the optimizer does at each step. Any other changed key makes an exact resume impossible
 # (deny by default, so a key added later is safe from silent mixing until it is listed here).
@@ -413,3 +477,9 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def config_with(config: RunConfig, updates: dict[str, Any]) -> RunConfig:
+    """A copy with flat or dotted keys replaced, validated like a file (used by sweeps and transfer)."""
+    raw = config.model_dump(mode="json")
+    raw.update(updates)
+    new, _ = build_config(raw, source="updated config", check_paths=False)
+    return new

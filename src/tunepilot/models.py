@@ -165,12 +165,14 @@ def lora_config(method: MethodSettings):
     return LoraConfig(
         r=method.lora_rank, lora_alpha=method.alpha, lora_dropout=method.lora_dropout,
         target_modules="all-linear" if targets == ["all-linear"] else targets,
-        use_rslora=method.use_rslora, task_type="CAUSAL_LM", bias="none",
+        use_rslora=method.use_rslora, use_dora=method.use_dora, task_type="CAUSAL_LM", bias="none",
     )
 
 
 def apply_method(model, method: MethodSettings, model_settings: ModelSettings):
-    """LoRA / QLoRA: wrap with PEFT (only adapter weights train). Full: every weight trains."""
+    """LoRA / QLoRA: wrap with PEFT (only adapter weights train). Full: every weight trains.
+    `method.neftune_noise_alpha`: NEFTune noise on the input embeddings in train mode (set_neftune)."""
+    set_neftune(model, method.neftune_noise_alpha)
     if model_settings.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
@@ -189,6 +191,28 @@ def apply_method(model, method: MethodSettings, model_settings: ModelSettings):
         return get_peft_model(model, lora_config(method))
     except ValueError as e:
         raise UserError(f"method.lora_target: {method.lora_target} does not match this model's modules ({e})") from e
+
+
+def set_neftune(model, alpha: float | None) -> None:
+    """NEFTune (Jain et al. 2023, "NEFTune: Noisy Embeddings Improve Instruction Finetuning"): add
+    uniform noise of scale alpha / sqrt(seq_len x hidden) to the input embeddings while the model is in
+    train mode; evaluation and generation (eval mode) see clean embeddings. This is transformers'
+    own forward hook (`neftune_post_forward_hook`, what Trainer registers for `neftune_noise_alpha`)
+    on the input embedding module, PyTorch's public injection point.
+
+    Idempotent per module: a base model shared by a sweep's trials keeps one hook at most, set to
+    this trial's alpha, and removed when a trial asks for none."""
+    from transformers.integrations.neftune import neftune_post_forward_hook
+
+    embeddings = model.get_input_embeddings()
+    handle = getattr(embeddings, "_tunepilot_neftune", None)
+    if handle is not None:
+        handle.remove()
+        embeddings._tunepilot_neftune = None
+    if alpha is None:
+        return
+    embeddings.neftune_noise_alpha = float(alpha)
+    embeddings._tunepilot_neftune = embeddings.register_forward_hook(neftune_post_forward_hook)
 
 
 def trainable_state(model) -> dict[str, torch.Tensor]:

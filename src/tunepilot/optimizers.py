@@ -12,27 +12,58 @@ from typing import Any
 import torch
 from transformers import get_scheduler
 
+from tunepilot.config_keys import OPTIMIZERS
+from tunepilot.errors import UserError
+
 
 def build_optimizer(
     params: list[torch.nn.Parameter], train: Any, *, fused: bool = False, decay_all: bool = False
 ) -> torch.optim.Optimizer:
-    """AdamW with the config's betas and epsilon. Matrices decay; vectors (norms, biases) do not,
-    as in transformers' Trainer. `decay_all`: every tensor decays (a packed trial's flat row of LoRA
-    matrices). `fused`: one kernel for all parameters (CUDA)."""
+    """The optimizer named by `train.optim` (HF names; default adamw_torch) with the config's LR,
+    betas, epsilon and weight decay. Matrices decay; vectors (norms, biases) do not, as in
+    transformers' Trainer. `decay_all`: every tensor decays (a packed trial's flat row of LoRA
+    matrices). `fused`: AdamW as one kernel for all parameters (as `optim: adamw_torch_fused`)."""
     decay = [p for p in params if decay_all or p.ndim >= 2]
     no_decay = [p for p in params if not decay_all and p.ndim < 2]
     groups = [{"params": decay, "weight_decay": train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    kwargs = {"fused": True} if fused else {}
-    return torch.optim.AdamW(
-        [g for g in groups if g["params"]],
-        lr=train.learning_rate,
-        betas=(train.adam_beta1, train.adam_beta2),
-        eps=train.adam_epsilon,
-        **kwargs,
-    )
+    groups = [g for g in groups if g["params"]]
+    name = getattr(train, "optim", None) or "adamw_torch"
+    adam = {"lr": train.learning_rate, "betas": (train.adam_beta1, train.adam_beta2), "eps": train.adam_epsilon}
+    if name in ("adamw_torch", "adamw_torch_fused"):
+        return torch.optim.AdamW(groups, **adam, **({"fused": True} if fused or name.endswith("fused") else {}))
+    if name == "sgd":  # as transformers' Trainer: plain SGD at the config's LR (no momentum)
+        return torch.optim.SGD(groups, lr=train.learning_rate)
+    if name == "adafactor":  # as transformers' Trainer: an external LR, no relative step or parameter scaling
+        from transformers.optimization import Adafactor
+
+        return Adafactor(groups, lr=train.learning_rate, scale_parameter=False, relative_step=False)
+    return _bnb_optimizer(name, groups, adam)
+
+
+def _bnb_optimizer(name: str, groups: list[dict], adam: dict[str, Any]) -> torch.optim.Optimizer:
+    """bitsandbytes' AdamW variants (8-bit states; paged: states move to CPU under memory pressure).
+    The config refuses these names when bitsandbytes does not import; this is the second line."""
+    try:
+        import bitsandbytes as bnb
+    except ImportError as e:
+        raise UserError(f"train.optim: {name} needs bitsandbytes; pip install bitsandbytes, or use adamw_torch") from e
+    classes = {
+        "adamw_8bit": bnb.optim.AdamW8bit,
+        "adamw_bnb_8bit": bnb.optim.AdamW8bit,
+        "paged_adamw_8bit": bnb.optim.PagedAdamW8bit,
+        "paged_adamw_32bit": bnb.optim.PagedAdamW32bit,
+        "paged_adamw": bnb.optim.PagedAdamW,
+    }
+    if name not in classes:
+        raise UserError(f"train.optim: {name!r} is not supported; use one of {', '.join(OPTIMIZERS)}")
+    return classes[name](groups, **adam)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, train: Any, warmup_steps: int, total_steps: int):
-    """transformers' schedule by name; `constant` keeps its warmup (constant_with_warmup)."""
+    """transformers' schedule by name, with `train.lr_scheduler_kwargs` (cosine: num_cycles;
+    cosine_with_min_lr: min_lr or min_lr_rate, checked by the config). `constant` keeps its warmup
+    (constant_with_warmup)."""
     name = "constant_with_warmup" if train.lr_scheduler_type.startswith("constant") else train.lr_scheduler_type
-    return get_scheduler(name, optimizer, num_warmup_steps=warmup_steps, num_training_steps=total_steps)
+    kwargs = dict(getattr(train, "lr_scheduler_kwargs", None) or {})
+    return get_scheduler(name, optimizer, num_warmup_steps=warmup_steps, num_training_steps=total_steps,
+                         scheduler_specific_kwargs=kwargs or None)

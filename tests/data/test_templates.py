@@ -16,7 +16,8 @@ QA = [
 
 @pytest.mark.parametrize("name", sorted(TEMPLATES))
 def test_named_template_trains_the_answer_and_end_marker(name, tok, jsonl):
-    settings = DataSettings(train=str(jsonl(QA)), template=name)
+    # masking mechanics on one tokenizer: the markers of most templates are plain text to it
+    settings = DataSettings(train=str(jsonl(QA)), template=name, allow_template_mismatch=True)
     data = prepare_datasets(settings, tok, seed=0)
     suffix = TEMPLATES[name].assistant_suffix.replace("{eos}", tok.eos_token)
     for row, rec in zip(data.train, QA, strict=True):

@@ -31,6 +31,8 @@ def _data_settings(data: Path, config: Path | None, overrides: dict[str, Any]):
         base, model = cfg.data.model_dump(), cfg.model
     base.update({k: v for k, v in overrides.items() if v is not None})
     base["train"] = str(data)
+    if data.is_dir():
+        base.update(_llamafactory_folder(data))
     try:
         return DataSettings.model_validate(base), model
     except ValidationError as e:
@@ -38,6 +40,21 @@ def _data_settings(data: Path, config: Path | None, overrides: dict[str, Any]):
             f"{'.'.join(str(p) for p in err['loc'])}: {err['input']!r} is invalid ({err['msg']})" for err in e.errors()
         ]
         raise UserError("validate: invalid option", ExitCode.USAGE, problems) from e
+
+
+def _llamafactory_folder(data: Path) -> dict[str, Any]:
+    """A LLaMA-Factory dataset folder: validate every local dataset its dataset_info.json names, each
+    read with its own formatting, columns and tags (hub-only and preference entries are skipped)."""
+    from tunepilot.data.sources import is_llamafactory_dir, read_info
+
+    if not is_llamafactory_dir(data):
+        return {}
+    info = read_info(data)
+    names = [n for n, e in info.items() if e.get("file_name") and not e.get("ranking")]
+    if not names:
+        raise UserError(f"{data / 'dataset_info.json'}: names no local SFT dataset (each has a hub URL or "
+                        "ranking: true); nothing to validate")
+    return {"train": ",".join(names), "dataset_dir": str(data.resolve())}
 
 
 def _tokenizer(model: str | None, config_model):

@@ -25,7 +25,7 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from tunepilot.data.records import Conversation
@@ -81,6 +81,9 @@ class FormatSpec:
     fields: dict[str, str]  # canonical field -> column in the record
     note: str | None = None  # how auto-detection decided, shown as an info finding
     system: str | None = None  # default system prompt (settings.system)
+    # sharegpt keys and role values as LLaMA-Factory's dataset_info.json `tags` name them
+    # (role_tag, content_tag, user_tag, assistant_tag, observation_tag, function_tag, system_tag)
+    tags: dict[str, str] = field(default_factory=dict)
 
 
 Converter = Callable[[dict[str, Any], FormatSpec], list[dict[str, str]] | str]
@@ -250,16 +253,22 @@ def _chat(record: dict[str, Any], spec: FormatSpec) -> list[dict[str, str]]:
         raise Problem("missing_field", f"required field '{column}' is missing")
     if not isinstance(value, list):
         raise Problem("wrong_type", f"field '{column}' must be a list of messages, got {_tname(value)}")
-    messages = [_message(m, f"{column}[{i}]") for i, m in enumerate(value)]
+    messages = [_message(m, f"{column}[{i}]", spec.tags) for i, m in enumerate(value)]
     if not any(m["role"] == "system" for m in messages):
         messages = _system_messages(record, spec) + messages
     check_turns(messages, column)
     return messages
 
 
-def _message(m: Any, where: str) -> dict[str, str]:
+_TAG_ROLES = {"user_tag": "user", "assistant_tag": "assistant", "observation_tag": "tool",
+              "function_tag": "assistant", "system_tag": "system"}
+
+
+def _message(m: Any, where: str, tags: dict[str, str] | None = None) -> dict[str, str]:
     if not isinstance(m, dict):
         raise Problem("wrong_type", f"{where} must be an object, got {_tname(m)}")
+    if tags:
+        return _tagged_message(m, where, tags)
     # Either key style is accepted in either format (many "sharegpt" files use role/content).
     rk, ck = ("from", "value") if "from" in m and "role" not in m else ("role", "content")
     if m.get(rk) is None:
@@ -272,6 +281,23 @@ def _message(m: Any, where: str) -> dict[str, str]:
     if role not in ROLE_ALIASES:
         raise Problem("unknown_role", f"{where} has unknown role {role!r}; use system, user, assistant or tool")
     return {"role": ROLE_ALIASES[role], "content": _content(m.get(ck) or "", f"{where}.{ck}")}
+
+
+def _tagged_message(m: dict[str, Any], where: str, tags: dict[str, str]) -> dict[str, str]:
+    """A message read with a dataset's own tags (LLaMA-Factory sharegpt `tags`), defaults from/value."""
+    rk, ck = tags.get("role_tag", "from"), tags.get("content_tag", "value")
+    roles = {tags.get(t, default): role for t, role in _TAG_ROLES.items()
+             for default in [{"user_tag": "human", "assistant_tag": "gpt", "observation_tag": "observation",
+                              "function_tag": "function_call", "system_tag": "system"}[t]]}
+    if m.get(rk) is None:
+        raise Problem("missing_field", f"{where} has no '{rk}' (the dataset's role_tag)")
+    if m.get(ck) is None:
+        raise Problem("missing_field", f"{where} has no '{ck}' (the dataset's content_tag)")
+    role = m[rk]
+    if role not in roles:
+        raise Problem("unknown_role", f"{where} has role {role!r}, not one of the dataset's tags "
+                                      f"{', '.join(map(repr, roles))}")
+    return {"role": roles[role], "content": _content(m[ck], f"{where}.{ck}")}
 
 
 def _content(content: Any, where: str) -> str:

@@ -17,6 +17,7 @@ from tunepilot.data.detect import SAMPLE, detect_format, guess
 from tunepilot.data.formats import FormatSpec, Problem, to_conversation
 from tunepilot.data.readers import READERS, read_records, resolve_files
 from tunepilot.data.records import Conversation, Finding, RawRecord
+from tunepilot.data.sources import sources
 from tunepilot.errors import UserError
 
 
@@ -29,10 +30,24 @@ class ParseState:
     records: int = 0  # records read, including broken ones
 
 
+def iter_split(settings, which: str, state: ParseState, limit: int | None = None) -> Iterator[Conversation]:
+    """The records of data.train or data.eval: one path, or each named dataset of dataset_info.json
+    with its own format and columns (`limit` records of each, as LLaMA-Factory's max_samples)."""
+    for src in sources(settings, which):
+        if src.fields is None:
+            convs = iter_conversations(src.path, settings.format, settings.columns, settings.system, state)
+        else:
+            spec = FormatSpec(src.format, dict(src.fields), None, settings.system, dict(src.tags))
+            convs = iter_conversations(src.path, src.format, {}, settings.system, state, spec=spec)
+        yield from islice(convs, limit)
+
+
 def iter_conversations(
-    path: str, fmt: str, columns: dict[str, str], system: str | None, state: ParseState
+    path: str, fmt: str, columns: dict[str, str], system: str | None, state: ParseState,
+    spec: FormatSpec | None = None,
 ) -> Iterator[Conversation]:
-    if fmt == "auto":
+    """`spec`: the format as given (a dataset_info.json entry), not detected."""
+    if fmt == "auto" and spec is None:
         _same_format_everywhere(path, columns, system)
     raws = read_records(path)
     head = []
@@ -46,7 +61,7 @@ def iter_conversations(
     if not good:
         first = "; ".join(f"line {r.line}: {r.error}" for r in head[:3])
         raise UserError(f"{path}: no record parses, so this is no known format; first problems: {first}")
-    state.spec = detect_format([r.value for r in good], fmt, columns, system, good[0].source)
+    state.spec = spec or detect_format([r.value for r in good], fmt, columns, system, good[0].source)
     if state.spec.note:
         state.findings.append(Finding("info", "format_detected", None, state.spec.note, good[0].source))
     for raw in chain(head, raws):

@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from itertools import islice
 from typing import Literal
 
 from tunepilot.data.analyze import Analyzer
 from tunepilot.data.batching import pack
 from tunepilot.data.checks.dataset import overlap_findings
-from tunepilot.data.parse import ParseState, iter_conversations
+from tunepilot.data.parse import ParseState, iter_split
 from tunepilot.data.records import Conversation, Finding
 from tunepilot.data.templates import TEMPLATES, template_names
 from tunepilot.errors import ExitCode, UserError
@@ -50,19 +49,39 @@ def check_template(settings, tokenizer=None) -> None:
         )
 
 
-def read_split(path: str, settings, limit: int | None) -> tuple[list[Conversation], ParseState]:
+def check_template_fit(settings, tokenizer) -> None:
+    """Refuse (exit 2) a named template whose markers this tokenizer splits into ordinary text, the
+    `template_tokens_not_special` finding of `validate`: trained as is, the model would learn to
+    write "<|eot_id|>" as characters and never stop. `allow_template_mismatch: true` trains anyway."""
+    if tokenizer is None or settings.format == "text" or settings.template == "auto":
+        return
+    if settings.allow_template_mismatch:
+        return
+    from tunepilot.data.checks.tokens import template_marker_problems
+
+    split = template_marker_problems(tokenizer, settings.template)
+    if split:
+        raise UserError(
+            f"data.template: template {settings.template!r}: {', '.join(split)} are not single tokens of this "
+            "tokenizer (template_tokens_not_special), so the model would see them as plain text; use the model's "
+            "own template (template: auto) or one whose markers it has, or set allow_template_mismatch: true "
+            "to train anyway"
+        )
+
+
+def read_split(which: str, settings, limit: int | None) -> tuple[list[Conversation], ParseState]:
+    """data.train or data.eval (`which`): a file, or the named datasets of dataset_info.json."""
     state = ParseState()
-    convs = list(islice(iter_conversations(path, settings.format, settings.columns, settings.system, state), limit))
-    return convs, state
+    return list(iter_split(settings, which, state, limit)), state
 
 
 def split_conversations(settings, seed: int) -> tuple[list[Conversation], list[Conversation] | None, list[Finding]]:
     """(train, eval or None, structural findings) after max_samples / val_size / max_eval_samples."""
-    train, state = read_split(settings.train, settings, settings.max_samples)
+    train, state = read_split("train", settings, settings.max_samples)
     findings = list(state.findings)
     evals = None
     if settings.eval:
-        evals, eval_state = read_split(settings.eval, settings, settings.max_eval_samples)
+        evals, eval_state = read_split("eval", settings, settings.max_eval_samples)
         findings += eval_state.findings
     elif settings.val_size > 0 and len(train) > 1:
         order = list(range(len(train)))
@@ -99,6 +118,7 @@ def _raise_errors(findings: list[Finding]) -> None:
 
 def prepare_datasets(settings, tokenizer, seed: int) -> PreparedData:
     check_template(settings, tokenizer)
+    check_template_fit(settings, tokenizer)
     train, evals, findings = split_conversations(settings, seed)
     train_an = Analyzer(settings, tokenizer, keep_examples=True)
     train_an.add_all(train)

@@ -7,7 +7,8 @@ whitespace after the end-of-turn token (ChatML's "\\n") does not train. A templa
 a prefix of the full render (e.g. one that rewrites earlier turns) cannot be masked this way and is
 reported as `template_render_failure`.
 
-Named templates (alpaca, chatml, llama3, llama2, mistral, zephyr, vicuna, gemma, phi3) are written
+Named templates (alpaca, chatml, qwen, smollm2, llama3, llama2, mistral, zephyr, vicuna, gemma, phi3)
+are written
 out here as turn formats, so they mask exactly by construction. Label masking then maps the spans
 to tokens through the fast tokenizer's character offsets.
 """
@@ -74,6 +75,26 @@ register_template(
         "<|im_end|>",
         "\n",
         "<|im_start|>tool\n{content}<|im_end|>\n",
+        bos=False,
+    )
+)
+# ChatML with a default system prompt, as LLaMA-Factory's `qwen` and `smollm2` templates (and the
+# models' own chat templates) add one when a record has none.
+register_template(
+    NamedTemplate(
+        "qwen",
+        *(TEMPLATES["chatml"].system, TEMPLATES["chatml"].user, TEMPLATES["chatml"].assistant_prefix),
+        *(TEMPLATES["chatml"].assistant_suffix, TEMPLATES["chatml"].separator, TEMPLATES["chatml"].tool),
+        default_system="You are Qwen, created by Alibaba Cloud. You are a helpful assistant.",
+        bos=False,
+    )
+)
+register_template(
+    NamedTemplate(
+        "smollm2",
+        *(TEMPLATES["chatml"].system, TEMPLATES["chatml"].user, TEMPLATES["chatml"].assistant_prefix),
+        *(TEMPLATES["chatml"].assistant_suffix, TEMPLATES["chatml"].separator, TEMPLATES["chatml"].tool),
+        default_system="You are a helpful AI assistant named SmolLM, trained by Hugging Face.",
         bos=False,
     )
 )

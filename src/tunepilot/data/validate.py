@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from tunepilot.data.analyze import Analyzer
 from tunepilot.data.checks.dataset import overlap_findings
-from tunepilot.data.parse import ParseState, iter_conversations
+from tunepilot.data.parse import ParseState, iter_split
 from tunepilot.data.prepare import check_template
 from tunepilot.data.records import SEVERITY_ORDER, Finding
 
@@ -35,10 +35,10 @@ class ValidationReport:
         return {code: {"severity": sev, "count": n} for (sev, code), n in ordered}
 
 
-def _run_split(path: str, settings, tokenizer) -> tuple[Analyzer, ParseState]:
+def _run_split(which: str, settings, tokenizer) -> tuple[Analyzer, ParseState]:
     state = ParseState()
     analyzer = Analyzer(settings, tokenizer)
-    analyzer.add_all(iter_conversations(path, settings.format, settings.columns, settings.system, state))
+    analyzer.add_all(iter_split(settings, which, state))
     analyzer.finish()
     return analyzer, state
 
@@ -46,11 +46,11 @@ def _run_split(path: str, settings, tokenizer) -> tuple[Analyzer, ParseState]:
 def validate_data(settings, tokenizer=None) -> ValidationReport:
     """Validate settings.train (and settings.eval): all records, ignoring max_samples and val_size."""
     check_template(settings, tokenizer)
-    train, train_state = _run_split(settings.train, settings, tokenizer)
+    train, train_state = _run_split("train", settings, tokenizer)
     findings = train_state.findings + train.findings
     stats = {"train": {**train.stats(), "records_read": train_state.records}, "eval": None}
     if settings.eval:
-        evals, eval_state = _run_split(settings.eval, settings, tokenizer)
+        evals, eval_state = _run_split("eval", settings, tokenizer)
         findings += eval_state.findings + evals.findings
         findings += overlap_findings(train.ledger.table(), evals.ledger.table(), evals.ledger.sources)
         stats["eval"] = {**evals.stats(), "records_read": eval_state.records}

@@ -304,7 +304,7 @@ def resolve_base(spec: SweepSpec, root: Path, source: str, overrides: list[str] 
             config, _ = load_config(base_path, overrides)
         else:
             raw = merge_raw(spec.base, parse_overrides(overrides or []))
-            config, _ = build_config(raw, source=f"{source}: base")
+            config, _ = build_config(raw, source=f"{source}: base", root=root.resolve())
     except UserError as e:
         raise UserError(f"{source}: base: {e.message}", e.code, [f"base.{p}" for p in e.problems]) from e
     return config
