@@ -225,3 +225,20 @@ def test_text_output_shows_every_step_with_brackets_intact(model_configs, tmp_pa
     for rule in ("method", "rank", "alpha", "width", "depth", "gpus", "batch"):
         assert f"{rule}:" in result.stdout
     assert "[families differ" in result.stdout and "source:" in result.stdout
+
+
+def test_transfer_to_n_gpus_keeps_the_effective_batch_on_any_process_count(model_configs):
+    """Written for 4 GPUs, the config keeps micro x accumulation x nproc; run on one process, the plan
+    accumulates the other ranks' micro-batches, so the LR trains at the batch it was chosen for."""
+    from tunepilot.engines.plan import make_plan, step_indices
+
+    result = run(model_configs, "Llama-3.1-8B", "Llama-3.1-8B", {"gpus": 4})
+    train = result.config.train
+    assert (train.per_device_train_batch_size, train.gradient_accumulation_steps, train.nproc) == (4, 1, 4)
+    plan = make_plan(train, 10_000)
+    assert plan.effective_batch == 16 and plan.accumulation == 4  # the proxy's 4 x 4 on one GPU
+    one = step_indices(plan, 0, 3)
+    ranks = [step_indices(plan, 0, 3, rank=r, world=4) for r in range(4)]
+    assert sorted(i for r in ranks for b in r for i in b) == sorted(i for b in one for i in b)
+    with pytest.raises(UserError, match="train.nproc"):
+        step_indices(plan, 0, 1, rank=0, world=3)

@@ -84,7 +84,9 @@ def register(app: typer.Typer) -> None:
         proxy_model: Path = typer.Option(..., "--proxy-model", help="Proxy model dir (config.json is enough)."),
         target_model: Path = typer.Option(..., "--target-model", help="Target model dir (config.json is enough)."),
         config: Path = typer.Option(..., "--config", help="The proxy's winning run config YAML."),
-        proxy_gpus: int = typer.Option(1, "--proxy-gpus", min=1, help="GPUs the proxy config ran on."),
+        proxy_gpus: int = typer.Option(
+            None, "--proxy-gpus", min=1, help="GPUs the proxy config ran on (default: its nproc)."
+        ),
         target_gpus: int = typer.Option(None, "--target-gpus", min=1, help="GPUs for the target run."),
         target_batch: int = typer.Option(None, "--target-batch", min=1, help="Target micro-batch per GPU."),
         target_accum: int = typer.Option(None, "--target-accum", min=1, help="Target gradient accumulation."),

@@ -49,7 +49,7 @@ class TransferResult:
         }
 
 
-def config_values(config: RunConfig, gpus: int = 1) -> dict[str, Any]:
+def config_values(config: RunConfig, gpus: int | None = None) -> dict[str, Any]:
     """The values the rules move, read from a resolved RunConfig."""
     m, t = config.method, config.train
     method = "full" if m.finetuning_type == "full" else ("qlora" if config.model.quantization_bit else "lora")
@@ -61,7 +61,7 @@ def config_values(config: RunConfig, gpus: int = 1) -> dict[str, Any]:
         "use_rslora": m.use_rslora,
         "per_device_train_batch_size": t.per_device_train_batch_size,
         "gradient_accumulation_steps": t.gradient_accumulation_steps,
-        "gpus": gpus,
+        "gpus": gpus or config.train.nproc,
     }
 
 
@@ -71,7 +71,7 @@ def transfer_config(
     config: RunConfig,
     requested: dict[str, Any] | None = None,
     settings: TransferSettings | None = None,
-    proxy_gpus: int = 1,
+    proxy_gpus: int | None = None,
     target_name: str | None = None,
 ) -> TransferResult:
     """Apply the rules; `requested` holds explicit target choices (gpus, batch layout, rank, method)."""
@@ -87,6 +87,8 @@ def transfer_config(
         "learning_rate": v["learning_rate"],
         "per_device_train_batch_size": v["per_device_train_batch_size"],
         "gradient_accumulation_steps": v["gradient_accumulation_steps"],
+        # the GPU count is part of the effective batch the LR was chosen for: fewer processes accumulate more
+        "nproc": v["gpus"],
         "finetuning_type": "full" if v["method"] == "full" else "lora",
         "quantization_bit": 4 if v["method"] == "qlora" else None,
     }
