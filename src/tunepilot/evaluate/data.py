@@ -37,6 +37,20 @@ def load_examples(path: str | Path, data: DataSettings, limit: int | None = None
     state = ParseState()
     conversations = list(islice(iter_conversations(str(path), data.format, data.columns, data.system, state),
                                 limit))
+    return _checked(conversations, state, path)
+
+
+def load_split_examples(data: DataSettings, which: str = "train", limit: int | None = None) -> list[EvalExample]:
+    """data.train or data.eval as examples: a file, or the named datasets of dataset_info.json."""
+    from tunepilot.data.parse import ParseState, iter_split
+    from tunepilot.data.sources import describe
+
+    state = ParseState()
+    conversations = list(iter_split(data, which, state, limit))
+    return _checked(conversations, state, describe(data, which))
+
+
+def _checked(conversations, state, path) -> list[EvalExample]:
     errors = [f"{f.where()}: {f.code}: {f.message}" for f in state.findings if f.severity == "error"]
     if errors:
         shown = errors[:MAX_LISTED] + ([f"... and {len(errors) - MAX_LISTED} more"]
@@ -49,7 +63,7 @@ def load_examples(path: str | Path, data: DataSettings, limit: int | None = None
 def load_eval_split(data: DataSettings, seed: int, limit: int | None = None) -> list[EvalExample]:
     """The trainer's eval split: data.eval, or the val_size hold-out of data.train made with `seed`."""
     if data.eval:
-        return load_examples(data.eval, data, limit)
+        return load_split_examples(data, "eval", limit)
     if data.val_size <= 0:
         raise UserError("no eval data: pass --data FILE, or set data.eval (or data.val_size) in the config")
     from tunepilot.data import load_conversations

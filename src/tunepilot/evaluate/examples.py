@@ -49,3 +49,28 @@ def with_shots(example: EvalExample, shots: Sequence[EvalExample]) -> list[Messa
         turns += [m for m in shot.messages if m.get("role") != "system"]
         turns.append({"role": "assistant", "content": shot.reference})
     return [*head, *turns, *rest]
+
+
+def spread_sample(examples: Sequence[EvalExample], n: int | None, seed: int = 0) -> list[EvalExample]:
+    """At most `n` examples, seeded, spread over the whole split instead of its head (files are often
+    sorted by class: the first 100 BANKING77 records are one intent). Where references repeat
+    (classification), classes take turns in a seeded order, so every class is represented as far as
+    `n` allows; otherwise a seeded uniform sample. The result keeps file order."""
+    if n is None or n >= len(examples):
+        return list(examples)
+    import random
+
+    rng = random.Random(seed)
+    by_class: dict[str, list[int]] = {}
+    for i, e in enumerate(examples):
+        by_class.setdefault(e.reference.strip(), []).append(i)
+    if len(by_class) > len(examples) // 2:  # mostly unique answers (generation): uniform sample
+        return [examples[i] for i in sorted(rng.sample(range(len(examples)), n))]
+    queues = [rng.sample(idx, len(idx)) for idx in by_class.values()]
+    rng.shuffle(queues)
+    chosen: list[int] = []
+    while len(chosen) < n:
+        for q in queues:
+            if q and len(chosen) < n:
+                chosen.append(q.pop())
+    return [examples[i] for i in sorted(chosen)]
