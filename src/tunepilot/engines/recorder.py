@@ -66,7 +66,9 @@ class RunRecorder:
         num_params: int | None = None,
         trial: int | None = None,
         params: dict[str, Any] | None = None,
+        watch: bool = True,
     ):
+        """`watch`: run the live health monitor (`health.*`); off on the ranks other than 0."""
         self.config, self.engine, self.objective = config, engine, objective
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.planned_steps, self.trial, self.params = planned_steps, trial, dict(params or {})
@@ -74,7 +76,7 @@ class RunRecorder:
         self.evals: list[tuple[int, float]] = []
         self.stop_event: Event | None = None
         self.writer: MetricsWriter | None = None
-        self.observers = [*observers, *_health(config, num_params, planned_steps)]
+        self.observers = [*observers, *(_health(config, num_params, planned_steps) if watch else [])]
 
     def start(self, resumed_from: int = 0) -> None:
         """Open the stream (records past `resumed_from` are dropped: a resumed run redoes them),

@@ -15,6 +15,7 @@ engine; this file keeps the loop itself. Every optimizer step and evaluation bec
 
 from __future__ import annotations
 
+import contextlib
 import math
 import resource
 import time
@@ -34,6 +35,7 @@ from tunepilot.engines.checkpoint import (
     save_checkpoint,
     save_weights,
 )
+from tunepilot.engines.distributed import Distributed
 from tunepilot.engines.observers import Observer
 from tunepilot.engines.plan import Plan, epoch_at, make_plan, step_indices
 from tunepilot.engines.recorder import ObjectiveSpec, RunRecorder, prepare_run_dir
@@ -64,8 +66,11 @@ class TrainingRun:
     # ----------------------------------------------------------------- setup
     def setup(self) -> Plan:
         cfg = self.config
-        prepare_run_dir(self.run_dir, cfg, self.resume)
-        self.device = resolve_device(cfg.train.device)
+        self.dist = Distributed.from_env(cfg.train.device)  # N processes under torchrun / accelerate launch
+        if self.dist.is_main:
+            prepare_run_dir(self.run_dir, cfg, self.resume)
+        self.dist.barrier()
+        self.device = self.dist.device or resolve_device(cfg.train.device)
         self.tokenizer = load_tokenizer(cfg.model)
         self.data = prepare_datasets(cfg.data, self.tokenizer, seed=cfg.train.seed)
         self.plan = make_plan(cfg.train, len(self.data.train))
@@ -73,12 +78,15 @@ class TrainingRun:
         base = self._base_model if self._base_model is not None else load_model(cfg.model, self.device)
         self.model = apply_method(base, cfg.method, cfg.model)
         self.params_trained = [p for p in self.model.parameters() if p.requires_grad]
+        self.ddp = self.dist.wrap(self.model)  # what trains: DDP around the model on N processes, else the model
         self.optimizer, self.scheduler = self._optimizer_and_scheduler()
         self.objective = self._make_objective()
         total, _ = count_parameters(self.model)
-        self.recorder = RunRecorder(cfg, self.run_dir, engine="standard", planned_steps=self.plan.total_steps,
-                                    objective=self._objective_spec(), observers=self.observers, num_params=total,
-                                    trial=self.trial, params=self.params)
+        main = self.dist.is_main  # rank 0 writes the one stream; the others follow its stop decisions
+        self.recorder = RunRecorder(cfg, self.run_dir if main else None, engine="standard",
+                                    planned_steps=self.plan.total_steps, objective=self._objective_spec(),
+                                    observers=self.observers if main else [], num_params=total, trial=self.trial,
+                                    params=self.params, watch=main)
         self.recorder.start(resumed_from=self._restore())
         self._t0 = time.perf_counter() - self.state.seconds
         return self.plan
@@ -129,17 +137,26 @@ class TrainingRun:
         eval_at = self._eval_steps()
         for step in range(self.state.step + 1, self.plan.total_steps + 1):
             self.recorder.record(self._train_step(step))
+            self._sync_stop()
             evaluated = step in eval_at
             if evaluated and not self.recorder.stopped:
                 point = self.evaluate(step)
                 self.recorder.record(point)
-                if self.recorder.track_eval(point, self.objective_value(point)):
+                if self.recorder.track_eval(point, self.objective_value(point)) and self.dist.is_main:
                     save_weights(self.run_dir / "best", self.model)
+                self._sync_stop()
                 yield point
             if self.recorder.stopped:
                 break
             if evaluated or step % self.plan.save_steps == 0:
                 self._checkpoint()
+
+    def _sync_stop(self) -> None:
+        """Rank 0's observers decide; every rank stops after the same step."""
+        if self.dist.world > 1:
+            event = self.dist.from_main(self.recorder.stop_event)
+            if event is not None:
+                self.recorder.request_stop(event)
 
     def _eval_steps(self) -> set[int]:
         if self.data.eval is None:
@@ -154,14 +171,17 @@ class TrainingRun:
         started = time.perf_counter()
         torch.manual_seed(cfg.seed * 1_000_003 + step)  # dropout noise depends on the step alone: resumable
         batches = [collate([self.data.train[i] for i in idx], self.tokenizer.pad_token_id)
-                   for idx in step_indices(plan, cfg.seed, step)]
-        n_tokens = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)
+                   for idx in step_indices(plan, cfg.seed, step, self.dist.rank, self.dist.world)]
+        n_tokens = int(self.dist.sum(sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)))
         self.model.train()
-        loss_sum = 0.0
-        for batch in batches:
-            summed = self._loss_sum(batch)
-            (summed / n_tokens).backward()  # mean over all trained tokens of the step
+        loss_sum, world = 0.0, self.dist.world
+        for i, batch in enumerate(batches):
+            # DDP all-reduces (averages) on the last micro-batch only; x world turns its mean into the sum
+            with self.dist.no_sync(self.ddp) if i < len(batches) - 1 else contextlib.nullcontext():
+                summed = self._loss_sum(batch, self.ddp)
+                (summed * world / n_tokens).backward()  # mean over all trained tokens of the global step
             loss_sum += summed.item()
+        loss_sum = self.dist.sum(loss_sum)
         max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params_trained, max_norm))
         lr = self.scheduler.get_last_lr()[0]
@@ -175,9 +195,10 @@ class TrainingRun:
                          epoch=round(epoch_at(plan, step), 4), tokens=self.state.tokens,
                          seconds=round(self.state.seconds, 3), memory_mb=self._peak_memory_mb())
 
-    def _loss_sum(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _loss_sum(self, batch: dict[str, torch.Tensor], model=None) -> torch.Tensor:
         batch = {k: v.to(self.device) for k, v in batch.items()}
-        logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        model = model if model is not None else self.model
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         labels = batch["labels"][:, 1:]
         return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels.flatten(),
                                ignore_index=-100, reduction="sum")
@@ -186,16 +207,21 @@ class TrainingRun:
     def evaluate(self, step: int) -> EvalPoint:
         self.model.eval()
         total, count, size = 0.0, 0, self.config.train.per_device_eval_batch_size
-        for start in range(0, len(self.data.eval), size):
+        rank, world = self.dist.rank, self.dist.world  # each rank its share of the batches, summed after
+        for start in range(rank * size, len(self.data.eval), size * world):
             batch = collate(self.data.eval[start:start + size], self.tokenizer.pad_token_id)
             total += self._loss_sum(batch).item()
             count += int((batch["labels"][:, 1:] != -100).sum())
+        total, count = self.dist.sum(total), int(self.dist.sum(count))
         metrics = {}
         if self.objective is not None:  # the whole eval split at the last step, a fixed subset before
-            scores = self.objective(self.model, self.tokenizer, full=step == self.plan.total_steps)
-            metrics = {**scores.metrics, self.objective.name: scores.value}
+            metrics = self.dist.from_main(self._task_metrics(step) if self.dist.is_main else None)
         return EvalPoint(step=step, eval_loss=total / max(count, 1), metrics=metrics,
                          epoch=round(epoch_at(self.plan, step), 4), seconds=round(time.perf_counter() - self._t0, 3))
+
+    def _task_metrics(self, step: int) -> dict[str, float]:
+        scores = self.objective(self.model, self.tokenizer, full=step == self.plan.total_steps)
+        return {**scores.metrics, self.objective.name: scores.value}
 
     def objective_value(self, point: EvalPoint) -> float:
         return point.eval_loss if self.objective is None else point.metrics[self.objective.name]
@@ -205,7 +231,9 @@ class TrainingRun:
         self.recorder.request_stop(event)
 
     def _checkpoint(self) -> None:
-        save_checkpoint(self.run_dir / "checkpoint", self.model, self.optimizer, self.scheduler, self.state)
+        if self.dist.is_main:  # DDP keeps the ranks' weights and optimizer states equal: one copy
+            save_checkpoint(self.run_dir / "checkpoint", self.model, self.optimizer, self.scheduler, self.state)
+        self.dist.barrier()
 
     def _peak_memory_mb(self) -> float:
         if self.device.type == "cuda":
@@ -216,11 +244,12 @@ class TrainingRun:
     def finish(self, status: str | None = None, reason: str | None = None) -> RunSummary:
         """Restore the best weights (if asked), save the adapter or model, write summary.json.
         `status`: "pruned" when a sweep ends the run early (its adapter is still saved)."""
+        self.dist.barrier()
         best = self.run_dir / "best"
         restored = self.config.train.load_best_model_at_end and (best / "trainable.safetensors").exists()
         if restored:
             load_weights(best, self.model)
-        adapter = self._save_final()
+        adapter = self._save_final() if self.dist.is_main else None
         total, trainable = count_parameters(self.model)
         return self.recorder.finish(
             status=status, reason=reason, adapter=adapter, restored_best=restored,
