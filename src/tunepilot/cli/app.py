@@ -24,6 +24,7 @@ COMMANDS = (
     "tunepilot.cli.lrfind",
     "tunepilot.cli.diagnose",
     "tunepilot.cli.validate",
+    "tunepilot.cli.export",
 )
 
 app = typer.Typer(
