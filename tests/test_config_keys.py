@@ -68,8 +68,10 @@ def test_neftune_noises_embeddings_in_train_mode_only_and_one_hook_per_model(tin
     assert torch.equal(emb(ids), clean) and not emb._forward_hooks
 
 
-@pytest.mark.parametrize(("name", "cls"), [("adamw_torch", "AdamW"), ("adamw_torch_fused", "AdamW"),
-                                           ("sgd", "SGD"), ("adafactor", "Adafactor")])
+@pytest.mark.parametrize(
+    ("name", "cls"),
+    [("adamw_torch", "AdamW"), ("adamw_torch_fused", "AdamW"), ("sgd", "SGD"), ("adafactor", "Adafactor")],
+)
 def test_optim_builds_the_named_optimizer(name, cls):
     train = config(optim=name, weight_decay=0.1).train
     params = [torch.nn.Parameter(torch.randn(4, 4)), torch.nn.Parameter(torch.randn(4))]
@@ -96,8 +98,9 @@ def test_unknown_optimizer_lists_the_supported_ones():
 
 
 def test_cosine_with_min_lr_ends_at_the_floor():
-    train = config(learning_rate=1e-3, lr_scheduler_type="cosine_with_min_lr",
-                   lr_scheduler_kwargs={"min_lr_rate": 0.1}).train
+    train = config(
+        learning_rate=1e-3, lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs={"min_lr_rate": 0.1}
+    ).train
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=train.learning_rate)
     sched = build_scheduler(opt, train, warmup_steps=2, total_steps=20)
     lrs = []
@@ -108,8 +111,9 @@ def test_cosine_with_min_lr_ends_at_the_floor():
     assert lrs[2] == pytest.approx(1e-3) and min(lrs[2:]) >= 1e-4 - 1e-12
     assert sched.get_last_lr()[0] == pytest.approx(1e-4)
     # HF's JSON-string form is read too
-    assert config(lr_scheduler_type="cosine_with_min_lr",
-                  lr_scheduler_kwargs='{"min_lr": 1e-5}').train.lr_scheduler_kwargs == {"min_lr": 1e-5}
+    assert config(
+        lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs='{"min_lr": 1e-5}'
+    ).train.lr_scheduler_kwargs == {"min_lr": 1e-5}
 
 
 def test_scheduler_kwargs_checked_against_the_type():
@@ -136,8 +140,16 @@ def test_ignored_keys_are_named_before_training_starts(tmp_path, tiny_model):
     data.write_text('{"instruction": "hi", "output": "hello"}\n')
     cfg = tmp_path / "c.yaml"
     # the run fails after the config is read (no such model): the warning was printed before it
-    cfg.write_text(yaml.safe_dump({"model_name_or_path": str(tmp_path / "no-model"), "dataset": str(data),
-                                   "plot_loss": True, "output_dir": str(tmp_path / "run")}))
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "model_name_or_path": str(tmp_path / "no-model"),
+                "dataset": str(data),
+                "plot_loss": True,
+                "output_dir": str(tmp_path / "run"),
+            }
+        )
+    )
     result = CliRunner().invoke(app, ["train", str(cfg)])
     assert result.exit_code == ExitCode.USAGE
     assert "ignored keys (not used by tunepilot): plot_loss" in result.output

@@ -17,12 +17,18 @@ from tunepilot.data import load_conversations, prepare_datasets
 from tunepilot.errors import ExitCode, UserError
 
 ALPACA = [{"q": f"What is {i} + 1?", "ctx": "" if i % 2 else "Be brief.", "a": f"{i + 1}."} for i in range(6)]
-SHAREGPT = [{"dialog": [{"speaker": "client", "text": f"Say {w}."}, {"speaker": "bot", "text": w}]}
-            for w in ("yes", "no", "maybe", "later")]
+SHAREGPT = [
+    {"dialog": [{"speaker": "client", "text": f"Say {w}."}, {"speaker": "bot", "text": w}]}
+    for w in ("yes", "no", "maybe", "later")
+]
 INFO = {
     "qa": {"file_name": "qa.json", "columns": {"prompt": "q", "query": "ctx", "response": "a"}},
-    "chat": {"file_name": "chat.jsonl", "formatting": "sharegpt", "columns": {"messages": "dialog"},
-             "tags": {"role_tag": "speaker", "content_tag": "text", "user_tag": "client", "assistant_tag": "bot"}},
+    "chat": {
+        "file_name": "chat.jsonl",
+        "formatting": "sharegpt",
+        "columns": {"messages": "dialog"},
+        "tags": {"role_tag": "speaker", "content_tag": "text", "user_tag": "client", "assistant_tag": "bot"},
+    },
     "hub_only": {"hf_hub_url": "someone/data"},
 }
 
@@ -35,10 +41,23 @@ def project(tmp_path, tiny_model) -> Path:
     (root / "data" / "qa.json").write_text(json.dumps(ALPACA))
     (root / "data" / "chat.jsonl").write_text("".join(json.dumps(r) + "\n" for r in SHAREGPT))
     (root / "data" / "dataset_info.json").write_text(json.dumps(INFO))
-    sft = {"model_name_or_path": str(tiny_model), "stage": "sft", "do_train": True, "finetuning_type": "lora",
-           "lora_target": "all", "dataset": "qa,chat", "dataset_dir": "data", "template": "qwen",
-           "cutoff_len": 128, "val_size": 0.2, "output_dir": "saves/run", "max_steps": 2,
-           "per_device_train_batch_size": 2, "plot_loss": True, "report_to": "none"}
+    sft = {
+        "model_name_or_path": str(tiny_model),
+        "stage": "sft",
+        "do_train": True,
+        "finetuning_type": "lora",
+        "lora_target": "all",
+        "dataset": "qa,chat",
+        "dataset_dir": "data",
+        "template": "qwen",
+        "cutoff_len": 128,
+        "val_size": 0.2,
+        "output_dir": "saves/run",
+        "max_steps": 2,
+        "per_device_train_batch_size": 2,
+        "plot_loss": True,
+        "report_to": "none",
+    }
     (root / "sft.yaml").write_text(yaml.safe_dump(sft))
     return root
 
@@ -112,8 +131,9 @@ def test_unknown_name_hub_entries_and_template_are_reported_together(project, el
 
 
 def test_validate_reads_a_llamafactory_folder(project, tiny_model):
-    result = CliRunner().invoke(app, ["validate", str(project / "data"), "--model", str(tiny_model),
-                                      "--template", "qwen", "--json"])
+    result = CliRunner().invoke(
+        app, ["validate", str(project / "data"), "--model", str(tiny_model), "--template", "qwen", "--json"]
+    )
     assert result.exit_code == 0, result.output
     env = json.loads(result.stdout)
     assert env["stats"]["train"]["records"] == len(ALPACA) + len(SHAREGPT)
@@ -148,8 +168,13 @@ def test_a_wrong_template_is_refused_before_training(tmp_path, tiny_model):
     data = tmp_path / "t.jsonl"
     data.write_text("".join(json.dumps({"instruction": f"q{i}", "output": f"a{i}"}) + "\n" for i in range(4)))
     cfg = tmp_path / "c.yaml"
-    raw = {"model_name_or_path": str(tiny_model), "dataset": str(data), "template": "llama3", "max_steps": 1,
-           "output_dir": str(tmp_path / "run")}
+    raw = {
+        "model_name_or_path": str(tiny_model),
+        "dataset": str(data),
+        "template": "llama3",
+        "max_steps": 1,
+        "output_dir": str(tmp_path / "run"),
+    }
     cfg.write_text(yaml.safe_dump(raw))
     result = CliRunner().invoke(app, ["train", str(cfg)])
     assert result.exit_code == ExitCode.USAGE
@@ -161,12 +186,17 @@ def test_a_wrong_template_is_refused_before_training(tmp_path, tiny_model):
 
 def test_real_gsm8k_through_a_dataset_info_entry(tmp_path, shared_data):
     """A dataset_info.json whose file_name points at the shared GSM8K file (read in place)."""
-    info = {"gsm8k": {"file_name": str(shared_data / "gsm8k" / "train.jsonl"),
-                      "columns": {"prompt": "question", "response": "answer"}}}
+    info = {
+        "gsm8k": {
+            "file_name": str(shared_data / "gsm8k" / "train.jsonl"),
+            "columns": {"prompt": "question", "response": "answer"},
+        }
+    }
     (tmp_path / "dataset_info.json").write_text(json.dumps(info))
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(yaml.safe_dump({"model_name_or_path": "m", "dataset": "gsm8k", "dataset_dir": ".",
-                                   "max_samples": 50}))
+    cfg.write_text(
+        yaml.safe_dump({"model_name_or_path": "m", "dataset": "gsm8k", "dataset_dir": ".", "max_samples": 50})
+    )
     config, _ = load_config(cfg)
     convs = load_conversations(config.data, "train")
     assert len(convs) == 50 and "####" in convs[0].messages[-1]["content"]

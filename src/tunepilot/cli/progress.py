@@ -54,9 +54,15 @@ class TrainProgress:
 
     def __enter__(self) -> TrainProgress:
         if self.enabled and not self.plain:
-            self._progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
-                                      TextColumn("{task.fields[status]}"), TimeRemainingColumn(),
-                                      console=self.console, transient=False)
+            self._progress = Progress(
+                TextColumn("[bold]train"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[status]}"),
+                TimeRemainingColumn(),
+                console=self.console,
+                transient=False,
+            )
             self._progress.start()
         return self
 
@@ -94,14 +100,17 @@ class TrainProgress:
         if isinstance(record, TrainStep):
             if record.step % self.logging_steps and record.step != self._total:
                 return
-            self.console.print(self.step_line(record), markup=False, highlight=False)
+            self.console.print(self.step_line(record), markup=False, highlight=False, soft_wrap=True)
         elif isinstance(record, EvalPoint):
             metrics = "".join(f" {k} {v:.4g}" for k, v in record.metrics.items())
             loss = f" eval_loss {record.eval_loss:.4f}" if record.eval_loss is not None else ""
-            self.console.print(f"eval step {record.step}:{loss}{metrics}", markup=False, highlight=False)
+            self.console.print(
+                f"eval step {record.step}:{loss}{metrics}", markup=False, highlight=False, soft_wrap=True
+            )
         elif isinstance(record, Event) and record.severity != "info":
-            self.console.print(f"{record.severity} step {record.step}: {record.message}", markup=False,
-                               highlight=False)
+            self.console.print(
+                f"{record.severity} step {record.step}: {record.message}", markup=False, soft_wrap=True, highlight=False
+            )
 
     def step_line(self, r: TrainStep) -> str:
         total = self._total or r.step
