@@ -28,6 +28,7 @@ class TrainStep:
     grad_norm: float | None = None
     epoch: float | None = None
     tokens: int | None = None  # trained (unmasked) tokens seen so far, cumulative
+    input_tokens: int | None = None  # all tokens processed (prompts too, padding not), cumulative
     seconds: float | None = None  # wall-clock seconds since the run started (resumes add up)
     memory_mb: float | None = None  # peak accelerator (or process) memory so far
     kind: Literal["train"] = "train"
