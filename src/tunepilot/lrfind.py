@@ -27,6 +27,9 @@ from tunepilot.errors import UserError
 from tunepilot.stream import Event, TrainStep
 
 
+MAX_RAMP_STEPS = 10_000  # one LR per step: more than this is a typo, not a finer curve
+
+
 @dataclass(frozen=True)
 class LRFindSettings:
     start: float = 1e-7
@@ -41,8 +44,12 @@ class LRFindSettings:
         problems = []
         if not 0 < self.start < self.end:
             problems.append(f"--start {self.start:g} must be > 0 and below --end {self.end:g}")
+        if not (math.isfinite(self.start) and math.isfinite(self.end)):
+            problems.append(f"--start {self.start:g} and --end {self.end:g} must be finite numbers")
         if self.steps < 8:
             problems.append(f"--steps {self.steps}: at least 8 steps are needed to see a curve")
+        if self.steps > MAX_RAMP_STEPS:
+            problems.append(f"--steps {self.steps}: at most {MAX_RAMP_STEPS}; a range test needs a few hundred")
         if not 0 <= self.beta < 1:
             problems.append(f"beta {self.beta}: must be in [0, 1)")
         if problems:

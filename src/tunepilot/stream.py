@@ -139,8 +139,10 @@ def read_stream(path: str | Path) -> list[Record]:
 
 
 def iter_stream(path: str | Path) -> Iterator[Record]:
+    from tunepilot.io import read_text
+
     path = Path(path)
-    lines = path.read_text(encoding="utf-8").splitlines()
+    lines = read_text(path, "metrics file").splitlines()
     for i, line in enumerate(lines, start=1):
         if not line.strip():
             continue

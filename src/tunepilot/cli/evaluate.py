@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +30,13 @@ def _progress_bar(enabled: bool):
 
 def evaluate_command(target: Path, data: Path | None, limit: int | None, metric: str | None, base: bool,
                      few_shot: int | None, max_new_tokens: int | None, batch_size: int | None,
-                     out: Path | None, show_progress: bool) -> Result:
-    from tunepilot.evaluate.command import apply_overrides, resolve_target, run_evaluation, summary
+                     out: Path | None, show_progress: bool,
+                     trust_config_code: bool = False) -> Result:
+    from tunepilot.evaluate.command import apply_overrides, check_config_code, resolve_target, run_evaluation, summary
 
     t, warnings = resolve_target(target, base)
+    if metric is None and not trust_config_code:
+        check_config_code(t)  # a metric file named in a run's saved config.yaml is code: run it only if asked
     t.settings = apply_overrides(t.settings, limit=limit, metric=metric, few_shot=few_shot,
                                  max_new_tokens=max_new_tokens, batch_size=batch_size)
     with _progress_bar(show_progress) as progress:
@@ -67,8 +71,11 @@ def register(app: typer.Typer) -> None:
         max_new_tokens: int = typer.Option(None, "--max-new-tokens", min=1, help="Most tokens per answer."),
         batch_size: int = typer.Option(None, "--batch-size", min=1, help="Prompts generated together."),
         out: Path = typer.Option(None, "--out", help="Per-record results JSONL (default: RUN/eval/...)."),
+        trust_config_code: bool = typer.Option(
+            False, "--trust-config-code", help="Run a custom metric file named in RUN/config.yaml (that is code)."),
         json_: bool = typer.Option(False, "--json", help="Print a JSON envelope instead of text."),
     ) -> None:
         """Generate answers for an eval set and score them (greedy, batched); saves per-record results."""
-        raise typer.Exit(run_command("evaluate", json_, lambda: evaluate_command(
+        command = partial(evaluate_command, trust_config_code=trust_config_code)
+        raise typer.Exit(run_command("evaluate", json_, lambda: command(
             target, data, limit, metric, base, few_shot, max_new_tokens, batch_size, out, not json_)))

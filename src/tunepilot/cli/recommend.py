@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ from rich.markup import escape
 
 from tunepilot.cli.output import Result, run_command
 from tunepilot.config import build_config, dump_config
+from tunepilot.errors import UserError
 from tunepilot.io import atomic_write_text
 
 
@@ -19,6 +21,9 @@ def recommend_command(
 ) -> Result:
     from tunepilot.recommend import recommend, run_config_raw
 
+    if gpu_memory is not None and not (math.isfinite(gpu_memory) and 0 < gpu_memory <= 100_000):
+        raise UserError(f"--gpu-memory {gpu_memory}: give the memory of one GPU in GiB (a number > 0, "
+                        "e.g. 80 for an H100), or leave it out to skip the fit check")
     rec, info, stats = recommend(model, data, gpu_memory, task, method)
     out: dict[str, Any] = {
         "model": info.summary(),

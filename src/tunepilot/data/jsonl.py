@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import codecs
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -64,11 +65,43 @@ def _more_follows(f) -> bool:
     return bool(rest.strip())
 
 
+def max_record_bytes() -> int:
+    """The per-record size cap: TUNEPILOT_MAX_RECORD_BYTES, default 8 MiB (about 2M tokens of text,
+    far past any cutoff_len). A longer line is a finding, read past in chunks, never held whole."""
+    value = os.environ.get("TUNEPILOT_MAX_RECORD_BYTES", "")
+    try:
+        return max(1024, int(value)) if value.strip() else DEFAULT_MAX_RECORD_BYTES
+    except ValueError as e:
+        raise UserError(f"TUNEPILOT_MAX_RECORD_BYTES={value!r}: give a number of bytes, e.g. 8388608") from e
+
+
+DEFAULT_MAX_RECORD_BYTES = 8 << 20
+
+
+def _bounded_lines(f, cap: int) -> Iterator[bytes | None]:
+    """Lines of a binary file, each at most `cap` bytes; None for a longer line (skipped in chunks)."""
+    while True:
+        raw = f.readline(cap + 1)
+        if not raw:
+            return
+        if len(raw) <= cap or raw.endswith(b"\n"):
+            yield raw
+            continue
+        while raw and not raw.endswith(b"\n"):  # the rest of the oversized line, a chunk at a time
+            raw = f.readline(1 << 20)
+        yield None
+
+
 @register_reader("jsonl")
 def read_jsonl(path: Path) -> Iterator[RawRecord]:
     src = str(path)
+    cap = max_record_bytes()
     with path.open("rb") as f:
-        for n, raw in enumerate(f, start=1):
+        for n, raw in enumerate(_bounded_lines(f, cap), start=1):
+            if raw is None:
+                message = f"record is larger than {cap} bytes; shorten or split it (TUNEPILOT_MAX_RECORD_BYTES)"
+                yield RawRecord(n, src, error=message, code="record_too_large")
+                continue
             if n == 1 and raw.startswith(b"\xef\xbb\xbf"):
                 raw = raw[3:]
             text, bad = decode_bytes(raw)

@@ -57,6 +57,17 @@ def resolve_target(target: Path, base: bool) -> tuple[Target, list[str]]:
     return Target(config, settings, None, None), warnings
 
 
+def check_config_code(t: Target) -> None:
+    """A custom metric (`module:function`, `file.py:function`) imports and runs code. Named in a run
+    directory's saved config.yaml, it was not chosen on this command line: refuse unless trusted."""
+    metric = t.settings.metric
+    if t.run_dir is None or not metric or ":" not in metric:
+        return
+    raise UserError(
+        f"{t.run_dir / 'config.yaml'}: evaluate.metric {metric!r} is a custom metric, which runs that code; "
+        "add --trust-config-code if you trust this run directory, or pass --metric to choose one")
+
+
 def apply_overrides(settings: EvalSettings, **overrides: Any) -> EvalSettings:
     values = {k: v for k, v in overrides.items() if v is not None}
     return settings.model_copy(update=values) if values else settings

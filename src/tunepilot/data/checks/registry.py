@@ -60,6 +60,11 @@ for _code, _sev, _doc in [
     ("malformed_line", "error", "The line is not valid JSON (the parser's column is given)."),
     ("invalid_encoding", "error", "The line is not valid UTF-8, or text holds a lone UTF-16 surrogate."),
     ("blank_line", "warning", "A blank line inside a JSONL file (strict JSONL readers reject it)."),
+    (
+        "record_too_large",
+        "error",
+        "A record is larger than the per-record cap (TUNEPILOT_MAX_RECORD_BYTES, default 8 MiB); it is skipped.",
+    ),
     ("csv_field_count", "error", "A CSV row has a different number of fields than the header."),
     ("duplicate_key", "error", "A JSON object names the same key twice (the parser keeps only the last)."),
     ("wrong_top_level_type", "error", "The record is not an object (e.g. an array, string or number)."),
