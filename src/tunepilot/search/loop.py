@@ -73,6 +73,8 @@ class SlotLoop:
             while True:
                 why = self._fill()
                 if not self.live:
+                    if self.budget.others_running():  # shared study: a dead worker's trial may be retried here
+                        continue
                     return why or "nothing left to run"
                 hard = self.budget.hard_limit()
                 if hard:
@@ -89,12 +91,13 @@ class SlotLoop:
         while len(self.live) < self.engine.slots:
             if self.failures_in_row >= self.max_failures:
                 return f"stopped: {self.failures_in_row} trials failed in a row (see their reasons)"
-            why = self.budget.exhausted(running=len(self.live))
-            if why or self.protocol.done:
-                return why or "protocol finished"
-            if self.seen is not None and self.seen.converged:
-                return f"converged: the last {self.seen.in_row} proposals were configurations already run"
-            ask = self.protocol.ask()
+            with self.budget.turn():  # workers sharing the study check the budget and ask one at a time
+                why = self.budget.exhausted(running=len(self.live))
+                if why or self.protocol.done:
+                    return why or "protocol finished"
+                if self.seen is not None and self.seen.converged:
+                    return f"converged: the last {self.seen.in_row} proposals were configurations already run"
+                ask = self.protocol.ask()
             if ask is None:
                 return "waiting for running trials"
             self._start(ask)
@@ -110,7 +113,7 @@ class SlotLoop:
             spec = self.make_spec(trial)
             if self.seen is not None:
                 key = config_key(self.engine, spec, ask.stop_at)
-                twin = self.seen.twin(key)
+                twin = self.seen.claim(trial, key)
                 if twin is not None:
                     self.seen.settle(trial, twin, ask.on_duplicate)
                     self.log(f"trial {number}: same configuration as trial {twin.number} ({ask.on_duplicate})")
@@ -128,7 +131,6 @@ class SlotLoop:
         self.log(f"trial {number} started: {_fmt(trial.params)}")
 
     def _advance(self) -> None:
-        self._heartbeat()
         try:
             progress = self.engine.advance()
         except Exception as e:
@@ -141,14 +143,6 @@ class SlotLoop:
                 self._on_report(p)
             else:
                 self._on_outcome(p)
-
-    def _heartbeat(self) -> None:
-        # A shared storage learns that a trial is alive from heartbeats (ask/tell has no public hook
-        # for them; record_heartbeat is the storage's public BaseHeartbeat method).
-        storage = self.study._storage
-        if hasattr(storage, "record_heartbeat") and storage.get_heartbeat_interval():
-            for live in self.live.values():
-                storage.record_heartbeat(live.trial._trial_id)
 
     def _on_report(self, r: Report) -> None:
         live = self.live[r.number]

@@ -24,7 +24,8 @@ from tunepilot.search.protocols import PROTOCOLS
 from tunepilot.search.registry import ENGINES, build_engine, engine_gpus
 from tunepilot.search.results import leaderboard, write_results
 from tunepilot.search.spec import SweepSpec, load_sweep
-from tunepilot.search.study import SweepLock, default_storage, open_study, recover_interrupted
+from tunepilot.search.study import SweepLock, WorkerOptions, default_storage, open_study, recover_interrupted
+from tunepilot.search.workers import stop_heartbeats
 
 
 @dataclass
@@ -34,6 +35,7 @@ class SweepSetup:
     sweep_dir: Path
     storage: str
     study_name: str
+    worker: WorkerOptions | None = None  # heartbeats, and a --gpus worker's index (search.workers)
 
 
 def prepare(
@@ -59,7 +61,8 @@ def run_sweep(setup: SweepSetup, log: Callable[[str], None] | None = None) -> di
     spec, base, sweep_dir = setup.spec, setup.base, setup.sweep_dir
     log = log or (lambda msg: None)
     ensure_dir(sweep_dir, "sweep directory (--dir)")
-    exclusive = setup.storage == default_storage(sweep_dir)
+    in_dir = setup.storage == default_storage(sweep_dir)
+    exclusive = in_dir and not (setup.worker and setup.worker.spawned)  # --gpus: the parent holds the lock
     with SweepLock(sweep_dir) if exclusive else _nothing():
         from tunepilot.tracking import sweep_tracker  # the base config's report_to: a parent run per sweep
 
@@ -67,14 +70,17 @@ def run_sweep(setup: SweepSetup, log: Callable[[str], None] | None = None) -> di
         engine = build_engine(spec, base, sweep_dir)
         try:
             metric, direction = spec.objective.resolved(getattr(engine, "default_metric", "eval_loss"))
-            study = open_study(spec, setup.storage, setup.study_name, direction, shared=not exclusive)
+            study = open_study(
+                spec, setup.storage, setup.study_name, direction, shared=not exclusive, worker=setup.worker
+            )
+            study.log = log
             study.set_user_attr("objective", {"metric": metric, "direction": direction})
             study.set_user_attr("protocol", spec.protocol.name)
             retried = recover_interrupted(study, exclusive)
             if retried:
                 log(f"resuming: trial(s) {retried} were interrupted; marked failed and retried once")
             _enqueue_first(study, spec)
-            _write_meta(setup, exclusive)
+            _write_meta(setup, in_dir)
             loop = build_loop(spec, study, engine, base, sweep_dir, log)
             try:
                 why = loop.run()
@@ -83,6 +89,7 @@ def run_sweep(setup: SweepSetup, log: Callable[[str], None] | None = None) -> di
                 raise
         finally:
             engine.close()
+            stop_heartbeats()
         seconds = getattr(engine, "seconds", None)  # the engine's own time split, where it keeps one
         results = write_results(sweep_dir, study, base)
         tracker.on_sweep_end(study, {**results, "stopped": why})  # trial states, reasons, costs; best tagged
@@ -141,6 +148,8 @@ def _write_meta(setup: SweepSetup, exclusive: bool) -> None:
         "study_name": setup.study_name,
         "storage": setup.storage if exclusive else None,
         "spec": setup.spec.model_dump(mode="json"),
+        # the resolved base config, so `tunepilot report` can write best.yaml from any machine
+        "base": setup.base.model_dump(mode="json") if setup.base is not None else None,
     }
     atomic_write_json(setup.sweep_dir / "sweep.json", meta)
 
