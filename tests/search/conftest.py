@@ -83,3 +83,20 @@ def sweep_file(tmp_path: Path, curves: Path, **overrides) -> Path:
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A PostgreSQL 15 server for this test session (tests/postgres.py); skips without PostgreSQL."""
+    from postgres import postgres_server as start
+
+    with start() as url:
+        yield url
+
+
+@pytest.fixture
+def pg_url(postgres_server) -> str:
+    """A fresh, empty database on the session's PostgreSQL server."""
+    from postgres import fresh_database
+
+    return fresh_database(postgres_server)

@@ -3,10 +3,16 @@
 Spending is summed over the study's trials (their `seconds`, `gpu_hours`, `steps` user attrs), so a
 resumed sweep continues from what the killed one spent; wall-clock time of earlier runs is kept in
 the study's `elapsed_s` user attr.
+
+Workers sharing a study (tunepilot.search.workers) read all of this from the storage, so a budget
+holds across them: the trials RUNNING in any worker count toward n_trials, and the check and the
+ask that follows it run as one turn across workers (`turn()`), so n_trials is never passed; the
+other budgets may be passed only by the trials already running when they were reached.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,6 +21,7 @@ import optuna
 from optuna.trial import TrialState
 
 from tunepilot.search.spec import Budget
+from tunepilot.search.workers import is_worker_study, turn
 
 
 def counts(t: optuna.trial.FrozenTrial) -> bool:
@@ -22,7 +29,7 @@ def counts(t: optuna.trial.FrozenTrial) -> bool:
     duplicates were never trained, so they do not."""
     if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
         return True
-    if "duplicate_of" in t.user_attrs:
+    if "duplicate_of" in t.user_attrs or t.user_attrs.get("failure") == "interrupted":
         return False
     return t.state == TrialState.FAIL and not str(t.user_attrs.get("reason", "")).startswith("interrupted")
 
@@ -34,6 +41,7 @@ class Spend:
     gpu_hours: float = 0.0
     steps: int = 0
     cost: float | None = None
+    running: int = 0  # trials RUNNING in the storage (every worker's)
 
 
 @dataclass
@@ -46,9 +54,23 @@ class BudgetTracker:
     def __post_init__(self) -> None:
         self.earlier_s = float(self.study.user_attrs.get("elapsed_s", 0.0))
 
+    @property
+    def shared(self) -> bool:
+        return is_worker_study(self.study)
+
+    def turn(self) -> contextlib.AbstractContextManager:
+        """Check the budget and ask one trial as one step across the workers of a shared study."""
+        return turn(self.study)
+
+    def others_running(self) -> bool:
+        """Nothing to start here, but other workers' trials run: wait (True), since one of them may die
+        and its retry start here, or end and free the budget. False: leave."""
+        return self.shared and self.study.others_running()
+
     def spent(self) -> Spend:
         s = Spend(seconds=self.earlier_s + time.monotonic() - self.started)
         for t in self.study.get_trials(deepcopy=False):
+            s.running += t.state == TrialState.RUNNING
             s.trials += counts(t)
             s.gpu_hours += float(t.user_attrs.get("gpu_hours", 0.0))
             s.steps += int(t.user_attrs.get("steps", 0))
@@ -57,8 +79,11 @@ class BudgetTracker:
         return s
 
     def exhausted(self, running: int = 0) -> str | None:
-        """Why no new trial may start (None: one may); `running` trials count toward n_trials."""
+        """Why no new trial may start (None: one may); `running` trials count toward n_trials (in a shared
+        study: every worker's RUNNING trials, from the storage)."""
         s, b = self.spent(), self.budget
+        if self.shared:
+            running = s.running
         if b.n_trials is not None and s.trials + running >= b.n_trials:
             return f"n_trials reached ({s.trials} finished, {running} running, budget {b.n_trials})"
         return self.hard_limit(s)
@@ -75,7 +100,10 @@ class BudgetTracker:
         return None
 
     def save_elapsed(self) -> None:
-        self.study.set_user_attr("elapsed_s", self.earlier_s + time.monotonic() - self.started)
+        mine = self.earlier_s + time.monotonic() - self.started
+        if self.shared:  # workers run side by side: the study's wall clock is the longest of theirs
+            mine = max(mine, float(self.study.user_attrs.get("elapsed_s", 0.0)))
+        self.study.set_user_attr("elapsed_s", mine)
 
 
 def trial_costs(

@@ -17,6 +17,12 @@ What happens to a duplicate depends on who chose it (`Ask.on_duplicate`):
 - "copy" (a protocol's own choice, an enqueued trial): it is told exactly what its twin was told
   (intermediate values, state, value) at zero cost, so the protocol moves on as if it had run.
 After `patience` duplicates in a row the search has converged and the loop stops.
+
+Workers sharing a study (tunepilot.search.workers) see each other's configurations in the storage,
+RUNNING ones included: `claim` looks for a twin and, if there is none, writes the trial's key, as
+one step across workers (the study's mutex), so two workers never both train one configuration. A
+twin still running elsewhere has no result to copy yet: the trial is then rejected like a sampler's
+duplicate.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from tunepilot.engines.base import TrialSpec
+from tunepilot.search.workers import is_worker_study, turn
 
 
 def config_key(engine: Any, spec: TrialSpec, stop_at: float) -> str | None:
@@ -54,6 +61,26 @@ class Seen:
         number = self.keys.get(key) if key is not None else None
         return None if number is None else self.study.get_trials(deepcopy=False)[number]
 
+    def claim(self, trial: optuna.Trial, key: str | None) -> FrozenTrial | None:
+        """The trial that already ran (or, shared, runs) this configuration; if none, the configuration
+        is claimed for `trial` (its `config_key` user attr) before any other worker can look."""
+        if key is None:
+            return None
+        with turn(self.study):
+            twin = self._stored_twin(trial.number, key) if is_worker_study(self.study) else self.twin(key)
+            if twin is None:
+                trial.set_user_attr("config_key", key)
+        return twin
+
+    def _stored_twin(self, number: int, key: str) -> FrozenTrial | None:
+        states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+        same = [
+            t
+            for t in self.study.get_trials(deepcopy=False, states=states)
+            if t.number != number and t.user_attrs.get("config_key") == key
+        ]
+        return min(same, key=lambda t: (t.state == TrialState.RUNNING, t.number), default=None)
+
     def add(self, trial: optuna.Trial, state: str) -> None:
         key = trial.user_attrs.get("config_key")
         if key is not None and state in ("complete", "pruned"):
@@ -65,8 +92,9 @@ class Seen:
         for key in ("steps", "seconds", "tokens", "gpu_hours"):
             trial.set_user_attr(key, 0)
         self.in_row += 1
-        if mode == "reject":
-            trial.set_user_attr("reason", f"duplicate of trial {twin.number}: not trained, proposed again")
+        if mode == "reject" or twin.state == TrialState.RUNNING:
+            where = " (running in another worker)" if twin.state == TrialState.RUNNING else ""
+            trial.set_user_attr("reason", f"duplicate of trial {twin.number}{where}: not trained, proposed again")
             self.study.tell(trial, state=TrialState.FAIL)
             return
         for step, value in sorted(twin.intermediate_values.items()):
