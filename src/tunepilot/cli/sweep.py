@@ -18,7 +18,7 @@ from tunepilot.errors import ExitCode
 
 def sweep_command(
     path: Path, sweep_dir: Path | None, storage: str | None, n_trials: int | None, quiet: bool,
-    overrides: list[str] | None = None, gpus: str | None = None,
+    overrides: list[str] | None = None, force_resume: bool = False, gpus: str | None = None,
     heartbeat: int | None = None, grace: int | None = None, worker: int | None = None,
 ) -> Result:
     from tunepilot.search.study import WorkerOptions, check_storage, normalize_url, redact_url
@@ -29,7 +29,7 @@ def sweep_command(
         storage = os.environ.get(WORKER_STORAGE_ENV, storage)
     _check_beat(heartbeat, grace)
     gpu_list = parse_gpus(gpus) if gpus is not None else None
-    setup = prepare(path, sweep_dir, storage, n_trials, overrides)
+    setup = prepare(path, sweep_dir, storage, n_trials, overrides, force_resume=force_resume)
     setup.storage = normalize_url(setup.storage)
     beat = {k: v for k, v in {"heartbeat_s": heartbeat, "grace_s": grace}.items() if v is not None}
     setup.worker = WorkerOptions(index=worker, spawned=worker is not None, **beat)
@@ -40,7 +40,7 @@ def sweep_command(
             _make_dir(setup.sweep_dir)
         check_storage(setup.storage)  # one message for a bad URL, a missing driver or a junk study.db
     if gpu_list is not None:
-        data = _run_gpus(setup, gpu_list, path, n_trials, overrides, heartbeat, grace, quiet, log)
+        data = _run_gpus(setup, gpu_list, path, n_trials, overrides, force_resume, heartbeat, grace, quiet, log)
     else:
         data = run_sweep(setup, log=log)
     data["storage"] = redact_url(data["storage"])
@@ -72,7 +72,7 @@ def _check_beat(heartbeat: int | None, grace: int | None) -> None:
         raise UserError(f"--grace {grace}: must be longer than the heartbeat interval (several intervals)")
 
 
-def _run_gpus(setup, gpus, path, n_trials, overrides, heartbeat, grace, quiet, log) -> dict[str, Any]:
+def _run_gpus(setup, gpus, path, n_trials, overrides, force_resume, heartbeat, grace, quiet, log) -> dict[str, Any]:
     """--gpus: one worker process per GPU on one study; then the results, from the storage."""
     from tunepilot.search.workers import run_local_workers
 
@@ -81,6 +81,7 @@ def _run_gpus(setup, gpus, path, n_trials, overrides, heartbeat, grace, quiet, l
         args += [f"--n-trials={n_trials}"] if n_trials is not None else []
         args += [f"--heartbeat={heartbeat}"] if heartbeat is not None else []
         args += [f"--grace={grace}"] if grace is not None else []
+        args += ["--force-resume"] if force_resume else []
         args += ["--quiet"] if quiet else []
         for o in overrides or []:
             args += ["--set", o]
@@ -92,7 +93,17 @@ def _run_gpus(setup, gpus, path, n_trials, overrides, heartbeat, grace, quiet, l
 def render(console: Console, d: dict[str, Any], limit: int = 20) -> None:
     obj = d["objective"]
     console.print(f"sweep {d['sweep_dir']} ({obj['metric']}, {obj['direction']}): {d['stopped']}")
-    console.print(leaderboard_table(d["leaderboard"][:limit], obj["metric"]))
+    table = leaderboard_table(d["leaderboard"][:limit], obj["metric"])
+    # In a file or a pipe there is no terminal width to fit: print every column in full (rich would
+    # squeeze the table into 80 columns and cut the trial number).
+    if console.is_terminal:
+        console.print(table)
+    else:
+        saved, console.width = console.width, 10_000  # the table's natural width, every column whole
+        try:
+            console.print(table)
+        finally:
+            console.width = saved
     for dec in d.get("decisions", []):
         choice = _cell(dec["choice"]) if not isinstance(dec["choice"], dict) else _params(dec["choice"])
         console.print(f"  [bold]{escape(dec['stage'])}[/]: {escape(choice)} - {escape(dec['reason'])}")
@@ -182,6 +193,9 @@ def register(app: typer.Typer) -> None:
             [], "--set", help="Override a base-config key: --set model_name_or_path=DIR (repeatable)."
         ),
         json_: bool = typer.Option(False, "--json", help="Print a JSON envelope instead of text."),
+        force_resume: bool = typer.Option(
+            False, "--force-resume", help="Resume the study even though the sweep file changed since it was created."
+        ),
         gpus: str = typer.Option(
             None,
             "--gpus",
@@ -207,7 +221,7 @@ def register(app: typer.Typer) -> None:
                 json_,
                 lambda: sweep_command(
                     path, out, storage, n_trials, (json_ and worker is None) or quiet_, set_,
-                    gpus, heartbeat, grace, worker,
+                    force_resume, gpus, heartbeat, grace, worker,
                 ),
             )
         )

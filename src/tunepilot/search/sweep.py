@@ -17,9 +17,11 @@ from tunepilot.config import RunConfig
 from tunepilot.engines.base import TrialSpec
 from tunepilot.errors import UserError
 from tunepilot.io import atomic_write_json, ensure_dir
+from tunepilot.search import preflight
 from tunepilot.search import space as space_mod
 from tunepilot.search.budget import BudgetTracker
 from tunepilot.search.loop import SlotLoop
+from tunepilot.search.progress import with_progress
 from tunepilot.search.protocols import PROTOCOLS
 from tunepilot.search.registry import ENGINES, build_engine, engine_gpus
 from tunepilot.search.results import leaderboard, write_results
@@ -35,6 +37,7 @@ class SweepSetup:
     sweep_dir: Path
     storage: str
     study_name: str
+    force_resume: bool = False  # resume the study even if it was created from another spec
     worker: WorkerOptions | None = None  # heartbeats, and a --gpus worker's index (search.workers)
 
 
@@ -44,6 +47,7 @@ def prepare(
     storage: str | None = None,
     n_trials: int | None = None,
     overrides: list[str] | None = None,
+    force_resume: bool = False,
 ) -> SweepSetup:
     spec, base = load_sweep(path, overrides)
     if n_trials is not None:
@@ -52,9 +56,10 @@ def prepare(
         spec.budget.n_trials = n_trials
     if ENGINES[spec.engine.name].config_keys:
         space_mod.check_space(spec, base)
+        preflight.check_before_start(spec, base)  # template fits the tokenizer; keys the engine trains
     out = Path(sweep_dir or spec.output_dir or Path("sweeps") / Path(path).stem)
     url = storage or spec.storage or default_storage(out)
-    return SweepSetup(spec, base, out, url, spec.study_name or Path(path).stem)
+    return SweepSetup(spec, base, out, url, spec.study_name or Path(path).stem, force_resume)
 
 
 def run_sweep(setup: SweepSetup, log: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -64,6 +69,8 @@ def run_sweep(setup: SweepSetup, log: Callable[[str], None] | None = None) -> di
     in_dir = setup.storage == default_storage(sweep_dir)
     exclusive = in_dir and not (setup.worker and setup.worker.spawned)  # --gpus: the parent holds the lock
     with SweepLock(sweep_dir) if exclusive else _nothing():
+        record = preflight.spec_record(spec, base)
+        preflight.check_study_spec(setup.storage, setup.study_name, record, setup.force_resume, str(sweep_dir))
         from tunepilot.tracking import sweep_tracker  # the base config's report_to: a parent run per sweep
 
         tracker = sweep_tracker(spec, base, sweep_dir, setup.study_name)
@@ -76,6 +83,8 @@ def run_sweep(setup: SweepSetup, log: Callable[[str], None] | None = None) -> di
             study.log = log
             study.set_user_attr("objective", {"metric": metric, "direction": direction})
             study.set_user_attr("protocol", spec.protocol.name)
+            preflight.store_spec(study, record)
+            log = with_progress(log, study, spec.budget)
             retried = recover_interrupted(study, exclusive)
             if retried:
                 log(f"resuming: trial(s) {retried} were interrupted; marked failed and retried once")
