@@ -151,3 +151,13 @@ def test_text_output_names_metric_counts_and_results_file(workspace):
     assert result.exit_code == 0, result.output
     assert "accuracy = " in result.stdout and "on 3 records of qa (base model" in result.stdout
     assert "unmatched: " in result.stdout and str(out) in result.stdout.replace("\n", "")
+
+
+def test_labels_file_flag_sets_the_allowed_answers(workspace):
+    labels = workspace / "labels.json"
+    labels.write_text(json.dumps([r["answer"] for r in QA] + ["an answer no record has"]))
+    code, env = _invoke(workspace / "config.yaml", "--metric", "accuracy", "--labels-file", labels, "--limit", 2,
+                        "--out", workspace / "acc.jsonl")
+    assert code == 0 and env["metric"] == "accuracy" and env["n"] == 2
+    code, env = _invoke(workspace / "config.yaml", "--metric", "accuracy", "--labels-file", workspace / "nope.txt")
+    assert code == 2 and "--labels-file" in env["error"]["message"]

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from tunepilot.cli.output import Result, run_command, stderr_console
+from tunepilot.errors import UserError
 
 
 @contextmanager
@@ -30,15 +31,19 @@ def _progress_bar(enabled: bool):
 
 def evaluate_command(target: Path, data: Path | None, limit: int | None, metric: str | None, base: bool,
                      few_shot: int | None, max_new_tokens: int | None, batch_size: int | None,
-                     out: Path | None, show_progress: bool,
+                     out: Path | None, show_progress: bool, labels_file: Path | None = None,
                      trust_config_code: bool = False) -> Result:
     from tunepilot.evaluate.command import apply_overrides, check_config_code, resolve_target, run_evaluation, summary
 
     t, warnings = resolve_target(target, base)
     if metric is None and not trust_config_code:
         check_config_code(t)  # a metric file named in a run's saved config.yaml is code: run it only if asked
+    if labels_file is not None and not labels_file.is_file():
+        raise UserError(f"--labels-file {labels_file}: not found; give a JSON list or a file with one label a line")
     t.settings = apply_overrides(t.settings, limit=limit, metric=metric, few_shot=few_shot,
                                  max_new_tokens=max_new_tokens, batch_size=batch_size)
+    if labels_file is not None:  # the flag wins over the config's labels and labels_file
+        t.settings = t.settings.model_copy(update={"labels": None, "labels_file": str(labels_file)})
     with _progress_bar(show_progress) as progress:
         scores, path, name = run_evaluation(t, data, out, progress)
     return Result("evaluate", summary(t, name, scores, path), render=_render, warnings=warnings)
@@ -62,7 +67,10 @@ def register(app: typer.Typer) -> None:
     def evaluate(
         target: Path = typer.Argument(..., help="A run directory (config.yaml + adapter/) or a config YAML."),
         data: Path = typer.Option(None, "--data", help="Eval data file (default: data.eval of the config)."),
-        limit: int = typer.Option(None, "--limit", min=1, help="Score only the first N records."),
+        limit: int = typer.Option(None, "--limit", min=1, help="Score N records: a seeded sample spread over "
+                                                               "the classes (labels still come from all records)."),
+        labels_file: Path = typer.Option(None, "--labels-file", help="Allowed answers for accuracy: a JSON list or "
+                                                                     "one label a line (evaluate.labels_file)."),
         metric: str = typer.Option(None, "--metric", help="exact_match, numeric_match, accuracy, token_f1, "
                                                            "field_f1, or module:function."),
         base: bool = typer.Option(False, "--base", help="Score the base model, without the run's adapter."),
@@ -78,4 +86,5 @@ def register(app: typer.Typer) -> None:
         """Generate answers for an eval set and score them (greedy, batched); saves per-record results."""
         command = partial(evaluate_command, trust_config_code=trust_config_code)
         raise typer.Exit(run_command("evaluate", json_, lambda: command(
-            target, data, limit, metric, base, few_shot, max_new_tokens, batch_size, out, not json_)))
+            target, data, limit, metric, base, few_shot, max_new_tokens, batch_size, out, not json_,
+            labels_file)))

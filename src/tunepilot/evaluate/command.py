@@ -15,9 +15,9 @@ from typing import Any
 
 from tunepilot.config import RunConfig, load_config
 from tunepilot.errors import UserError
-from tunepilot.evaluate.data import load_eval_split, load_examples
-from tunepilot.evaluate.examples import EvalExample, fixed_subset
-from tunepilot.evaluate.runner import EvalScores, evaluate_model, write_results
+from tunepilot.evaluate.data import load_eval_split, load_examples, load_split_examples
+from tunepilot.evaluate.examples import EvalExample, fixed_subset, spread_sample
+from tunepilot.evaluate.runner import EvalScores, evaluate_model, metric_for, write_results
 from tunepilot.evaluate.settings import EvalSettings
 
 
@@ -95,14 +95,14 @@ def load_model_for(t: Target):
 
 
 def eval_examples(t: Target, data: Path | None) -> tuple[list[EvalExample], str]:
-    """(examples, name): --data FILE, else the config's eval split (data.eval or the val_size hold-out)."""
-    limit = t.settings.limit
+    """(examples, name): every record of --data FILE, else of the config's eval split (data.eval or
+    the val_size hold-out). `evaluate.limit` is applied by run_evaluation, after the labels are read."""
     if data is not None:
         if not data.exists():
             raise UserError(f"{data}: eval data not found; pass an existing file to --data")
-        return load_examples(data, t.config.data, limit), data.stem
-    examples = load_eval_split(t.config.data, t.config.train.seed, limit)
-    return examples, Path(t.config.data.eval).stem if t.config.data.eval else "val"
+        return load_examples(data, t.config.data), data.stem
+    examples = load_eval_split(t.config.data, t.config.train.seed)
+    return examples, Path(t.config.data.eval.split(",")[0]).stem if t.config.data.eval else "val"
 
 
 def run_evaluation(t: Target, data: Path | None, out: Path | None,
@@ -112,11 +112,13 @@ def run_evaluation(t: Target, data: Path | None, out: Path | None,
 
     `progress(total)` is called once the record count is known and returns a per-batch callback."""
     s = t.settings
-    examples, name = eval_examples(t, data)
-    shots = fixed_subset(load_examples(t.config.data.train, t.config.data), s.few_shot) if s.few_shot else []
+    split, name = eval_examples(t, data)
+    metric = metric_for(s, split)  # allowed labels from the whole split, not from the sample
+    examples = spread_sample(split, s.limit, t.config.train.seed)  # --limit: seeded, across classes
+    shots = fixed_subset(load_split_examples(t.config.data, "train"), s.few_shot) if s.few_shot else []
     model, tokenizer = load_model_for(t)
     scores = evaluate_model(model, tokenizer, examples, s, shots=shots, template=t.config.data.template,
-                            progress=progress(len(examples)))
+                            metric=metric, progress=progress(len(examples)))
     return scores, write_results(results_path(t, name, out), scores), name
 
 
