@@ -200,3 +200,14 @@ def test_real_gsm8k_through_a_dataset_info_entry(tmp_path, shared_data):
     config, _ = load_config(cfg)
     convs = load_conversations(config.data, "train")
     assert len(convs) == 50 and "####" in convs[0].messages[-1]["content"]
+
+
+def test_shipped_examples_load_from_any_directory(elsewhere, shared_data):
+    root = Path(__file__).resolve().parents[2] / "examples"
+    config, warnings = load_config(root / "llamafactory_qwen_lora_sft.yaml")
+    assert config.data.dataset_dir == str(root / "llamafactory_data") and config.data.template == "qwen"
+    assert config.train.lr_scheduler_type == "cosine_with_min_lr" and config.method.neftune_noise_alpha == 5
+    assert len(load_conversations(config.data.model_copy(update={"val_size": 0.0}), "train")) == 200 + 4
+    for name in ("quickstart.yaml", "llamafactory_llama3_lora_sft.yaml"):
+        config, _ = load_config(root / name)  # data paths checked: they resolve next to the file
+        assert Path(config.data.train) == shared_data / "gsm8k" / "train.jsonl"
