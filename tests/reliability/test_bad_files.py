@@ -161,3 +161,20 @@ def test_corrupt_gguf_in_train(tmp_path, data, monkeypatch):
 def test_empty_model_directory(tmp_path, data):
     (tmp_path / "empty").mkdir()
     assert_user_error(run_cli("train", _config(tmp_path, tmp_path / "empty", data)), "empty", "empty directory")
+
+
+def test_damaged_adapter(tmp_path, tiny_model, data):
+    run = tmp_path / "run"
+    (run / "adapter").mkdir(parents=True)
+    (run / "adapter" / "adapter_config.json").write_bytes(b"\xff\xfe{junk")
+    (run / "config.yaml").write_text(yaml.safe_dump({"model": {"name_or_path": str(tiny_model)},
+                                                     "data": {"train": str(data)}, "train": {"device": "cpu"}}))
+    out = run_cli("evaluate", run, "--data", data, "--limit", 1)
+    assert_user_error(out, "adapter", "not a readable PEFT adapter")
+
+
+def test_damaged_checkpoint_on_resume(tmp_path, tiny_model, data):
+    config = _config(tmp_path, tiny_model, data, save_steps=1, per_device_train_batch_size=2)
+    assert run_cli("train", config).code == 0
+    (tmp_path / "run" / "checkpoint" / "trainable.safetensors").write_bytes(b"junk")
+    assert_user_error(run_cli("train", config, "--resume"), "checkpoint", "damaged")

@@ -8,12 +8,14 @@ sibling and renamed into place, so a kill at any moment leaves either the old or
 from __future__ import annotations
 
 import json
+import pickle
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from tunepilot.errors import UserError
 from tunepilot.io import atomic_write_dir, atomic_write_json
 from tunepilot.models import load_trainable_state, trainable_state
 
@@ -59,10 +61,18 @@ def find_checkpoint(path: Path) -> Path | None:
 
 
 def load_checkpoint(path: Path, model, optimizer, scheduler) -> LoopState:
-    load_weights(path, model)
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
-    return LoopState(**json.loads((path / "state.json").read_text()))
+    """Restore a checkpoint; a damaged one (truncated, overwritten, foreign) is a UserError naming it."""
+    from safetensors import SafetensorError
+
+    try:
+        load_weights(path, model)
+        optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+        scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+        return LoopState(**json.loads((path / "state.json").read_text(encoding="utf-8")))
+    except (SafetensorError, pickle.UnpicklingError, EOFError, UnicodeDecodeError, ValueError, TypeError,
+            KeyError, RuntimeError) as e:
+        raise UserError(f"{path}: the checkpoint is damaged and cannot be resumed ({type(e).__name__}: "
+                        f"{str(e)[:200]}); start afresh without --resume (overwrite_output_dir: true)") from e
 
 
 def _contiguous(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -89,8 +89,13 @@ def load_model_for(t: Target):
     model = load_model(t.config.model, device)
     if t.adapter is not None:
         from peft import PeftModel
+        from safetensors import SafetensorError
 
-        model = PeftModel.from_pretrained(model, str(t.adapter))
+        try:
+            model = PeftModel.from_pretrained(model, str(t.adapter))
+        except (SafetensorError, UnicodeDecodeError, ValueError, KeyError, OSError) as e:  # a damaged adapter/
+            raise UserError(f"{t.adapter}: not a readable PEFT adapter ({type(e).__name__}: {str(e)[:200]}); "
+                            "train the run again, or use --base to score the base model") from e
     return model, tokenizer
 
 
