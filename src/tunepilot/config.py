@@ -30,6 +30,7 @@ from pydantic import (
 from tunepilot.errors import ExitCode, UserError
 from tunepilot.evaluate.settings import EvalSettings
 from tunepilot.health.settings import HealthSettings
+from tunepilot.parallel import ParallelSettings
 from tunepilot.tracking.settings import TrackingSettings
 
 
@@ -128,6 +129,8 @@ class TrainSettings(_Section):
     max_steps: int = Field(-1, ge=-1, le=MAX_STEPS, description="Optimizer steps; > 0 overrides num_train_epochs.")
     per_device_train_batch_size: int = Field(4, gt=0, description="Micro-batch size.")
     gradient_accumulation_steps: int = Field(1, gt=0, description="Micro-batches per optimizer step.")
+    nproc: int = Field(1, gt=0, le=4096, description="Data-parallel processes (GPUs) the effective batch is planned "
+                       "for: micro-batch x accumulation x nproc. Fewer processes accumulate the rest.")
     lr_scheduler_type: Literal["cosine", "linear", "constant", "constant_with_warmup", "cosine_with_min_lr"] = Field(
         "cosine", description="Decay after warmup: cosine, linear, constant, or cosine_with_min_lr "
                               "(with lr_scheduler_kwargs min_lr or min_lr_rate).")
@@ -196,6 +199,7 @@ class RunConfig(_Section):
     health: HealthSettings = Field(default_factory=HealthSettings)
     evaluate: EvalSettings = Field(default_factory=EvalSettings)
     tracking: TrackingSettings = Field(default_factory=TrackingSettings)
+    parallel: ParallelSettings = Field(default_factory=ParallelSettings)
 
     @model_validator(mode="after")
     def _split_gguf_path(self) -> RunConfig:
@@ -210,7 +214,7 @@ class RunConfig(_Section):
 SECTIONS: dict[str, type[_Section]] = {
     "model": ModelSettings, "data": DataSettings, "method": MethodSettings,
     "train": TrainSettings, "output": OutputSettings, "health": HealthSettings, "evaluate": EvalSettings,
-    "tracking": TrackingSettings,
+    "tracking": TrackingSettings, "parallel": ParallelSettings,
 }
 
 # Flat names from HF TrainingArguments, PEFT LoraConfig and LLaMA-Factory -> (section, field).
@@ -222,6 +226,7 @@ ALIASES: dict[str, tuple[str, str]] = {
     "target_modules": ("method", "lora_target"), "lr": ("train", "learning_rate"),
     "micro_batch_size": ("train", "per_device_train_batch_size"), "epochs": ("train", "num_train_epochs"),
     "warmup": ("train", "warmup_ratio"), "logging_dir": ("tracking", "tensorboard_dir"),
+    "deepspeed": ("parallel", "deepspeed"), "fsdp": ("parallel", "fsdp"), "fsdp_config": ("parallel", "fsdp_config"),
 }
 # Keys those tools use that tunepilot ignores on purpose; named in a warning, never silently dropped.
 FOREIGN_IGNORED = {
@@ -230,7 +235,7 @@ FOREIGN_IGNORED = {
     "resume_from_checkpoint", "flash_attn", "eval_strategy",
     "evaluation_strategy", "save_strategy", "logging_strategy", "push_to_hub",
     "gradient_checkpointing_kwargs", "remove_unused_columns", "bias", "task_type", "stage",
-    "deepspeed", "fsdp", "ddp_find_unused_parameters", "include_num_input_tokens_seen",
+    "ddp_find_unused_parameters", "include_num_input_tokens_seen",
 }
 
 

@@ -29,6 +29,13 @@ def _config(tmp_path, tiny_model, out: str) -> str:
     return str(path)
 
 
+def _edit(path: str, **keys) -> None:
+    with open(path) as f:
+        raw = yaml.safe_load(f)
+    with open(path, "w") as f:
+        f.write(yaml.safe_dump({**raw, **keys}))
+
+
 def _train(config: str, *extra: str) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     env.pop("WORLD_SIZE", None)
@@ -60,3 +67,62 @@ def test_two_processes_train_the_same_run_as_one(tmp_path, tiny_model):
     weights = [load_file(str(tmp_path / d / "adapter" / "adapter_model.safetensors")) for d in ("one", "two")]
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.allclose(weights[0][k], weights[1][k], atol=1e-5) for k in weights[0])
+
+
+def test_fsdp2_trains_the_same_run_as_one_process(tmp_path, tiny_model):
+    """FSDP2 (torch fully_shard per decoder layer) from HF/Axolotl keys: same curve and adapter as one
+    process; the checkpoint is sharded (one file per rank)."""
+    one = _train(_config(tmp_path, tiny_model, "one"))
+    path = _config(tmp_path, tiny_model, "fsdp")
+    _edit(path, fsdp="full_shard auto_wrap", fsdp_config={"fsdp_version": 2, "fsdp_reshard_after_forward": True})
+    two = _train(path, "--nproc", "2")
+    assert two["ok"] and two["steps"] == one["steps"] and two["tokens"] == one["tokens"]
+    streams = [read_stream(tmp_path / d / "metrics.jsonl") for d in ("one", "fsdp")]
+    losses = [[r.loss for r in s if isinstance(r, TrainStep)] for s in streams]
+    assert losses[1] == pytest.approx(losses[0], abs=1e-4)
+    shards = list((tmp_path / "fsdp" / "checkpoint" / "sharded").glob("*.distcp"))
+    assert len(shards) == 2
+    weights = [load_file_(tmp_path / d / "adapter" / "adapter_model.safetensors") for d in ("one", "fsdp")]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.allclose(weights[0][k], weights[1][k], atol=1e-5) for k in weights[0])
+
+
+def load_file_(path):
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_sigkill_of_the_job_then_resume_continues_exactly(tmp_path, tiny_model, strategy):
+    """Kill every process of a 2-process job mid-run; --resume continues from its last checkpoint
+    (sharded for FSDP) and ends with the loss curve of an uninterrupted run, each step once."""
+    import signal
+    import time
+
+    def config(out: str) -> str:
+        path = _config(tmp_path, tiny_model, out)
+        _edit(path, max_steps=30, eval_steps=4, **({"fsdp": "full_shard auto_wrap"} if strategy == "fsdp" else {}))
+        return path
+
+    _train(config("whole"))
+    path = config("killed")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "tunepilot.cli.app", "train", path, "--json", "--nproc", "2"]
+    job = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    stream = tmp_path / "killed" / "metrics.jsonl"
+    deadline = time.time() + 300
+    while not (stream.exists() and len(_steps(stream)) >= 10) and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(job.pid, signal.SIGKILL)
+    job.wait()
+    assert 10 <= len(_steps(stream)) < 30
+    resumed = _train(path, "--nproc", "2", "--resume")
+    assert resumed["steps"] == 30
+    killed, whole = _steps(stream), _steps(tmp_path / "whole" / "metrics.jsonl")
+    assert [s for s, _ in killed] == list(range(1, 31))
+    assert [v for _, v in killed] == pytest.approx([v for _, v in whole], abs=1e-4)
+
+
+def _steps(path) -> list[tuple[int, float]]:
+    return [(r.step, r.loss) for r in read_stream(path) if isinstance(r, TrainStep)]

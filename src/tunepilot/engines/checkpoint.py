@@ -45,7 +45,12 @@ def save_checkpoint(path: Path, model, optimizer, scheduler, state: LoopState) -
 
 def save_weights(path: Path, model) -> None:
     """Only the trained weights (the best-so-far copy)."""
-    atomic_write_dir(path, lambda tmp: save_file(_contiguous(trainable_state(model)), tmp / "trainable.safetensors"))
+    save_state(path, trainable_state(model))
+
+
+def save_state(path: Path, state: dict[str, torch.Tensor]) -> None:
+    """Trained weights already gathered (a sharded model's full state) as a best/ copy."""
+    atomic_write_dir(path, lambda tmp: save_file(_contiguous(state), tmp / "trainable.safetensors"))
 
 
 def load_weights(path: Path, model) -> None:

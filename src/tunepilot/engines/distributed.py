@@ -11,28 +11,44 @@ every method is the identity, so the training loop reads the same either way:
 
 We write no parallelism of our own: DDP averages gradients over ranks, and the loop scales each
 rank's loss by the world size so the synced gradient is the global token mean (see engines/run.py).
+FSDP2 (`parallel.fsdp` / `fsdp_config`) shards through torch's `fully_shard` (engines/sharded.py):
+its gradients are averaged the same way, and weights, checkpoints and the adapter go through the
+state-dict helpers there; the methods below hide which strategy runs.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from tunepilot.errors import UserError
+
 
 class Distributed:
-    def __init__(self, accelerator: Any | None = None):
-        self.accelerator = accelerator
+    def __init__(self, accelerator: Any | None = None, strategy: str = "single", parallel: Any = None):
+        self.accelerator, self.strategy, self.parallel = accelerator, strategy, parallel
 
     @classmethod
-    def from_env(cls, device: str) -> Distributed:
+    def from_env(cls, device: str, parallel: Any = None) -> Distributed:
+        """One process, or the launcher's N: DDP by default, FSDP2 when the config asks for it."""
         if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
             return cls(None)
         from accelerate import Accelerator
 
-        return cls(Accelerator(cpu=device == "cpu"))
+        from tunepilot.parallel import check_launchable
+
+        strategy = parallel.resolved if parallel is not None else "ddp"
+        if parallel is not None:
+            check_launchable(parallel, device)
+        return cls(Accelerator(cpu=device == "cpu"), strategy, parallel)
+
+    @property
+    def sharded(self) -> bool:
+        return self.strategy == "fsdp"
 
     @property
     def world(self) -> int:
@@ -51,13 +67,85 @@ class Distributed:
         return self.accelerator.device if self.accelerator else None
 
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        """What trains: DDP around the model, the model sharded in place (FSDP2), or the model."""
+        if self.sharded:
+            from tunepilot.engines.sharded import shard
+
+            return shard(model, self.parallel.fsdp_config, self.world, self.device)
         return self.accelerator.prepare(model) if self.accelerator else model
 
-    def unwrap(self, model: torch.nn.Module) -> torch.nn.Module:
-        return self.accelerator.unwrap_model(model) if self.accelerator else model
-
+    @contextlib.contextmanager
     def no_sync(self, model: torch.nn.Module):
-        return self.accelerator.no_sync(model) if self.accelerator else contextlib.nullcontext()
+        """Accumulate gradients locally; the next backward outside this block syncs them."""
+        if self.sharded:
+            model.set_requires_gradient_sync(False)
+            try:
+                yield
+            finally:
+                model.set_requires_gradient_sync(True)
+        elif self.accelerator:
+            with self.accelerator.no_sync(model):
+                yield
+        else:
+            yield
+
+    # -- weights: every rank calls these; rank 0 writes ------------------------------------------
+    def save_weights(self, path: Path, model: torch.nn.Module) -> None:
+        from tunepilot.engines.checkpoint import save_state, save_weights
+
+        if self.sharded:
+            from tunepilot.engines.sharded import full_trainable_state
+
+            state = full_trainable_state(model)  # a collective: every rank takes part
+            if self.is_main:
+                save_state(path, state)
+        elif self.is_main:
+            save_weights(path, model)
+        self.barrier()
+
+    def load_weights(self, path: Path, model: torch.nn.Module) -> None:
+        from tunepilot.engines.checkpoint import load_weights
+
+        if not self.sharded:
+            load_weights(path, model)
+            return
+        from safetensors.torch import load_file
+
+        from tunepilot.engines.sharded import load_full_trainable_state
+
+        load_full_trainable_state(model, load_file(str(path / "trainable.safetensors")) if self.is_main else {})
+
+    def adapter_state(self, model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
+        """The full trained weights for save_pretrained on rank 0 (None: the model's own state)."""
+        if not self.sharded:
+            return None
+        from tunepilot.engines.sharded import full_trainable_state
+
+        return full_trainable_state(model)
+
+    def save_checkpoint(self, path: Path, model, optimizer, scheduler, state) -> None:
+        if self.sharded:  # every rank writes its shard
+            from tunepilot.engines.sharded import save_sharded_checkpoint
+
+            save_sharded_checkpoint(path, model, optimizer, scheduler, state, self)
+            return
+        if self.is_main:  # DDP keeps the ranks' weights and optimizer states equal: one copy
+            from tunepilot.engines.checkpoint import save_checkpoint
+
+            save_checkpoint(path, model, optimizer, scheduler, state)
+        self.barrier()
+
+    def load_checkpoint(self, path: Path, model, optimizer, scheduler):
+        if (path / "sharded").is_dir():
+            if not self.sharded:
+                raise UserError(f"{path}: a sharded (FSDP) checkpoint; resume it with the same fsdp settings "
+                                "and process count")
+            from tunepilot.engines.sharded import load_sharded_checkpoint
+
+            return load_sharded_checkpoint(path, model, optimizer, scheduler)
+        from tunepilot.engines.checkpoint import load_checkpoint
+
+        return load_checkpoint(path, model, optimizer, scheduler)
 
     def sum(self, value: float) -> float:
         if not self.accelerator:

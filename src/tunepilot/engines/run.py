@@ -30,17 +30,13 @@ from tunepilot.data import collate, prepare_datasets
 from tunepilot.engines.checkpoint import (
     LoopState,
     find_checkpoint,
-    load_checkpoint,
-    load_weights,
-    save_checkpoint,
-    save_weights,
 )
 from tunepilot.engines.distributed import Distributed
 from tunepilot.engines.observers import Observer
 from tunepilot.engines.plan import Plan, epoch_at, make_plan, step_indices
 from tunepilot.engines.recorder import ObjectiveSpec, RunRecorder, prepare_run_dir
 from tunepilot.engines.summary import RunSummary
-from tunepilot.errors import ExitCode
+from tunepilot.errors import ExitCode, UserError
 from tunepilot.io import atomic_write_dir
 from tunepilot.models import apply_method, count_parameters, load_model, load_tokenizer, resolve_device
 from tunepilot.optimizers import build_optimizer, build_scheduler
@@ -66,7 +62,7 @@ class TrainingRun:
     # ----------------------------------------------------------------- setup
     def setup(self) -> Plan:
         cfg = self.config
-        self.dist = Distributed.from_env(cfg.train.device)  # N processes under torchrun / accelerate launch
+        self.dist = Distributed.from_env(cfg.train.device, cfg.parallel)  # N processes: DDP or FSDP2
         if self.dist.is_main:
             prepare_run_dir(self.run_dir, cfg, self.resume)
         self.dist.barrier()
@@ -77,8 +73,8 @@ class TrainingRun:
         torch.manual_seed(cfg.train.seed)  # adapter init
         base = self._base_model if self._base_model is not None else load_model(cfg.model, self.device)
         self.model = apply_method(base, cfg.method, cfg.model)
-        self.params_trained = [p for p in self.model.parameters() if p.requires_grad]
-        self.ddp = self.dist.wrap(self.model)  # what trains: DDP around the model on N processes, else the model
+        self.ddp = self.dist.wrap(self.model)  # what trains: DDP around the model, the model sharded, or itself
+        self.params_trained = [p for p in self.model.parameters() if p.requires_grad]  # after sharding
         self.optimizer, self.scheduler = self._optimizer_and_scheduler()
         self.objective = self._make_objective()
         total, _ = count_parameters(self.model)
@@ -110,6 +106,9 @@ class TrainingRun:
         """A task metric scored by generation when `evaluate.objective` is set; else eval loss decides."""
         if not self.config.evaluate.objective or self.data.eval is None:
             return None
+        if self.dist.sharded:
+            raise UserError("evaluate.objective: a task metric is scored by generation on rank 0, which a sharded "
+                            "(FSDP) model cannot do alone; use DDP (no fsdp keys), or eval loss as the objective")
         from tunepilot.evaluate.objective import TaskObjective
 
         return TaskObjective(self.config.evaluate, self.config.data, seed=self.config.train.seed)
@@ -128,7 +127,7 @@ class TrainingRun:
         checkpoint = find_checkpoint(self.run_dir / "checkpoint") if self.resume else None
         if checkpoint is None:
             return 0
-        state = load_checkpoint(checkpoint, self.model, self.optimizer, self.scheduler)
+        state = self.dist.load_checkpoint(checkpoint, self.model, self.optimizer, self.scheduler)
         self.recorder.state = state
         return state.step
 
@@ -142,8 +141,8 @@ class TrainingRun:
             if evaluated and not self.recorder.stopped:
                 point = self.evaluate(step)
                 self.recorder.record(point)
-                if self.recorder.track_eval(point, self.objective_value(point)) and self.dist.is_main:
-                    save_weights(self.run_dir / "best", self.model)
+                if self.recorder.track_eval(point, self.objective_value(point)):
+                    self.dist.save_weights(self.run_dir / "best", self.model)
                 self._sync_stop()
                 yield point
             if self.recorder.stopped:
@@ -208,10 +207,16 @@ class TrainingRun:
         self.model.eval()
         total, count, size = 0.0, 0, self.config.train.per_device_eval_batch_size
         rank, world = self.dist.rank, self.dist.world  # each rank its share of the batches, summed after
-        for start in range(rank * size, len(self.data.eval), size * world):
+        starts = list(range(rank * size, len(self.data.eval), size * world))
+        rounds = math.ceil(len(self.data.eval) / (size * world))
+        for i in range(rounds if self.dist.sharded else len(starts)):
+            # FSDP gathers weights in every forward, so every rank runs as many; a spare one counts nothing
+            start, spare = (starts[i], False) if i < len(starts) else (0, True)
             batch = collate(self.data.eval[start:start + size], self.tokenizer.pad_token_id)
-            total += self._loss_sum(batch).item()
-            count += int((batch["labels"][:, 1:] != -100).sum())
+            summed = self._loss_sum(batch).item()
+            if not spare:
+                total += summed
+                count += int((batch["labels"][:, 1:] != -100).sum())
         total, count = self.dist.sum(total), int(self.dist.sum(count))
         metrics = {}
         if self.objective is not None:  # the whole eval split at the last step, a fixed subset before
@@ -231,9 +236,7 @@ class TrainingRun:
         self.recorder.request_stop(event)
 
     def _checkpoint(self) -> None:
-        if self.dist.is_main:  # DDP keeps the ranks' weights and optimizer states equal: one copy
-            save_checkpoint(self.run_dir / "checkpoint", self.model, self.optimizer, self.scheduler, self.state)
-        self.dist.barrier()
+        self.dist.save_checkpoint(self.run_dir / "checkpoint", self.model, self.optimizer, self.scheduler, self.state)
 
     def _peak_memory_mb(self) -> float:
         if self.device.type == "cuda":
@@ -248,8 +251,9 @@ class TrainingRun:
         best = self.run_dir / "best"
         restored = self.config.train.load_best_model_at_end and (best / "trainable.safetensors").exists()
         if restored:
-            load_weights(best, self.model)
-        adapter = self._save_final() if self.dist.is_main else None
+            self.dist.load_weights(best, self.model)
+        state = self.dist.adapter_state(self.model)  # sharded weights gathered on rank 0 (a collective)
+        adapter = self._save_final(state) if self.dist.is_main else None
         total, trainable = count_parameters(self.model)
         return self.recorder.finish(
             status=status, reason=reason, adapter=adapter, restored_best=restored,
@@ -262,13 +266,16 @@ class TrainingRun:
         if self.recorder is not None:
             self.recorder.close()
 
-    def _save_final(self) -> Path:
+    def _save_final(self, state: dict | None = None) -> Path:
+        """The adapter in PEFT format (model/ for full fine-tuning); `state`: gathered sharded weights."""
+        save = {"state_dict": state} if state is not None else {}
         if self.config.method.finetuning_type == "full":
             target = self.run_dir / "model"
-            atomic_write_dir(target, lambda tmp: (self.model.save_pretrained(tmp), self.tokenizer.save_pretrained(tmp)))
+            atomic_write_dir(target, lambda tmp: (self.model.save_pretrained(tmp, **save),
+                                                  self.tokenizer.save_pretrained(tmp)))
         else:
             target = self.run_dir / "adapter"
-            atomic_write_dir(target, lambda tmp: self.model.save_pretrained(tmp))
+            atomic_write_dir(target, lambda tmp: self.model.save_pretrained(tmp, **save))
         return target
 
 
