@@ -26,7 +26,7 @@ Where the numbers come from (bytes; H hidden, I intermediate, KV = kv heads x he
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -189,3 +189,49 @@ def suggest_changes(
         f"no single change fits {gpu_memory_gb:g} GB: shard over more GPUs (FSDP/ZeRO-3) "
         "or pick a smaller model"
     ]
+
+
+# Data-parallel strategies, cheapest in communication first, and what each keeps whole on every GPU.
+STRATEGIES = {
+    "ddp": "every GPU holds the whole model, its gradients and optimizer states (fastest when it fits)",
+    "shard_grad_op": "FSDP2 without resharding after forward (ZeRO-2 like): gradients and optimizer states "
+                     "sharded, weights gathered whole through each step",
+    "full_shard": "FSDP2 full sharding (ZeRO-3 like): weights, gradients and optimizer states sharded; one "
+                  "layer at a time gathered",
+}
+
+
+def strategy_estimates(
+    info: ModelInfo, plan: MemoryPlan, gpus: int, gpu_memory_gb: float | None = None,
+    settings: MemorySettings | None = None,
+) -> dict[str, MemoryEstimate]:
+    """Peak memory per GPU of each strategy on `gpus` GPUs. The sharded states divide by the GPU
+    count (FSDP2 shards each parameter evenly); full_shard adds the two layers in flight (the one
+    computing and the one prefetched) gathered whole."""
+    s = settings or MemorySettings()
+    whole = estimate_memory(info, replace(plan, shard_gpus=1), None, s).parts
+    n = max(1, gpus)
+    layer = info.layer_linear_params / max(1, info.num_layers) * DTYPE_BYTES.get(plan.dtype, 2)
+    out = {}
+    for name in STRATEGIES:
+        parts = dict(whole)
+        if name != "ddp":
+            for key in ("gradients", "optimizer"):
+                if key in parts:
+                    parts[key] /= n
+            if "adapters+grads+optimizer" in parts:  # 16 bytes a parameter: 4 weight, 12 grad and moments
+                parts["adapters+grads+optimizer"] *= (4 + 12 / n) / 16
+        if name == "full_shard":
+            parts["weights"] = whole["weights"] / n + (2 * layer if n > 1 else 0)
+            if "adapters+grads+optimizer" in parts:
+                parts["adapters+grads+optimizer"] = whole["adapters+grads+optimizer"] / n
+        est = MemoryEstimate(parts, gpu_memory_gb, None, [])
+        if gpu_memory_gb is not None:
+            est.fits = est.total <= gpu_memory_gb * GIB * s.headroom
+        out[name] = est
+    return out
+
+
+def choose_strategy(estimates: dict[str, MemoryEstimate]) -> str | None:
+    """The first strategy that fits, in the order of STRATEGIES (least communication first)."""
+    return next((name for name, est in estimates.items() if est.fits), None)

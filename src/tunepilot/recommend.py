@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 from tunepilot.errors import UserError
-from tunepilot.memory import MemoryEstimate, MemoryPlan, estimate_memory
+from tunepilot.memory import (
+    STRATEGIES,
+    MemoryEstimate,
+    MemoryPlan,
+    choose_strategy,
+    estimate_memory,
+    strategy_estimates,
+)
 from tunepilot.modelinfo import ModelInfo, read_model_info
 from tunepilot.transfer.rules import lora_lr_for_width
 from tunepilot.transfer.settings import TransferSettings
@@ -46,6 +53,7 @@ class Recommendation:
     values: dict[str, Any] = field(default_factory=dict)
     reasons: dict[str, str] = field(default_factory=dict)
     memory: MemoryEstimate | None = None
+    strategies: dict[str, dict] | None = None  # per-GPU estimate of each multi-GPU strategy
 
     def set(self, key: str, value: Any, reason: str) -> None:
         self.values[key] = value
@@ -142,29 +150,40 @@ def choose_effective_batch(data: DataStats, epochs: float) -> tuple[int, str]:
     )
 
 
+def per_gpu(info: ModelInfo, plan: MemoryPlan, gpu_gb: float | None, gpus: int) -> tuple[str, MemoryEstimate]:
+    """The strategy to use on `gpus` GPUs and its per-GPU estimate: DDP when it fits (least
+    communication), else FSDP2 sharding gradients and optimizer, else full sharding."""
+    if gpus <= 1:
+        return "single", estimate_memory(info, plan, gpu_gb)
+    estimates = strategy_estimates(info, plan, gpus, gpu_gb)
+    name = choose_strategy(estimates) or "full_shard"
+    return name, estimates[name]
+
+
 def fit_memory(
-    info: ModelInfo, plan: MemoryPlan, gpu_gb: float | None, effective: int
+    info: ModelInfo, plan: MemoryPlan, gpu_gb: float | None, effective: int, gpus: int = 1
 ) -> tuple[MemoryPlan, MemoryEstimate, list[str]]:
-    """Largest micro-batch that fits; then checkpointing; then (LoRA only) a 4-bit base."""
+    """Largest micro-batch that fits (sharded over `gpus` where needed); then checkpointing; then
+    (LoRA only) a 4-bit base."""
     notes: list[str] = []
     if gpu_gb is None:
-        p = replace(plan, micro_batch=min(effective, 4))
-        return p, estimate_memory(info, p), ["no --gpu-memory given: micro-batch 4, not checked"]
+        p = replace(plan, micro_batch=min(max(1, effective // gpus), 4))
+        return p, per_gpu(info, p, None, gpus)[1], ["no --gpu-memory given: micro-batch 4, not checked"]
     ladder = [replace(plan, gradient_checkpointing=False), replace(plan, gradient_checkpointing=True)]
     if plan.method == "lora":
         ladder.append(replace(plan, method="qlora", gradient_checkpointing=True))
     for candidate in ladder:
-        mb = effective
+        mb = max(1, effective // gpus)
         while mb >= 1:
             p = replace(candidate, micro_batch=mb)
-            est = estimate_memory(info, p, gpu_gb)
+            est = per_gpu(info, p, gpu_gb, gpus)[1]
             if est.fits:
                 if p.method != plan.method:
                     notes.append("LoRA on a 16-bit base does not fit: QLoRA (4-bit base)")
                 return p, est, notes
             mb //= 2
     p = replace(ladder[-1], micro_batch=1)
-    return p, estimate_memory(info, p, gpu_gb), ["does not fit even at micro-batch 1 with checkpointing"]
+    return p, per_gpu(info, p, gpu_gb, gpus)[1], ["does not fit even at micro-batch 1 with checkpointing"]
 
 
 # -------------------------------------------------------------------------------------- recommend
@@ -175,6 +194,7 @@ def recommend(
     task: Task = "sft",
     method: Method = "lora",
     settings: TransferSettings | None = None,
+    gpus: int = 1,
 ) -> tuple[Recommendation, ModelInfo, DataStats]:
     info = read_model_info(model)
     stats = scan_data(data, model)
@@ -186,17 +206,20 @@ def recommend(
     effective, why_batch = choose_effective_batch(stats, epochs)
     rank = 16 if method == "full" else _set_adapter(rec, info, stats, epochs, task)
     plan, est, notes = fit_memory(
-        info, MemoryPlan(method=method, lora_rank=rank, seq_len=cutoff), gpu_memory_gb, effective
+        info, MemoryPlan(method=method, lora_rank=rank, seq_len=cutoff), gpu_memory_gb, effective, gpus
     )
     _set_lr(rec, info, plan.method, settings or TransferSettings())
-    accum = max(1, effective // plan.micro_batch)
+    accum = max(1, effective // (plan.micro_batch * gpus))
     rec.set(
         "per_device_train_batch_size",
         plan.micro_batch,
         f"largest power of two <= {effective} whose estimate fits ({est.total / 2**30:.1f} GiB)"
         + ("; " + "; ".join(notes) if notes else ""),
     )
-    rec.set("gradient_accumulation_steps", accum, f"{plan.micro_batch} x {accum} = {effective}: {why_batch}")
+    rec.set("gradient_accumulation_steps", accum,
+            f"{plan.micro_batch} x {accum} x {gpus} GPU(s) = {plan.micro_batch * accum * gpus}: {why_batch}")
+    if gpus > 1:
+        _set_parallel(rec, info, plan, gpu_memory_gb, gpus)
     rec.set(
         "gradient_checkpointing",
         plan.gradient_checkpointing,
@@ -220,6 +243,16 @@ def recommend(
     )
     rec.memory = est
     return rec, info, stats
+
+
+def _set_parallel(rec: Recommendation, info: ModelInfo, plan: MemoryPlan, gpu_gb: float | None, gpus: int) -> None:
+    strategy, _ = per_gpu(info, plan, gpu_gb, gpus)
+    table = strategy_estimates(info, plan, gpus, gpu_gb)
+    per = ", ".join(f"{name} {est.total / 2**30:.1f} GiB" for name, est in table.items())
+    rec.set("nproc", gpus, f"data parallel over {gpus} GPUs (`tunepilot train CONFIG --nproc {gpus}`)")
+    why = f"{STRATEGIES[strategy]}; per GPU: {per}"
+    rec.set("fsdp", None if strategy == "ddp" else f"{strategy} auto_wrap", why)
+    rec.strategies = {name: est.to_dict() for name, est in table.items()}
 
 
 def _set_adapter(rec: Recommendation, info: ModelInfo, stats: DataStats, epochs: float, task: Task) -> int:

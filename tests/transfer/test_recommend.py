@@ -109,3 +109,30 @@ def test_recommended_yaml_runs_with_tunepilot_train(tiny_model, tmp_path):
                                   "--set", f"output_dir={tmp_path / 'run'}", "--json"])
     assert trained.exit_code == 0, trained.output
     assert json.loads(trained.stdout)["steps"] == 2
+
+
+def test_recommend_on_n_gpus_knows_the_sharding(model_configs, shared_data, tmp_path):
+    """8B full fine-tuning cannot fit one 40 GB GPU under DDP; over 4 GPUs sharding divides the states,
+    and the recommended config says so (fsdp keys, nproc) and keeps the effective batch."""
+    from tunepilot.config import build_config
+    from tunepilot.memory import MemoryPlan, strategy_estimates
+    from tunepilot.modelinfo import read_model_info
+    from tunepilot.recommend import run_config_raw
+
+    data = shared_data / "gsm8k" / "test.jsonl"
+    info = read_model_info(model_configs / "Llama-3.1-8B")
+    table = strategy_estimates(info, MemoryPlan(method="full", micro_batch=1, seq_len=1024), 4, 40)
+    totals = [table[k].total for k in ("ddp", "shard_grad_op", "full_shard")]
+    assert totals[0] > totals[1] > totals[2]  # each strategy shards more
+    assert not table["ddp"].fits and table["full_shard"].fits  # 8B full FT: ~64 GB of states alone
+    one, _, _ = recommend(model_configs / "Llama-3.1-8B", data, gpu_memory_gb=40, method="full")
+    many, _, _ = recommend(model_configs / "Llama-3.1-8B", data, gpu_memory_gb=40, method="full", gpus=4)
+    assert many.values["nproc"] == 4 and many.values["fsdp"] in ("shard_grad_op auto_wrap", "full_shard auto_wrap")
+    assert many.memory.fits and not one.memory.fits
+    lora, _, _ = recommend(model_configs / "Llama-3.1-8B", data, gpu_memory_gb=80, gpus=4)
+    assert lora.values["fsdp"] is None  # LoRA on an 8B base fits each GPU: DDP, the fastest
+    batch = [r.values["per_device_train_batch_size"] * r.values["gradient_accumulation_steps"] * r.values.get(
+        "nproc", 1) for r in (lora, recommend(model_configs / "Llama-3.1-8B", data, gpu_memory_gb=80)[0])]
+    assert batch[0] == batch[1]
+    config, _ = build_config(run_config_raw(many, model_configs / "Llama-3.1-8B", data, "full"), check_paths=False)
+    assert config.train.nproc == 4 and config.parallel.resolved == "fsdp"

@@ -35,15 +35,15 @@ class Distributed:
     @classmethod
     def from_env(cls, device: str, parallel: Any = None) -> Distributed:
         """One process, or the launcher's N: DDP by default, FSDP2 when the config asks for it."""
+        from tunepilot.parallel import check_launchable
+
+        if parallel is not None:
+            check_launchable(parallel, device)  # DeepSpeed asked for: refused where it cannot run, even on 1
         if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
             return cls(None)
         from accelerate import Accelerator
 
-        from tunepilot.parallel import check_launchable
-
         strategy = parallel.resolved if parallel is not None else "ddp"
-        if parallel is not None:
-            check_launchable(parallel, device)
         return cls(Accelerator(cpu=device == "cpu"), strategy, parallel)
 
     @property
@@ -71,7 +71,7 @@ class Distributed:
         if self.sharded:
             from tunepilot.engines.sharded import shard
 
-            return shard(model, self.parallel.fsdp_config, self.world, self.device)
+            return shard(model, self.parallel, self.world, self.device)
         return self.accelerator.prepare(model) if self.accelerator else model
 
     @contextlib.contextmanager

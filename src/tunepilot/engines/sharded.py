@@ -32,9 +32,11 @@ TRAINABLE = StateDictOptions(ignore_frozen_params=True)
 FULL_TRAINABLE = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
 
 
-def shard(model: torch.nn.Module, fsdp_config: Any, world: int, device: torch.device) -> torch.nn.Module:
+def shard(model: torch.nn.Module, parallel: Any, world: int, device: torch.device) -> torch.nn.Module:
     """Shard each decoder layer, then the root (FSDP2). Layers: `transformer_layer_cls_to_wrap`, or
-    the classes transformers marks as not to be split (`_no_split_modules`)."""
+    the classes transformers marks as not to be split (`_no_split_modules`). `shard_grad_op` (HF's
+    ZeRO-2 like option) keeps the gathered weights from forward to backward."""
+    fsdp_config = parallel.fsdp_config
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import CPUOffloadPolicy, fully_shard
 
@@ -45,7 +47,8 @@ def shard(model: torch.nn.Module, fsdp_config: Any, world: int, device: torch.de
         raise UserError(f"fsdp_config.transformer_layer_cls_to_wrap: no module of class {sorted(classes)} in "
                         f"{type(base).__name__}; name its decoder layer class (e.g. LlamaDecoderLayer)")
     mesh = init_device_mesh(device.type, (world,))
-    kwargs: dict[str, Any] = {"mesh": mesh, "reshard_after_forward": fsdp_config.reshard_after_forward}
+    reshard = fsdp_config.reshard_after_forward and "shard_grad_op" not in parallel.fsdp
+    kwargs: dict[str, Any] = {"mesh": mesh, "reshard_after_forward": reshard}
     if fsdp_config.offload_params:
         kwargs["offload_policy"] = CPUOffloadPolicy()
     for layer in layers:
