@@ -29,8 +29,12 @@ def backend(name: str):
 
 def observers_for(config: Any, warn=None) -> list:
     """The tracker observers a run's config asks for (`report_to`); empty for none."""
+    import os
+
     from tunepilot.tracking.base import TrackerObserver
 
+    if int(os.environ.get("RANK", "0")) != 0:  # several processes train one run: rank 0 reports it
+        return []
     settings = config.tracking
     return [TrackerObserver(backend(name), settings, warn) for name in settings.report_to]
 
