@@ -15,12 +15,12 @@ from tunepilot.data.checks import dataset as _dataset  # noqa: F401  (declares d
 from tunepilot.data.checks import text as _text  # noqa: F401  (registers record checks)
 from tunepilot.data.checks import tokens as _tokens  # noqa: F401  (registers token checks)
 from tunepilot.data.prepare import PreparedData, load_conversations, prepare_datasets
-from tunepilot.data.records import Conversation, Finding
+from tunepilot.data.records import Conversation, DataFinding
 from tunepilot.data.templates import TEMPLATES, render_prompt, template_names
 
 __all__ = [
     "Conversation",
-    "Finding",
+    "DataFinding",
     "PreparedData",
     "TEMPLATES",
     "collate",

@@ -21,7 +21,7 @@ from tunepilot.data.checks.tokens import (
     token_context,
 )
 from tunepilot.data.formats import Problem
-from tunepilot.data.records import Conversation, Example, Finding
+from tunepilot.data.records import Conversation, DataFinding, Example
 from tunepilot.data.templates import Rendered, render, render_text
 from tunepilot.data.tokenize import encode, label_batch
 
@@ -34,7 +34,7 @@ class Analyzer:
     settings: object  # DataSettings
     tokenizer: object | None = None
     keep_examples: bool = False
-    findings: list[Finding] = field(default_factory=list)
+    findings: list[DataFinding] = field(default_factory=list)
     examples: list[Example] = field(default_factory=list)
     ledger: Ledger = field(default_factory=Ledger)
     labels: Labels = field(default_factory=Labels)
@@ -168,9 +168,9 @@ class Analyzer:
             self.examples.append(ex)
 
     def _emit(self, code: str, conv: Conversation, message: str) -> None:
-        self.findings.append(Finding(severity_of(code), code, conv.line, message, conv.source))
+        self.findings.append(DataFinding(severity_of(code), code, conv.line, message, conv.source))
 
-    def finish(self) -> list[Finding]:
+    def finish(self) -> list[DataFinding]:
         """Dataset-level findings (call after the last record)."""
         self.flush()
         table = self.ledger.table()
@@ -184,7 +184,7 @@ class Analyzer:
         self.findings.extend(out)
         return out
 
-    def _setup_findings(self) -> list[Finding]:
+    def _setup_findings(self) -> list[DataFinding]:
         """Once per run: does the tokenizer fit the template (markers, end-of-turn token)?"""
         if self.tokenizer is None or not self.ledger.sources:
             return []
@@ -192,7 +192,7 @@ class Analyzer:
         split = template_marker_problems(self.tokenizer, self.settings.template)
         if split:
             out.append(
-                Finding(
+                DataFinding(
                     "warning",
                     "template_tokens_not_special",
                     None,
@@ -202,17 +202,17 @@ class Analyzer:
             )
         problem = end_token_problem(self.tokenizer, self._first) if self._first is not None else None
         if problem:
-            out.append(Finding("warning", "end_of_turn_not_eos", None, problem, src))
+            out.append(DataFinding("warning", "end_of_turn_not_eos", None, problem, src))
         return out
 
-    def _rates(self, table: np.ndarray) -> list[Finding]:
+    def _rates(self, table: np.ndarray) -> list[DataFinding]:
         out, n = [], len(table)
         src = self.ledger.sources[0] if self.ledger.sources else ""
         if n == 0:
             return out
         if self.truncated > 0.05 * n:  # estimated from characters when there is no tokenizer
             out.append(
-                Finding(
+                DataFinding(
                     "warning",
                     "truncation_rate",
                     None,
@@ -224,7 +224,7 @@ class Analyzer:
             )
         if self.tokens and self.trainable < 0.02 * self.tokens and not self.settings.train_on_prompt:
             share = self.trainable / self.tokens
-            out.append(Finding("warning", "low_trainable_share", None, f"only {share:.1%} of tokens train", src))
+            out.append(DataFinding("warning", "low_trainable_share", None, f"only {share:.1%} of tokens train", src))
         return out
 
     def stats(self) -> dict:

@@ -30,6 +30,7 @@ from typing import Any
 
 from tunepilot.data.records import Conversation
 from tunepilot.errors import UserError
+from tunepilot.registry import register_once
 
 # Native field names map onto the canonical ones the converters read.
 CANONICAL = {
@@ -92,7 +93,7 @@ FORMATS: dict[str, tuple[dict[str, str], Converter]] = {}
 
 def register_format(name: str, native: dict[str, str]) -> Callable[[Converter], Converter]:
     def wrap(fn: Converter) -> Converter:
-        FORMATS[name] = (native, fn)
+        register_once(FORMATS, name, (native, fn), "data format")
         return fn
 
     return wrap

@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from tunepilot.data.readers import decode_bytes, register_reader
+from tunepilot.data.readers import decode_bytes, register_data_reader
 from tunepilot.data.records import RawRecord
 from tunepilot.errors import UserError
 
@@ -92,7 +92,7 @@ def _bounded_lines(f, cap: int) -> Iterator[bytes | None]:
         yield None
 
 
-@register_reader("jsonl")
+@register_data_reader("jsonl")
 def read_jsonl(path: Path) -> Iterator[RawRecord]:
     src = str(path)
     cap = max_record_bytes()
@@ -152,7 +152,7 @@ class _Window:
                 return i
 
 
-@register_reader("json")
+@register_data_reader("json")
 def read_json(path: Path) -> Iterator[RawRecord]:
     """A JSON array, streamed element by element with each element's start line; or {"key": [records]}
     (read whole), or several top-level objects (read as JSONL)."""

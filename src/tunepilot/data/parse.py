@@ -16,7 +16,7 @@ from tunepilot.data.checks.registry import severity_of
 from tunepilot.data.detect import SAMPLE, detect_format, guess
 from tunepilot.data.formats import FormatSpec, Problem, to_conversation
 from tunepilot.data.readers import READERS, read_records, resolve_files
-from tunepilot.data.records import Conversation, Finding, RawRecord
+from tunepilot.data.records import Conversation, DataFinding, RawRecord
 from tunepilot.data.sources import sources
 from tunepilot.errors import UserError
 
@@ -26,7 +26,7 @@ class ParseState:
     """What parsing learned along the way: the format and the structural findings."""
 
     spec: FormatSpec | None = None
-    findings: list[Finding] = field(default_factory=list)
+    findings: list[DataFinding] = field(default_factory=list)
     records: int = 0  # records read, including broken ones
 
 
@@ -63,7 +63,7 @@ def iter_conversations(
         raise UserError(f"{path}: no record parses, so this is no known format; first problems: {first}")
     state.spec = spec or detect_format([r.value for r in good], fmt, columns, system, good[0].source)
     if state.spec.note:
-        state.findings.append(Finding("info", "format_detected", None, state.spec.note, good[0].source))
+        state.findings.append(DataFinding("info", "format_detected", None, state.spec.note, good[0].source))
     for raw in chain(head, raws):
         state.records += 1
         conv = _convert(raw, state)
@@ -73,7 +73,7 @@ def iter_conversations(
 
 def _convert(raw: RawRecord, state: ParseState) -> Conversation | None:
     if raw.error is not None:
-        state.findings.append(Finding(severity_of(raw.code), raw.code, raw.line, raw.error, raw.source))
+        state.findings.append(DataFinding(severity_of(raw.code), raw.code, raw.line, raw.error, raw.source))
         return None
     try:
         return to_conversation(raw.value, state.spec, raw.line, raw.source)
@@ -82,7 +82,7 @@ def _convert(raw: RawRecord, state: ParseState) -> Conversation | None:
         other = guess(raw.value) if p.code == "missing_field" else None
         if other is not None and other[0] != state.spec.name and other[0] != "ambiguous":
             message += f" (the record looks like {other[0]} format; use one format per file)"
-        state.findings.append(Finding("error", p.code, raw.line, message, raw.source))
+        state.findings.append(DataFinding("error", p.code, raw.line, message, raw.source))
         return None
 
 

@@ -19,7 +19,7 @@ from tunepilot.data.analyze import Analyzer
 from tunepilot.data.batching import pack
 from tunepilot.data.checks.dataset import overlap_findings
 from tunepilot.data.parse import ParseState, iter_split
-from tunepilot.data.records import Conversation, Finding
+from tunepilot.data.records import Conversation, DataFinding
 from tunepilot.data.templates import TEMPLATES, template_names
 from tunepilot.errors import ExitCode, UserError
 
@@ -31,7 +31,7 @@ class PreparedData:
     train: list[dict]
     eval: list[dict] | None
     stats: dict
-    findings: list[Finding]
+    findings: list[DataFinding]
 
 
 def check_template(settings, tokenizer=None) -> None:
@@ -75,7 +75,7 @@ def read_split(which: str, settings, limit: int | None) -> tuple[list[Conversati
     return list(iter_split(settings, which, state, limit)), state
 
 
-def split_conversations(settings, seed: int) -> tuple[list[Conversation], list[Conversation] | None, list[Finding]]:
+def split_conversations(settings, seed: int) -> tuple[list[Conversation], list[Conversation] | None, list[DataFinding]]:
     """(train, eval or None, structural findings) after max_samples / val_size / max_eval_samples."""
     train, state = read_split("train", settings, settings.max_samples)
     findings = list(state.findings)
@@ -102,7 +102,7 @@ def load_conversations(settings, split: Literal["train", "eval"], seed: int = 42
     return train if split == "train" else (evals or [])
 
 
-def _raise_errors(findings: list[Finding]) -> None:
+def _raise_errors(findings: list[DataFinding]) -> None:
     errors = [f for f in findings if f.severity == "error"]
     if not errors:
         return

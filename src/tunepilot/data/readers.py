@@ -16,6 +16,7 @@ from pathlib import Path
 
 from tunepilot.data.records import RawRecord
 from tunepilot.errors import UserError
+from tunepilot.registry import register_once
 
 Reader = Callable[[Path], Iterator[RawRecord]]
 READERS: dict[str, Reader] = {}
@@ -30,9 +31,9 @@ EXTENSIONS = {
 _SNIFF_BYTES = 8192
 
 
-def register_reader(kind: str) -> Callable[[Reader], Reader]:
+def register_data_reader(kind: str) -> Callable[[Reader], Reader]:
     def wrap(fn: Reader) -> Reader:
-        READERS[kind] = fn
+        register_once(READERS, kind, fn, "data reader")
         return fn
 
     return wrap
@@ -211,7 +212,7 @@ def _csv_record(header: list[str], row: list[str], start: int, end: int, src: st
     return RawRecord(start, src, dict(zip(header, row, strict=True)))
 
 
-@register_reader("csv")
+@register_data_reader("csv")
 def read_csv(path: Path) -> Iterator[RawRecord]:
     return _read_delimited(path, _delimiter(path))
 
@@ -225,12 +226,12 @@ def _delimiter(path: Path) -> str:
     return next((d for d in (";", "\t", "|") if d.encode() in header), ",")
 
 
-@register_reader("tsv")
+@register_data_reader("tsv")
 def read_tsv(path: Path) -> Iterator[RawRecord]:
     return _read_delimited(path, "\t")
 
 
-@register_reader("parquet")
+@register_data_reader("parquet")
 def read_parquet(path: Path) -> Iterator[RawRecord]:
     import pyarrow.parquet as pq
 
@@ -245,7 +246,7 @@ def read_parquet(path: Path) -> Iterator[RawRecord]:
             yield RawRecord(row, str(path), value)
 
 
-@register_reader("hf_dataset")
+@register_data_reader("hf_dataset")
 def read_hf_dataset(path: Path, split: str | None = None) -> Iterator[RawRecord]:
     """A `datasets` dataset saved with save_to_disk; a DatasetDict gives its `train` split."""
     from datasets import DatasetDict, load_from_disk

@@ -14,7 +14,7 @@ SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}
 
 
 @dataclass(frozen=True)
-class Finding:
+class DataFinding:
     severity: Severity
     code: str
     line: int | None  # None for file- or dataset-level findings

@@ -19,6 +19,7 @@ import weakref
 from dataclasses import dataclass
 
 from tunepilot.data.formats import Problem
+from tunepilot.registry import register_once
 
 Span = tuple[int, int]
 
@@ -47,8 +48,7 @@ TEMPLATES: dict[str, NamedTemplate] = {}
 
 
 def register_template(t: NamedTemplate) -> NamedTemplate:
-    TEMPLATES[t.name] = t
-    return t
+    return register_once(TEMPLATES, t.name, t, "template")
 
 
 _ALPACA_SYSTEM = (

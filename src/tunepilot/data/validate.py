@@ -14,12 +14,12 @@ from tunepilot.data.analyze import Analyzer
 from tunepilot.data.checks.dataset import overlap_findings
 from tunepilot.data.parse import ParseState, iter_split
 from tunepilot.data.prepare import check_template
-from tunepilot.data.records import SEVERITY_ORDER, Finding
+from tunepilot.data.records import SEVERITY_ORDER, DataFinding
 
 
 @dataclass
 class ValidationReport:
-    findings: list[Finding]
+    findings: list[DataFinding]
     stats: dict
     format: str
     template: str | None

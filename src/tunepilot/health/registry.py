@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from tunepilot.health.findings import Finding
 from tunepilot.health.series import RunView
+from tunepilot.registry import register_once
 
 RuleFn = Callable[[RunView], list[Finding]]
 
@@ -28,7 +29,7 @@ RULES: dict[str, Rule] = {}
 
 def rule(code: str, *, live: bool = True) -> Callable[[RuleFn], RuleFn]:
     def register(fn: RuleFn) -> RuleFn:
-        RULES[code] = Rule(code, fn, live, (fn.__doc__ or "").strip().split("\n")[0])
+        register_once(RULES, code, Rule(code, fn, live, (fn.__doc__ or "").strip().split("\n")[0]), "health rule")
         return fn
 
     return register

@@ -8,10 +8,10 @@ order of the lines is the order in which readers claim a directory.
 """
 
 from tunepilot.logs import hf_trainer_state, llamafactory, tunepilot_stream
-from tunepilot.logs.base import EXPECTED, READERS, RunLog, read_log, register_reader
+from tunepilot.logs.base import EXPECTED, READERS, RunLog, read_log, register_log_reader
 
-register_reader("tunepilot", tunepilot_stream.detect, tunepilot_stream.read)
-register_reader("hf_trainer_state", hf_trainer_state.detect, hf_trainer_state.read)
-register_reader("llamafactory", llamafactory.detect, llamafactory.read)
+register_log_reader("tunepilot", tunepilot_stream.detect, tunepilot_stream.read)
+register_log_reader("hf_trainer_state", hf_trainer_state.detect, hf_trainer_state.read)
+register_log_reader("llamafactory", llamafactory.detect, llamafactory.read)
 
-__all__ = ["EXPECTED", "READERS", "RunLog", "read_log", "register_reader"]
+__all__ = ["EXPECTED", "READERS", "RunLog", "read_log", "register_log_reader"]

@@ -1,7 +1,7 @@
 """A run's log as the one metrics stream plus what is known about the run, and the reader registry.
 
 A reader is one module with a `detect(path) -> Path | None` (the file it would read, or None) and a
-`read(file) -> RunLog`, registered with one `register_reader(...)` line. `read_log(path)` tries the
+`read(file) -> RunLog`, registered with one `register_log_reader(...)` line. `read_log(path)` tries the
 readers in registration order, so a directory holding several logs is read by the first that claims it.
 """
 
@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tunepilot.errors import UserError
+from tunepilot.registry import register_once
 from tunepilot.stream import EvalPoint, Record, TrainStep
 
 
@@ -63,8 +64,8 @@ EXPECTED = ("a tunepilot metrics.jsonl, an HF Trainer trainer_state.json (or a r
             "of checkpoint-* folders holding one), or a LLaMA-Factory trainer_log.jsonl")
 
 
-def register_reader(name: str, detect: Callable[[Path], Path | None], read: Callable[[Path], RunLog]) -> None:
-    READERS[name] = Reader(name, detect, read)
+def register_log_reader(name: str, detect: Callable[[Path], Path | None], read: Callable[[Path], RunLog]) -> None:
+    register_once(READERS, name, Reader(name, detect, read), "log reader")
 
 
 def read_log(path: str | Path, fmt: str | None = None) -> RunLog:

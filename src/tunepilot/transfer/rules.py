@@ -55,7 +55,7 @@ class TransferContext:
         return before, self.values["learning_rate"]
 
 
-class Rule(Protocol):
+class ScalingRule(Protocol):
     name: ClassVar[str]
     source: ClassVar[str]
 
@@ -63,7 +63,7 @@ class Rule(Protocol):
 
 
 def _lr_step(
-    rule: Rule,
+    rule: ScalingRule,
     ctx: TransferContext,
     factor: float,
     reason: str,
@@ -255,11 +255,11 @@ class BatchRule:
         )
 
 
-RULES: list[Rule] = [MethodRule(), RankRule(), AlphaRule(), WidthRule(), DepthRule(), GpuRule(), BatchRule()]
+RULES: list[ScalingRule] = [MethodRule(), RankRule(), AlphaRule(), WidthRule(), DepthRule(), GpuRule(), BatchRule()]
 
 
 def apply_rules(
-    ctx: TransferContext, settings: TransferSettings, rules: list[Rule] | None = None
+    ctx: TransferContext, settings: TransferSettings, rules: list[ScalingRule] | None = None
 ) -> list[Step]:
     """Run the registry in order; the LR is the product of the rules' factors."""
     skip = {"rank", "alpha"} if ctx.requested.get("method", ctx.values["method"]) == "full" else set()

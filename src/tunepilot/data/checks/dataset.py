@@ -16,7 +16,7 @@ import numpy as np
 from tunepilot.data.checks.keys import light, loose, record_keys
 from tunepilot.data.checks.registry import declare
 from tunepilot.data.checks.shapes import answer_finished, answer_shape
-from tunepilot.data.records import Conversation, Finding
+from tunepilot.data.records import Conversation, DataFinding
 
 declare("exact_duplicate", "warning", "The record repeats an earlier one exactly: it is trained twice.", "dataset")
 declare(
@@ -132,7 +132,7 @@ def _firsts(keys: np.ndarray) -> np.ndarray:
     return out
 
 
-def duplicate_findings(t: np.ndarray, sources: list[str]) -> list[Finding]:
+def duplicate_findings(t: np.ndarray, sources: list[str]) -> list[DataFinding]:
     """Exact duplicates first, then conflicting answers, then normalised duplicates (one code a record)."""
     if len(t) == 0:
         return []
@@ -169,13 +169,13 @@ def _where(t: np.ndarray, sources: list[str], j: int, i: int) -> str:
     return f"line {t['line'][j]}" if same else f"{sources[t['src'][j]]}:{t['line'][j]}"
 
 
-def _f(code: str, t: np.ndarray, sources: list[str], i: int, message: str) -> Finding:
+def _f(code: str, t: np.ndarray, sources: list[str], i: int, message: str) -> DataFinding:
     from tunepilot.data.checks.registry import severity_of
 
-    return Finding(severity_of(code), code, int(t["line"][i]), message, sources[t["src"][i]])
+    return DataFinding(severity_of(code), code, int(t["line"][i]), message, sources[t["src"][i]])
 
 
-def length_findings(t: np.ndarray, sources: list[str], unit: str) -> list[Finding]:
+def length_findings(t: np.ndarray, sources: list[str], unit: str) -> list[DataFinding]:
     """Lengths more than 8x and 5 robust deviations (MAD of log length) off the median. Prompts are
     checked on the long side only: short prompts ("Hi", "7") are normal in chat data, while a very
     short answer among long ones (a bare "72" among worked solutions) is a defect."""
@@ -225,7 +225,7 @@ class Labels:
             and self.words / self.total <= 6
         )
 
-    def findings(self) -> list[Finding]:
+    def findings(self) -> list[DataFinding]:
         if not self.shaped():
             return []
         out = self._variants()
@@ -235,7 +235,7 @@ class Labels:
         top, low = regular[0], regular[-1]
         if top[1] > 10 * low[1]:
             out.append(
-                Finding(
+                DataFinding(
                     "warning",
                     "label_imbalance",
                     None,
@@ -252,7 +252,7 @@ class Labels:
                 hint = f"; a typo of '{near[0]}'?" if near else ""
                 src, line = self.first[label]
                 out.append(
-                    Finding(
+                    DataFinding(
                         "warning",
                         "rare_label",
                         line,
@@ -262,7 +262,7 @@ class Labels:
                 )
         return out
 
-    def _variants(self) -> list[Finding]:
+    def _variants(self) -> list[DataFinding]:
         groups: dict[str, list[str]] = {}
         for label in self.counts:
             groups.setdefault(loose(label), []).append(label)
@@ -274,7 +274,7 @@ class Labels:
             for minor in labels[1:]:
                 src, line = self.first[minor]
                 out.append(
-                    Finding(
+                    DataFinding(
                         "warning",
                         "label_variant",
                         line,
@@ -287,7 +287,7 @@ class Labels:
         return out
 
 
-def overlap_findings(train: np.ndarray, evals: np.ndarray, sources: list[str]) -> list[Finding]:
+def overlap_findings(train: np.ndarray, evals: np.ndarray, sources: list[str]) -> list[DataFinding]:
     """Eval records whose prompt (plain text: whole text) is in train, vectorised over the eval table."""
     chat = train["prompt"] != 0
     keys, answers = (

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tunepilot.data.checks.registry import declare
-from tunepilot.data.records import Conversation, Finding
+from tunepilot.data.records import Conversation, DataFinding
 
 declare(
     "rare_json_key",
@@ -52,7 +52,7 @@ class JsonKeys:
         if len(self.counts) > MAX_KEYS:
             self.overflow, self.counts, self.first = True, Counter(), {}
 
-    def findings(self) -> list[Finding]:
+    def findings(self) -> list[DataFinding]:
         if self.overflow or self.answers < 10:
             return []
         regular = [n for n in self.counts.values() if n > 2]
@@ -67,7 +67,7 @@ class JsonKeys:
                 hint = f"; a typo of '{near[0]}'?" if near else ""
                 src, line = self.first[key]
                 out.append(
-                    Finding(
+                    DataFinding(
                         "warning",
                         "rare_json_key",
                         line,

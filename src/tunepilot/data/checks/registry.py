@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tunepilot.data.records import Severity
+from tunepilot.registry import register_once
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,7 @@ TOKEN_CHECKS: list[tuple[CheckInfo, Callable[..., Iterable[str]]]] = []
 
 def declare(code: str, severity: Severity, doc: str, stage: str) -> CheckInfo:
     info = CheckInfo(code, severity, doc, stage)
-    CODES[code] = info
+    register_once(CODES, code, info, "data check")
     return info
 
 

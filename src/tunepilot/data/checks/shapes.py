@@ -16,7 +16,7 @@ from collections import Counter
 import numpy as np
 
 from tunepilot.data.checks.registry import declare
-from tunepilot.data.records import Finding
+from tunepilot.data.records import DataFinding
 
 declare(
     "unfinished_answer",
@@ -67,7 +67,7 @@ def _describe(shape: str) -> str:
     )
 
 
-def shape_findings(t: np.ndarray, sources: list[str], names: list[str]) -> list[Finding]:
+def shape_findings(t: np.ndarray, sources: list[str], names: list[str]) -> list[DataFinding]:
     shapes = t["shape"]
     known = shapes[shapes >= 0]
     if len(known) < MIN_RECORDS:
@@ -80,7 +80,7 @@ def shape_findings(t: np.ndarray, sources: list[str], names: list[str]) -> list[
     out = []
     for i in np.flatnonzero((shapes >= 0) & (shapes != top)):
         out.append(
-            Finding(
+            DataFinding(
                 "warning",
                 "answer_format_outlier",
                 int(t["line"][i]),
@@ -99,14 +99,14 @@ def answer_finished(answer: str | None) -> int:
     return 1 if _FINISHED.search(tail) and tail[-1] not in ",;:-" else 0
 
 
-def unfinished_findings(t: np.ndarray, sources: list[str]) -> list[Finding]:
+def unfinished_findings(t: np.ndarray, sources: list[str]) -> list[DataFinding]:
     done = t["finished"]
     known = done[done >= 0]
     if len(known) < MIN_RECORDS or known.mean() < DOMINANT or known.mean() == 1:
         return []
     share = known.mean()
     return [
-        Finding(
+        DataFinding(
             "warning",
             "unfinished_answer",
             int(t["line"][i]),

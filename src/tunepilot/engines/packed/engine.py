@@ -30,7 +30,7 @@ import torch
 from tunepilot.engines.base import Outcome, Progress, Report, TrialSpec, resolved_config_key
 from tunepilot.engines.packed import memory
 from tunepilot.engines.packed.export import export_adapter
-from tunepilot.engines.packed.inject import adapter_state, add_adapters, remove_adapters, reserve, resolve_targets
+from tunepilot.engines.packed.inject import adapter_state, add_adapters, match_targets, remove_adapters, reserve
 from tunepilot.engines.packed.pack import Pack
 from tunepilot.engines.packed.trial import TrialState
 from tunepilot.engines.recorder import RunRecorder, prepare_run_dir
@@ -169,7 +169,7 @@ class PackedEngine:
     def _start(self, spec: TrialSpec, slot: int) -> None:
         cfg = spec.config
         self._check_compatible(cfg)
-        targets = resolve_targets(self.pack.wrapped, cfg.method.lora_target)
+        targets = match_targets(self.pack.wrapped, cfg.method.lora_target)
         self._check_fits(cfg)
         train, evals = self._data(cfg)  # before the adapters: a data error leaves the slot clean
         if not train:

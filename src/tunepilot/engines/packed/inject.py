@@ -38,7 +38,7 @@ def wrap_linears(model: nn.Module, context: PackContext) -> dict[str, MultiLoraL
     return wrapped
 
 
-def resolve_targets(wrapped: dict[str, MultiLoraLinear], targets: list[str]) -> list[str]:
+def match_targets(wrapped: dict[str, MultiLoraLinear], targets: list[str]) -> list[str]:
     """The wrapped module names a trial's `lora_target` selects; an unmatched name is a user error."""
     if "all-linear" in targets:
         return list(wrapped)

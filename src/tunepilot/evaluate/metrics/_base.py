@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from tunepilot.errors import UserError
+from tunepilot.registry import register_once
 
 Direction = Literal["maximize", "minimize"]
 
@@ -66,9 +67,9 @@ def register_metric(name: str, *aliases: str) -> Callable[[MetricFactory], Metri
     """Register a metric class (or factory taking a MetricContext) under a name and aliases."""
 
     def deco(factory: MetricFactory) -> MetricFactory:
-        _REGISTRY[name] = factory
+        register_once(_REGISTRY, name, factory, "metric")
         for alias in aliases:
-            _ALIASES[alias] = name
+            register_once(_ALIASES, alias, name, "metric alias")
         return factory
 
     return deco
