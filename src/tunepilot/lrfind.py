@@ -26,7 +26,6 @@ from tunepilot.engines.observers import Observer
 from tunepilot.errors import UserError
 from tunepilot.stream import Event, TrainStep
 
-
 MAX_RAMP_STEPS = 10_000  # one LR per step: more than this is a typo, not a finer curve
 
 
