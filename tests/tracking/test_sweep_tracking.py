@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import optuna
 import pytest
 from optuna.trial import TrialState
-from trackdrive import drive, make_config
+from trackdrive import drive, make_config, wandb_data
 
 from tunepilot.search.results import best_trial
 from tunepilot.search.spec import SweepSpec
@@ -94,3 +96,23 @@ def test_no_report_to_means_no_sweep_tracker_files(tmp_path):
     tracker = sweep_tracker(SweepSpec(), make_config(sweep_dir / "base"), sweep_dir)
     tracker.on_sweep_end(optuna.create_study(), {"best": None})
     assert not sweep_dir.exists()
+
+
+def test_wandb_trials_share_the_sweeps_group_and_a_sweep_run_holds_the_trial_table(tmp_path, warnings_seen):
+    pytest.importorskip("wandb")
+    sweep_dir = tmp_path / "sweep"
+    base = make_config(sweep_dir / "base", report_to="wandb")
+    tracker = sweep_tracker(SweepSpec(), base, sweep_dir, "lr-sweep", warn=warnings_seen.append)
+    group = json.loads((sweep_dir / TRACKING_FILE).read_text())["wandb"]["group"]
+    assert group == "lr-sweep-sweep"
+    study = optuna.create_study(direction="minimize")
+    run_dir = sweep_dir / "trials" / "0000"
+    config = make_config(run_dir, report_to="wandb")
+    drive(observers_for(config, warn=warnings_seen.append), config, run_dir, trial=0)
+    tell(study, 1.5, TrialState.COMPLETE, seconds=3.0, tokens=100)
+    tell(study, None, TrialState.PRUNED, reason="pruned at 50% of the schedule")
+    tracker.on_sweep_end(study, {"best": {"number": 0, "value": 1.5}})
+    assert warnings_seen == []
+    assert group.encode() in wandb_data(run_dir, group.encode())
+    data = wandb_data(sweep_dir, group.encode(), b"trials")
+    assert group.encode() in data and b"trials" in data and b"best_trial" in data

@@ -92,3 +92,18 @@ def drive(observers, config, run_dir: Path, trial: int | None = None, params=Non
     for o in observers:
         o.on_end(summary)
     return summary
+
+
+def wandb_data(root: Path, *needles: bytes, timeout: float = 60.0) -> bytes:
+    """The bytes of the one offline W&B run under `root`, once they hold every needle: wandb-core, a
+    separate process, finishes writing the file after `run.finish()` returns."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        files = list(Path(root).glob("wandb/offline-run-*/run-*.wandb"))
+        assert len(files) == 1, files
+        data = files[0].read_bytes()
+        if all(n in data for n in needles) or time.monotonic() > deadline:
+            return data
+        time.sleep(0.2)
