@@ -45,15 +45,21 @@ def _train(config: str, *extra: str) -> dict:
     return json.loads(done.stdout[done.stdout.index("{"):])
 
 
-def test_two_processes_train_the_same_run_as_one(tmp_path, tiny_model):
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_two_processes_train_the_same_run_as_one(tmp_path, tiny_model, checkpointing):
     """Same global batches (rank r takes every 2nd micro-batch of a step), DDP sums the gradients:
-    the loss curve, eval loss and adapter equal one process's; rank 0 writes the one stream."""
+    the loss curve, eval loss and adapter equal one process's; rank 0 writes the one stream. With
+    gradient checkpointing too."""
     one = _train(_config(tmp_path, tiny_model, "one"))
-    two = _train(_config(tmp_path, tiny_model, "two"), "--nproc", "2")
+    two_path = _config(tmp_path, tiny_model, "two")
+    _edit(two_path, gradient_checkpointing=checkpointing)
+    two = _train(two_path, "--nproc", "2")
     assert one["ok"] and two["ok"] and two["steps"] == one["steps"] == 6 and two["tokens"] == one["tokens"]
     streams = [read_stream(tmp_path / d / "metrics.jsonl") for d in ("one", "two")]
     train = [[(r.step, r.loss, r.grad_norm) for r in s if isinstance(r, TrainStep)] for s in streams]
     assert [t[0] for t in train[1]] == [1, 2, 3, 4, 5, 6]  # one stream: no step written twice
+    inputs = [[r.input_tokens for r in s if isinstance(r, TrainStep)] for s in streams]
+    assert inputs[0] == inputs[1] and inputs[0][-1] > two["tokens"]  # prompts counted too, on all ranks
     for a, b in zip(*train, strict=True):
         assert b[1] == pytest.approx(a[1], abs=1e-4) and b[2] == pytest.approx(a[2], abs=1e-4)
     evals = [[r.eval_loss for r in s if isinstance(r, EvalPoint)] for s in streams]

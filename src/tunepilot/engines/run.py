@@ -172,6 +172,7 @@ class TrainingRun:
         batches = [collate([self.data.train[i] for i in idx], self.tokenizer.pad_token_id)
                    for idx in step_indices(plan, cfg.seed, step, self.dist.rank, self.dist.world)]
         n_tokens = int(self.dist.sum(sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)))
+        n_input = int(self.dist.sum(sum(int(b["attention_mask"].sum()) for b in batches)))  # prompts too
         self.model.train()
         loss_sum, world = 0.0, self.dist.world
         for i, batch in enumerate(batches):
@@ -188,10 +189,12 @@ class TrainingRun:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.state.step, self.state.tokens = step, self.state.tokens + n_tokens
+        self.state.extra["input_tokens"] = self.state.extra.get("input_tokens", 0) + n_input
         self.state.seconds = time.perf_counter() - self._t0
         self.state.train_seconds += time.perf_counter() - started
         return TrainStep(step=step, loss=loss_sum / n_tokens, lr=lr, grad_norm=grad_norm,
                          epoch=round(epoch_at(plan, step), 4), tokens=self.state.tokens,
+                         input_tokens=self.state.extra["input_tokens"],
                          seconds=round(self.state.seconds, 3), memory_mb=self._peak_memory_mb())
 
     def _loss_sum(self, batch: dict[str, torch.Tensor], model=None) -> torch.Tensor:

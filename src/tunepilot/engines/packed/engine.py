@@ -259,7 +259,8 @@ class PackedEngine:
             recorder = self._extra[t.slot]["recorder"]
             recorder.state.step, recorder.state.tokens = log["step"], log["tokens"]
             stopped = self._write(t, TrainStep(step=log["step"], loss=loss, lr=log["lr"], grad_norm=norm,
-                                               epoch=log["epoch"], tokens=log["tokens"], seconds=self._seconds(t),
+                                               epoch=log["epoch"], tokens=log["tokens"],
+                                               input_tokens=log["input_tokens"], seconds=self._seconds(t),
                                                memory_mb=_memory_mb(self.pack.device)))
             out += [stopped] if stopped is not None else []
         return out

@@ -55,8 +55,10 @@ class TrialState:
         self.step = 0  # optimizer steps done
         self.micro = 0  # micro-batches done
         self.tokens = 0  # trained tokens of finished steps
+        self.input_tokens = 0  # all tokens of finished steps, prompts included
         self.window: list[list] = []  # the current step's micro-batches not yet run
         self.window_tokens = 0
+        self.window_inputs = 0
         self.loss_sum: torch.Tensor | None = None  # summed token losses of the current step so far
         self.last_loss: float | None = None  # the last step's mean loss, once the engine has read it
         self.evaluated_at = 0  # the step of the last evaluation (its recorder keeps the values)
@@ -75,6 +77,7 @@ class TrialState:
             batches = step_indices(self.plan, self.config.train.seed, self.step + 1)
             self.window = [[self.train_examples[i] for i in idx] for idx in batches]
             self.window_tokens = max(1, sum(trained_tokens(b) for b in self.window))
+            self.window_inputs = sum(len(e["input_ids"]) for b in self.window for e in b)
         return self.window.pop(0)
 
     def dropout_key(self) -> tuple[int, int]:
@@ -98,8 +101,9 @@ class TrialState:
         self.optimizer.zero_grad(set_to_none=False)
         self.step += 1
         self.tokens += self.window_tokens
+        self.input_tokens += self.window_inputs
         log = {"step": self.step, "loss": self.loss_sum / self.window_tokens, "grad_norm": norm, "lr": lr,
-               "epoch": self.epoch, "tokens": self.tokens}
+               "epoch": self.epoch, "tokens": self.tokens, "input_tokens": self.input_tokens}
         self.loss_sum = None
         return log
 
