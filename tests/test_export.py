@@ -186,3 +186,14 @@ def test_gguf_without_a_converter_says_what_to_install(trained_run, tmp_path, mo
     code, data = cli(trained_run, "-o", tmp_path / "out", "--gguf", "q9_z")
     assert code == 2 and "not a GGUF type" in data["error"]["message"]
     assert not (tmp_path / "out").exists()
+
+
+def test_a_moved_base_is_named_and_merges_with_base(trained_run, tiny_model, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    config = run / "config.yaml"
+    config.write_text(config.read_text().replace(str(tiny_model), str(tmp_path / "moved-away")))
+    code, data = cli(run, "-o", tmp_path / "out")
+    assert code == 2 and "moved-away" in data["error"]["message"] and "--base" in data["error"]["message"]
+    code, data = cli(run, "-o", tmp_path / "out", "--base", tiny_model)
+    assert code == 0 and data["base_model"] == str(tiny_model)

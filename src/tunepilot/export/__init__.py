@@ -156,11 +156,11 @@ def _write_gguf(merged, source: Source, tmp: Path, types: list[str], name: str, 
 
 
 def _export_adapter(source: Source, out: Path, base: str | None, disk_free, log) -> dict[str, Any]:
-    from tunepilot.models import load_tokenizer
+    from tunepilot.export.merge import tokenizer_for
 
     need = sum(f.stat().st_size for f in source.adapter.rglob("*") if f.is_file())
     check_disk(out, need, disk_free)
-    tokenizer = load_tokenizer(source.config.model)
+    tokenizer = tokenizer_for(source, base)
     base_name = base or _base_name(source)
 
     def fill(tmp: Path) -> None:

@@ -127,17 +127,25 @@ def merge(source, base: str | None = None) -> Merged:
     recorded = source.config.model
     settings = base_settings(recorded, base)
     notes: list[str] = []
-    tokenizer = load_tokenizer(recorded if recorded.tokenizer or base is None else settings)
     if source.full_model is not None:
-        return Merged(load_full(source.full_model), tokenizer, recorded.name_or_path, notes)
+        return Merged(load_full(source.full_model), load_tokenizer(recorded), recorded.name_or_path, notes)
     name = base or _recorded_name(recorded)
     check_compatible(skeleton(settings), source.adapter, name, _recorded_name(recorded))  # before the long load
+    tokenizer = tokenizer_for(source, base)
     model = load_base(settings, notes)
     from peft import PeftModel
 
     peft_model = PeftModel.from_pretrained(model, str(source.adapter))
     merged = peft_model.merge_and_unload()
     return Merged(merged.eval(), tokenizer, name, notes)
+
+
+def tokenizer_for(source, base: str | None):
+    """The run's tokenizer: its own `model.tokenizer`, else the base's (the `--base` one where given)."""
+    from tunepilot.models import load_tokenizer
+
+    recorded = source.config.model
+    return load_tokenizer(recorded if recorded.tokenizer or base is None else base_settings(recorded, base))
 
 
 def _recorded_name(settings: ModelSettings) -> str:
