@@ -25,8 +25,11 @@ def export_command(
     force: bool,
     show_progress: bool,
 ) -> Result:
+    from transformers.utils import logging as hf_logging
+
     from tunepilot.export import export_run
 
+    hf_logging.disable_progress_bar()  # our own progress lines only (loading and shard-writing bars off)
     console = stderr_console()
     log = (lambda msg: console.print(f"[dim]{msg}[/]")) if show_progress else None
     data = export_run(
