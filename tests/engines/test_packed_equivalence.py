@@ -132,7 +132,7 @@ def run_engine(load, data, tiny_model, tmp_path, trials: dict, slots: int, fract
 def curves(run_dir):
     records = read_stream(run_dir / "metrics.jsonl")
     train = [(r.loss, r.grad_norm, r.lr, r.tokens) for r in records if isinstance(r, TrainStep)]
-    evals = [r.eval_loss for r in records if isinstance(r, EvalPoint)]
+    evals = [r.eval_loss for r in records if isinstance(r, EvalPoint) and r.step > 0]  # not the step-0 baseline
     return train, evals
 
 

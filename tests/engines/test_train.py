@@ -29,7 +29,7 @@ def test_train_writes_stream_adapter_and_summary(tiny_config):
     assert [r.step for r in train_steps] == list(range(1, 13))
     assert all(r.loss > 0 and r.grad_norm is not None and r.tokens > 0 for r in train_steps)
     assert [r.tokens for r in train_steps] == sorted(r.tokens for r in train_steps)
-    assert [r.step for r in records if isinstance(r, EvalPoint)] == [4, 8, 12]
+    assert [r.step for r in records if isinstance(r, EvalPoint)] == [0, 4, 8, 12]  # 0: the untrained baseline
     assert train_steps[0].lr < train_steps[1].lr  # warmup
     assert summary["status"] == "completed" and summary["steps"] == 12
     assert 0 < summary["train_seconds"] < summary["seconds"]  # evaluations are not training time

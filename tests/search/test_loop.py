@@ -48,13 +48,12 @@ def test_median_pruning_stops_bad_trials_early_at_equal_fractions(tmp_path, grid
 def test_failing_trials_are_recorded_and_the_sweep_goes_on(tmp_path, grid_curves, make_sweep):
     path = make_sweep(
         grid_curves,
-        enqueue=[{"learning_rate": math.nan, "lora_rank": 8}],
-        engine={"name": "replay", "curves": str(grid_curves), "faults": {1: "exception", 2: "nan"}},
+        engine={"name": "replay", "curves": str(grid_curves), "faults": {0: "exception", 1: "exception", 2: "nan"}},
     )
     result = run(path, tmp_path)
     rows = {r["number"]: r for r in result["leaderboard"]}
     assert len(rows) == 6
-    assert rows[0]["state"] == "fail" and "nan" in rows[0]["reason"]  # the enqueued NaN learning rate
+    assert rows[0]["state"] == "fail" and rows[0]["failure"] == "error"  # an enqueued NaN is refused up-front now
     assert rows[1]["state"] == "fail" and "injected failure" in rows[1]["reason"]
     assert rows[2]["state"] == "fail" and "nan" in rows[2]["reason"].lower()
     assert all(rows[n]["state"] == "complete" for n in (3, 4, 5))

@@ -49,4 +49,6 @@ def test_sweep_maximises_accuracy_on_cpu(tiny_model, tmp_path):
     assert body["best"]["value"] == max(values)
     trial_dirs = sorted((tmp_path / "sw" / "trials").iterdir())
     evals = [r for r in read_stream(trial_dirs[0] / "metrics.jsonl") if isinstance(r, EvalPoint)]
-    assert [e.step for e in evals] == [2, 4] and all("accuracy" in e.metrics for e in evals)
+    assert [e.step for e in evals] == [0, 2, 4] and evals[0].metrics == {}  # the baseline: eval loss only
+    evals = evals[1:]
+    assert all("accuracy" in e.metrics for e in evals)

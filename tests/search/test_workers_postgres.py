@@ -125,7 +125,8 @@ def _has_study(url):
 
 def test_a_train_steps_budget_is_passed_only_by_trials_running_when_reached(tmp_path, grid_curves, make_sweep, pg_url):
     budget = 100_000  # 5-10 trials of 10,000-20,000 steps
-    path = sweep_yaml(make_sweep, grid_curves, n_trials=100, budget={"train_steps": budget})
+    # trials of ~1.5 s: long against the gap between a tell's timestamp and its commit on loaded cores
+    path = sweep_yaml(make_sweep, grid_curves, n_trials=100, delay=0.15, budget={"train_steps": budget})
     results = finish([start(path, pg_url, tmp_path, i) for i in range(4)])
     for code, stdout, stderr in results:
         assert code == 0, stderr[-3000:]

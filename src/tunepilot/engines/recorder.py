@@ -24,6 +24,7 @@ from typing import Any, Literal
 from tunepilot.engines.checkpoint import LoopState
 from tunepilot.engines.observers import Observer, RunInfo
 from tunepilot.engines.summary import FailureKind, Objective, RunSummary, StopReason
+from tunepilot.health.rules.baseline import worse_than_untrained
 from tunepilot.io import atomic_write_json, atomic_write_text
 from tunepilot.stream import EvalPoint, Event, MetricsWriter, Record, stop_record
 
@@ -116,6 +117,18 @@ class RunRecorder:
         return self.stop_event is not None
 
     # -- evaluations ------------------------------------------------------------------------------
+    def record_baseline(self, point: EvalPoint) -> None:
+        """The untrained model's eval (step 0): written to the stream, kept to judge the run by."""
+        self.state.extra["baseline_eval_loss"] = point.eval_loss
+        self.record(point)
+
+    @property
+    def harmed(self) -> bool:
+        """Every eval after step 0 worse than the untrained model (health.untrained_margin)."""
+        baseline = self.state.extra.get("baseline_eval_loss")
+        best = self.state.best_eval_loss
+        return worse_than_untrained(baseline, [] if best is None else [best], self.config.health.untrained_margin)
+
     def track_eval(self, point: EvalPoint, value: float) -> bool:
         """Take an evaluation's objective value; True when it is a new best (the caller saves best/).
 
@@ -186,6 +199,12 @@ class RunRecorder:
             return status, failure, StopReason(code=code, message=reason or status, step=self.state.step)
         if status is not None:
             return status, failure, reason
+        if (stop is None or stop.code == "early_stopping") and self.harmed:
+            baseline, best = self.state.extra["baseline_eval_loss"], self.state.best_eval_loss
+            message = (f"training made the model worse: its best eval loss {best:.4g} is above the untrained "
+                       f"model's {baseline:.4g} (step 0); nothing worth keeping was trained")
+            return "failed", FailureKind.HEALTH_STOP, StopReason(code="worse_than_untrained", message=message,
+                                                                 step=self.state.step)
         if stop is None:
             return "completed", None, None
         if stop.code == "early_stopping":

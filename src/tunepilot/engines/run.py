@@ -134,6 +134,10 @@ class TrainingRun:
     # ------------------------------------------------------------------ loop
     def steps(self) -> Iterator[EvalPoint]:
         eval_at = self._eval_steps()
+        h = self.config.health
+        if self.state.step == 0 and eval_at and h.enabled and h.baseline_eval:
+            self.recorder.record_baseline(self.evaluate(0, task=False))  # the untrained model, judged against
+            self._sync_stop()
         for step in range(self.state.step + 1, self.plan.total_steps + 1):
             self.recorder.record(self._train_step(step))
             self._sync_stop()
@@ -206,7 +210,7 @@ class TrainingRun:
                                ignore_index=-100, reduction="sum")
 
     @torch.no_grad()
-    def evaluate(self, step: int) -> EvalPoint:
+    def evaluate(self, step: int, task: bool = True) -> EvalPoint:
         self.model.eval()
         total, count, size = 0.0, 0, self.config.train.per_device_eval_batch_size
         rank, world = self.dist.rank, self.dist.world  # each rank its share of the batches, summed after
@@ -222,7 +226,7 @@ class TrainingRun:
                 count += int((batch["labels"][:, 1:] != -100).sum())
         total, count = self.dist.sum(total), int(self.dist.sum(count))
         metrics = {}
-        if self.objective is not None:  # the whole eval split at the last step, a fixed subset before
+        if self.objective is not None and task:  # the whole eval split at the last step, a fixed subset before
             metrics = self.dist.from_main(self._task_metrics(step) if self.dist.is_main else None)
         return EvalPoint(step=step, eval_loss=total / max(count, 1), metrics=metrics,
                          epoch=round(epoch_at(self.plan, step), 4), seconds=round(time.perf_counter() - self._t0, 3))
@@ -253,6 +257,7 @@ class TrainingRun:
         self.dist.barrier()
         best = self.run_dir / "best"
         restored = self.config.train.load_best_model_at_end and (best / "trainable.safetensors").exists()
+        restored = restored and not self.recorder.harmed  # a "best" worse than the untrained model is no best
         if restored:
             self.dist.load_weights(best, self.model)
         state = self.dist.adapter_state(self.model)  # sharded weights gathered on rank 0 (a collective)

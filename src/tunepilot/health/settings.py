@@ -50,5 +50,11 @@ class HealthSettings(BaseModel):
         0.01, gt=0, description="Overfitting: eval loss ends this share above its minimum (2+ evals).")
     overfit_single_rise: float = Field(
         0.05, gt=0, description="Overfitting on one eval after the minimum: the rise must reach this share.")
+    baseline_eval: bool = Field(
+        True, description="Evaluate the untrained model at step 0: the baseline later evals are judged by.")
+    untrained_margin: float = Field(
+        0.01, ge=0, description="Failed: every eval after step 0 this share above the untrained model's.")
+    baseline_stop_factor: float = Field(
+        2.0, gt=1, description="Live stop: an eval loss this many times the untrained model's.")
     gap_ratio: float = Field(
         0.5, gt=0, description="Gap alert: eval loss this share above the train loss at that step.")

@@ -26,12 +26,15 @@ import optuna
 from optuna.trial import TrialState
 
 from tunepilot.engines.base import Outcome, Report, TrialSpec
+from tunepilot.engines.summary import FailureKind
 from tunepilot.errors import UserError
 from tunepilot.search.budget import BudgetTracker, trial_costs
 from tunepilot.search.dedupe import Seen, config_key
 from tunepilot.search.protocols import Ask, Protocol
 from tunepilot.search.results import COST_KEYS
 from tunepilot.search.study import enqueue_retry
+
+ERROR = FailureKind.ERROR
 
 
 @dataclass
@@ -125,7 +128,7 @@ class SlotLoop:
             self.engine.start(spec)
         except Exception as e:  # a bad config (UserError), a NaN param, a start that crashed
             reason = e.message if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
-            self._tell(trial, "failed", None, reason, Outcome(number, "failed", reason=reason))
+            self._tell(trial, "failed", None, reason, Outcome(number, "failed", reason=reason, failure=ERROR))
             return
         self.live[number] = _Live(trial, ask.stop_at)
         self.log(f"trial {number} started: {_fmt(trial.params)}")
@@ -148,7 +151,8 @@ class SlotLoop:
         live = self.live[r.number]
         live.steps = max(live.steps, r.step)
         if r.value is None or not math.isfinite(r.value):
-            self._end(r.number, "failed", f"objective is {r.value} at {r.fraction:.0%} of the schedule (diverged)")
+            reason = f"objective is {r.value} at {r.fraction:.0%} of the schedule (diverged)"
+            self._end(r.number, "failed", reason, FailureKind.NON_FINITE)
             return
         for pct, value in self._grid(live, r.fraction, r.value):
             live.trial.report(value, pct)
@@ -169,23 +173,24 @@ class SlotLoop:
             out.append((pct, v0 + min(max(w, 0.0), 1.0) * (value - v0)))
         return out
 
-    def _end(self, number: int, state: str, reason: str) -> None:
+    def _end(self, number: int, state: str, reason: str, failure: FailureKind | None = None) -> None:
         """End a live trial early: the engine stops it, and it is told with the given state."""
         try:
             outcome = self.engine.stop(number, reason)
         except Exception as e:
-            outcome = Outcome(number, "failed", reason=f"{reason}; stop failed: {e}")
+            outcome = Outcome(number, "failed", reason=f"{reason}; stop failed: {e}", failure=ERROR)
         live = self.live.pop(number)
         value = live.last[1] if live.last else None
-        self._tell(live.trial, state, value, reason, outcome)
+        failure = failure or outcome.failure or (ERROR if state == "failed" else None)
+        self._tell(live.trial, state, value, reason, outcome, failure)
 
     def _on_outcome(self, o: Outcome) -> None:
         live = self.live.pop(o.number)
         if o.state == "complete" and (o.value is None or not math.isfinite(o.value)):
-            self._tell(live.trial, "failed", None, f"final objective is {o.value}", o)
+            self._tell(live.trial, "failed", None, f"final objective is {o.value}", o, FailureKind.NON_FINITE)
             return
-        self._tell(live.trial, o.state, o.value, o.reason, o)
-        if o.state == "failed" and _is_oom(o):
+        self._tell(live.trial, o.state, o.value, o.reason, o, o.failure)
+        if o.failure == FailureKind.OOM:
             self._retry_oom(live.trial)
 
     def _retry_oom(self, trial: optuna.Trial) -> None:
@@ -196,10 +201,20 @@ class SlotLoop:
             enqueue_retry(self.study, trial.params, trial.user_attrs, trial.number, overrides=overrides)
             self.log(f"trial {trial.number}: out of memory; retrying with {_fmt(overrides)}")
 
-    def _tell(self, trial: optuna.Trial, state: str, value: float | None, reason: str | None, o: Outcome) -> None:
+    def _tell(
+        self,
+        trial: optuna.Trial,
+        state: str,
+        value: float | None,
+        reason: str | None,
+        o: Outcome,
+        failure: FailureKind | None = None,
+    ) -> None:
         steps = max(o.steps, self.live[trial.number].steps if trial.number in self.live else 0)
-        costs = trial_costs(o.seconds, steps, o.tokens, self.gpus / max(1, self.engine.slots), self.price, o.extra)
-        for key, v in {**costs, "reason": reason, **_plain(o.extra)}.items():
+        # o.seconds is the trial's share of the engine's time, so it holds the engine's GPUs all along
+        costs = trial_costs(o.seconds, steps, o.tokens, self.gpus, self.price, o.extra)
+        kind = failure.value if failure is not None else None
+        for key, v in {**costs, "reason": reason, "failure": kind, **_plain(o.extra)}.items():
             if v is not None:
                 trial.set_user_attr(key, v)
         if state == "complete":
@@ -225,22 +240,19 @@ class SlotLoop:
             reason_attr = "interrupted (Ctrl-C)"
             if retry and live.trial.user_attrs.get("retry_of") is None:
                 enqueue_retry(self.study, live.trial.params, live.trial.user_attrs, number)
+            kind = FailureKind.INTERRUPTED if retry else ERROR
             self._tell(
                 live.trial,
                 "failed",
                 None,
                 reason_attr if retry else reason,
-                Outcome(number, "failed", steps=live.steps),
+                Outcome(number, "failed", steps=live.steps, failure=kind),
+                kind,
             )
 
     def _stop_all(self, reason: str) -> None:
         for number in list(self.live):
             self._end(number, "pruned", reason)
-
-
-def _is_oom(o: Outcome) -> bool:
-    reason = (o.reason or "").lower().replace("_", " ")
-    return bool(o.extra.get("oom")) or "out of memory" in reason
 
 
 def _plain(extra: dict[str, Any]) -> dict[str, Any]:

@@ -40,6 +40,7 @@ def trial_row(t: FrozenTrial) -> dict[str, Any]:
         "params": t.params,
         "stage": t.user_attrs.get("stage"),
         "reason": t.user_attrs.get("reason"),
+        "failure": t.user_attrs.get("failure"),  # the kind: oom, health_stop, non_finite, interrupted, error
         "retry_of": t.user_attrs.get("retry_of"),
         "overrides": t.user_attrs.get("overrides"),
     }

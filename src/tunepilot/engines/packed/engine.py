@@ -80,6 +80,7 @@ class PackedEngine:
         self._slots: list[TrialState | None] = [None] * k
         self._extra: dict[int, dict[str, Any]] = {}  # per slot: recorder, targets, start time, run dir
         self._pending: list[Progress] = []
+        self._baselines: dict[int, tuple[list, float]] = {}  # eval set -> (the set, untrained eval loss)
         self._unread: Readback | None = None  # the last packed step's values, still on their way
 
     # -- the Engine interface ------------------------------------------------------------------
@@ -196,6 +197,16 @@ class PackedEngine:
         recorder.start()
         self._slots[slot] = trial
         self._extra[slot] = {"targets": targets, "t0": self.clock(), "run_dir": run_dir, "recorder": recorder}
+        if cfg.health.enabled and cfg.health.baseline_eval:
+            recorder.record_baseline(EvalPoint(step=0, eval_loss=self._baseline(trial), epoch=0.0, seconds=0.0))
+
+    def _baseline(self, trial: TrialState) -> float:
+        """The untrained model's eval loss on the trial's eval set: a new trial's adapters add zero
+        (B starts at 0), so it is the base model's, computed once per eval set."""
+        key = id(trial.eval_examples)  # the data function returns one list per data settings
+        if key not in self._baselines:
+            self._baselines[key] = (trial.eval_examples, self.evaluate([trial])[trial.number])
+        return self._baselines[key][1]
 
     def _check_compatible(self, cfg: Any) -> None:
         if cfg.method.finetuning_type != "lora" or cfg.model.quantization_bit is not None:

@@ -2,6 +2,6 @@
 registers them all. `diagnose` reports findings by verdict, then severity."""
 
 from tunepilot.health.registry import RULES
-from tunepilot.health.rules import evaluation, learning_rate, numeric, progress, stability
+from tunepilot.health.rules import baseline, evaluation, learning_rate, numeric, progress, stability
 
-__all__ = ["RULES", "evaluation", "learning_rate", "numeric", "progress", "stability"]
+__all__ = ["RULES", "baseline", "evaluation", "learning_rate", "numeric", "progress", "stability"]
