@@ -63,6 +63,10 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     warnings.filterwarnings("ignore", category=FutureWarning)
+    # Optuna: its experimental-API notes, and the heartbeat note (the sweep records heartbeats for
+    # ask/tell itself); its INFO lines per trial are quieted by quiet_optuna() where a command uses it
+    warnings.filterwarnings("ignore", message=r".* is experimental \(supported from")
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
 
 
 if __name__ == "__main__":

@@ -124,3 +124,10 @@ class _sigterm_as_interrupt:
 
 def _raise_interrupt(signum, frame) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
+
+
+def quiet_optuna() -> None:
+    """Optuna logs every trial at INFO; tunepilot prints its own progress. Set by the CLI, not the library."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -8,7 +8,7 @@ from typing import Any
 import typer
 from rich.console import Console
 
-from tunepilot.cli.output import Result, run_command
+from tunepilot.cli.output import Result, quiet_optuna, run_command
 
 
 def report_command(sweep_dir: Path, storage: str | None, out: Path | None, cdn: bool) -> Result:
@@ -16,6 +16,8 @@ def report_command(sweep_dir: Path, storage: str | None, out: Path | None, cdn: 
     from tunepilot.report.sweep import load_sweep_study
     from tunepilot.search.results import write_results
     from tunepilot.search.study import check_storage, normalize_url, storage_errors
+
+    quiet_optuna()
 
     url = normalize_url(storage) if storage else _stored_url(sweep_dir)
     if storage:

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from tunepilot.cli.output import Result, run_command
+from tunepilot.cli.output import Result, quiet_optuna, run_command
 from tunepilot.errors import ExitCode
 
 
@@ -25,6 +25,7 @@ def sweep_command(
     from tunepilot.search.sweep import prepare, run_sweep
     from tunepilot.search.workers import WORKER_STORAGE_ENV, parse_gpus
 
+    quiet_optuna()
     if worker is not None:  # a worker started by --gpus: the storage URL comes in its environment
         storage = os.environ.get(WORKER_STORAGE_ENV, storage)
     _check_beat(heartbeat, grace)

@@ -20,13 +20,16 @@ class Diagnosis:
     findings: list[Finding]
     recommendations: list[dict[str, Any]]
     run: dict[str, Any] = field(default_factory=dict)
+    mid_run: bool | None = None  # the log ends before the run's planned end (None: the plan is unknown)
+    confidence: str = "medium"  # high, medium or low: what the log's evidence can support
 
     @property
     def healthy(self) -> bool:
         return self.verdict == "healthy"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"verdict": self.verdict, "findings": [f.to_dict() for f in self.findings],
+        return {"verdict": self.verdict, "confidence": self.confidence, "mid_run": self.mid_run,
+                "findings": [f.to_dict() for f in self.findings],
                 "recommendations": self.recommendations, "patch": patch(self.recommendations),
                 "set_args": set_args(self.recommendations), "run": self.run}
 
@@ -53,4 +56,31 @@ def diagnose(log: RunLog, settings: HealthSettings | None = None) -> Diagnosis:
     findings.sort(key=lambda f: (f.verdict != verdict, -SEVERITY_RANK[f.severity]))
     config = dict(view.config)
     config.setdefault("learning_rate", view.learning_rate)
-    return Diagnosis(verdict, findings, recommendations(findings, verdict, config), run=log.meta())
+    return Diagnosis(verdict, findings, recommendations(findings, verdict, config), run=log.meta(),
+                     mid_run=mid_run(log), confidence=confidence(view))
+
+
+def mid_run(log: RunLog) -> bool | None:
+    """A checkpoint taken before the run's planned end: its last step below max_steps, or its last
+    epoch below num_train_epochs; a run its trainer ended itself (early stopping) is not mid-run."""
+    if log.extra.get("stopped"):
+        return False
+    steps = [r.step for r in log.records]
+    last = log.extra.get("last_step") or (max(steps) if steps else None)
+    if log.planned_steps and last:
+        return last < log.planned_steps
+    epochs = [r.epoch for r in log.records if getattr(r, "epoch", None) is not None]
+    planned = log.config.get("num_train_epochs")
+    if isinstance(planned, (int, float)) and epochs and 0 < planned < 1e6:
+        return max(epochs) < planned - 1e-3
+    return None
+
+
+def confidence(view: RunView) -> str:
+    """What the evidence supports: points logged, and an eval curve beside the train loss."""
+    evals = len(view.eval_losses)
+    if view.n >= 4 * view.settings.min_points and evals >= 3:
+        return "high"
+    if view.n >= view.settings.min_points and (evals >= 2 or view.n >= 2 * view.settings.min_points):
+        return "medium"
+    return "low"

@@ -59,6 +59,9 @@ def read(path: Path) -> RunLog:
         log.notes.append(f"{dropped} repeated step(s) dropped (kept the last entry of each)")
     log.planned_steps = to_step(state.get("max_steps"))
     log.extra["best_metric"] = to_float(state.get("best_metric"))
+    log.extra["last_step"] = to_step(state.get("global_step"))
+    control = ((state.get("stateful_callbacks") or {}).get("TrainerControl") or {}).get("args") or {}
+    log.extra["stopped"] = control.get("should_training_stop") is True  # ended by the Trainer (early stopping)
     log.config.update(flatten({"num_train_epochs": state.get("num_train_epochs"),
                                "per_device_train_batch_size": state.get("train_batch_size"),
                                "logging_steps": state.get("logging_steps")}))

@@ -27,7 +27,6 @@ def load_sweep_study(sweep_dir: Path, storage: str | None = None) -> tuple[optun
     url = storage or meta.get("storage")
     if url is None:
         raise UserError(f"{sweep_dir}: the study lives in a shared storage; pass it with --storage URL")
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         study = optuna.load_study(study_name=meta["study_name"], storage=url)
     except KeyError as e:

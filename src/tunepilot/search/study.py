@@ -13,7 +13,6 @@ import contextlib
 import hashlib
 import os
 import socket
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -285,9 +284,6 @@ def open_study(
     a thread, stale trials of dead workers failed and retried, one ask at a time across workers).
     The sampler's seed is derived by sampler_seed, so no process replays another's proposals.
     """
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
     worker = (worker or WorkerOptions()) if shared else None
     storage = open_storage(storage_url, worker)
     with storage_errors(storage_url):
