@@ -51,8 +51,15 @@ def freeze_labels() -> list[dict[str, str]]:
     for i in sorted(a):
         agreed = a[i]["verdict"] == b[i]["verdict"]
         mid = a[i]["mid_run"] if a[i]["mid_run"] == b[i]["mid_run"] else ""
-        rows.append({"id": i, "verdict": a[i]["verdict"] if agreed else adj[i]["verdict"],
-                     "source": "agreed" if agreed else "adjudicated", "mid_run": mid, "split": split[i]})
+        rows.append(
+            {
+                "id": i,
+                "verdict": a[i]["verdict"] if agreed else adj[i]["verdict"],
+                "source": "agreed" if agreed else "adjudicated",
+                "mid_run": mid,
+                "split": split[i],
+            }
+        )
     with (LABELS / "final.csv").open("w", encoding="utf-8", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -62,8 +69,11 @@ def freeze_labels() -> list[dict[str, str]]:
 
 def load_cases(split: str = "all") -> list[Case]:
     rows = _rows("final.csv").values()
-    return [Case(r["id"], r["verdict"], r["split"], {"yes": True, "no": False}.get(r["mid_run"]))
-            for r in rows if split in ("all", r["split"])]
+    return [
+        Case(r["id"], r["verdict"], r["split"], {"yes": True, "no": False}.get(r["mid_run"]))
+        for r in rows
+        if split in ("all", r["split"])
+    ]
 
 
 def log_path(case_id: str) -> Path:
@@ -126,16 +136,20 @@ def main(argv: list[str] | None = None) -> int:
     low, high = bootstrap(cases)
     crashes = [c for c in cases if c.error]
     mid = [c for c in cases if c.mid_run is not None]
-    print(f"{args.split}: {len(cases)} logs, agreement {agreement(cases):.1%} (95% bootstrap {low:.1%}-{high:.1%}), "
-          f"crashes {len(crashes)}, labellers' own agreement {labeller_agreement(args.split):.1%}, "
-          f"mid-run flag agrees on {sum(c.predicted_mid_run == c.mid_run for c in mid)}/{len(mid)}, "
-          f"{time.perf_counter() - started:.1f} s")
+    print(
+        f"{args.split}: {len(cases)} logs, agreement {agreement(cases):.1%} (95% bootstrap {low:.1%}-{high:.1%}), "
+        f"crashes {len(crashes)}, labellers' own agreement {labeller_agreement(args.split):.1%}, "
+        f"mid-run flag agrees on {sum(c.predicted_mid_run == c.mid_run for c in mid)}/{len(mid)}, "
+        f"{time.perf_counter() - started:.1f} s"
+    )
     print(confusion(cases))
     if args.details:
         for c in cases:
             mark = "ok " if c.predicted == c.label else "XX "
-            print(f"{mark}{c.id} label={c.label} diagnose={c.predicted} mid_run={c.mid_run}/{c.predicted_mid_run}"
-                  f"{' ' + c.error if c.error else ''}")
+            print(
+                f"{mark}{c.id} label={c.label} diagnose={c.predicted} mid_run={c.mid_run}/{c.predicted_mid_run}"
+                f"{' ' + c.error if c.error else ''}"
+            )
     return 0
 
 

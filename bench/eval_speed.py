@@ -37,13 +37,30 @@ from tunepilot.testing import _CORPUS, tiny_tokenizer  # noqa: E402
 
 # Published model configurations (config.json of the hub repositories), as dicts: no download.
 SHAPES = {
-    "qwen2.5-0.5b": dict(model_type="qwen2", vocab_size=151936, hidden_size=896, intermediate_size=4864,
-                         num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
-                         max_position_embeddings=32768, rope_theta=1000000.0, rms_norm_eps=1e-6,
-                         tie_word_embeddings=True),
-    "tiny": dict(model_type="qwen2", vocab_size=512, hidden_size=64, intermediate_size=128,
-                 num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                 max_position_embeddings=2048, tie_word_embeddings=True),
+    "qwen2.5-0.5b": dict(
+        model_type="qwen2",
+        vocab_size=151936,
+        hidden_size=896,
+        intermediate_size=4864,
+        num_hidden_layers=24,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+        max_position_embeddings=32768,
+        rope_theta=1000000.0,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=True,
+    ),
+    "tiny": dict(
+        model_type="qwen2",
+        vocab_size=512,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+    ),
 }
 
 
@@ -71,8 +88,10 @@ def questions(path: Path, n: int) -> tuple[list[str], str]:
 
 
 def render(tokenizer, texts: list[str]) -> list[str]:
-    return [tokenizer.apply_chat_template([{"role": "user", "content": t}], tokenize=False,
-                                          add_generation_prompt=True) for t in texts]
+    return [
+        tokenizer.apply_chat_template([{"role": "user", "content": t}], tokenize=False, add_generation_prompt=True)
+        for t in texts
+    ]
 
 
 def timed(fn):
@@ -136,13 +155,19 @@ def main() -> None:
         "device": torch.cuda.get_device_name(0) if device.type == "cuda" else platform.processor() or "cpu",
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "commit": os.environ.get("BENCH_COMMIT") or commit(),
-        "torch": torch.__version__, "shape": args.shape, "dtype": str(dtype).replace("torch.", ""),
-        "records": len(prompts), "prompts": prompt_source, "max_new_tokens": args.max_new_tokens,
+        "torch": torch.__version__,
+        "shape": args.shape,
+        "dtype": str(dtype).replace("torch.", ""),
+        "records": len(prompts),
+        "prompts": prompt_source,
+        "max_new_tokens": args.max_new_tokens,
         "batch_size": args.batch_size,
         "prompt_tokens_mean": round(sum(len(tokenizer(q)["input_ids"]) for q in prompts) / len(prompts), 1),
-        "batched_seconds": round(t_batched, 2), "batched_records_per_s": round(rate_batched, 2),
+        "batched_seconds": round(t_batched, 2),
+        "batched_records_per_s": round(rate_batched, 2),
         "batched_new_tokens_per_s": round(sum(a.tokens for a in batched) / t_batched, 1),
-        "baseline_records": len(sample), "baseline_seconds": round(t_naive, 2),
+        "baseline_records": len(sample),
+        "baseline_seconds": round(t_naive, 2),
         "baseline_records_per_s": round(rate_naive, 3),
         "baseline_new_tokens_per_s": round(sum(a.tokens for a in naive) / t_naive, 1),
         "baseline_seconds_for_all_records": round(len(prompts) / rate_naive, 1),

@@ -118,8 +118,15 @@ def packed_sweep(model_dir, data, args, device, dtype, slots: int | str) -> dict
     seconds = time.perf_counter() - t0
     slots = engine.slots
     engine.close()
-    return {"engine": "engine loop (packed)", "seconds": seconds, "slots": slots, "best": study.best_value,
-            "load_s": load_s, "eval_s": eval_s[0], "engine_seconds": dict(engine.seconds)}
+    return {
+        "engine": "engine loop (packed)",
+        "seconds": seconds,
+        "slots": slots,
+        "best": study.best_value,
+        "load_s": load_s,
+        "eval_s": eval_s[0],
+        "engine_seconds": dict(engine.seconds),
+    }
 
 
 def word(i: int) -> str:
@@ -149,8 +156,10 @@ def check_round_trip(base_yaml: Path, data) -> None:
         for e in part:
             got = tok(" ".join(word(i) for i in e["input_ids"]), add_special_tokens=False)["input_ids"]
             if got != e["input_ids"]:
-                raise SystemExit(f"{base_yaml}: {type(tok).__name__} does not round-trip the word text (first ids "
-                                 f"{e['input_ids'][:6]}, got {got[:6]}): the two sides would train on other data")
+                raise SystemExit(
+                    f"{base_yaml}: {type(tok).__name__} does not round-trip the word text (first ids "
+                    f"{e['input_ids'][:6]}, got {got[:6]}): the two sides would train on other data"
+                )
 
 
 def write_sweep_files(root: Path, model_dir: Path, tokenizer_dir: Path, data, args, slots, compile_: bool) -> Path:
@@ -165,17 +174,28 @@ def write_sweep_files(root: Path, model_dir: Path, tokenizer_dir: Path, data, ar
         # the tokenizer lives in its own directory: beside a qwen2 config.json, AutoTokenizer would rebuild it
         # as a Qwen2Tokenizer (byte-level BPE) and turn the words into other tokens
         "model": {"name_or_path": str(model_dir), "tokenizer": str(tokenizer_dir)},
-        "data": {"train": str(root / "train.jsonl"), "eval": str(root / "eval.jsonl"), "format": "text",
-                 "cutoff_len": args.seq},
+        "data": {
+            "train": str(root / "train.jsonl"),
+            "eval": str(root / "eval.jsonl"),
+            "format": "text",
+            "cutoff_len": args.seq,
+        },
         "method": {"lora_target": "all-linear", "lora_dropout": 0.0},
-        "train": {"max_steps": args.steps, "per_device_train_batch_size": args.micro,
-                  "per_device_eval_batch_size": 8, "lr_scheduler_type": "cosine",
-                  "load_best_model_at_end": False},  # as the Trainer baseline: the final adapter
+        "train": {
+            "max_steps": args.steps,
+            "per_device_train_batch_size": args.micro,
+            "per_device_eval_batch_size": 8,
+            "lr_scheduler_type": "cosine",
+            "load_best_model_at_end": False,
+        },  # as the Trainer baseline: the final adapter
     }
     sweep = {
         "base": "base.yaml",
-        "space": {"learning_rate": {"low": 1e-5, "high": 1e-3, "log": True}, "lora_rank": [8, 16, 32],
-                  "warmup_steps": [0, 2]},  # lora_alpha defaults to 2 x rank, as in `sample`
+        "space": {
+            "learning_rate": {"low": 1e-5, "high": 1e-3, "log": True},
+            "lora_rank": [8, 16, 32],
+            "warmup_steps": [0, 2],
+        },  # lora_alpha defaults to 2 x rank, as in `sample`
         "objective": {"metric": "eval_loss", "direction": "minimize"},
         "sampler": {"name": "tpe", "seed": 0},
         "pruner": "none",
@@ -204,12 +224,18 @@ def tunepilot_sweep(model_dir, data, args, device, slots, compile_: bool = False
     board = summary["leaderboard"]
     done = [r for r in board if r.get("state") == "complete"]
     name = f"tunepilot sweep (packed{', compiled' if compile_ else ''})"
-    return {"engine": name, "seconds": seconds, "slots": slots, "engine_slots": summary["engine_slots"],
-            "trials": len(board),
-            "complete": len(done), "best": min((r["value"] for r in done), default=None),
-            "trained_tokens": sum(r["tokens"] or 0 for r in board),
-            "engine_seconds": summary.get("engine_seconds"),  # load / train / eval / export inside the clock
-            "values": [{"params": r["params"], "value": r["value"]} for r in board]}
+    return {
+        "engine": name,
+        "seconds": seconds,
+        "slots": slots,
+        "engine_slots": summary["engine_slots"],
+        "trials": len(board),
+        "complete": len(done),
+        "best": min((r["value"] for r in done), default=None),
+        "trained_tokens": sum(r["tokens"] or 0 for r in board),
+        "engine_seconds": summary.get("engine_seconds"),  # load / train / eval / export inside the clock
+        "values": [{"params": r["params"], "value": r["value"]} for r in board],
+    }
 
 
 def baseline_sweep(model_dir, data, args, device, dtype) -> dict:
@@ -256,8 +282,9 @@ def baseline_sweep(model_dir, data, args, device, dtype) -> dict:
         trainer.train()
         losses = [h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h]
         study.tell(trial, min(losses))
-        values.append({"params": {k: p[k] for k in ("learning_rate", "lora_rank", "warmup_steps")},
-                       "value": min(losses)})
+        values.append(
+            {"params": {k: p[k] for k in ("learning_rate", "lora_rank", "warmup_steps")}, "value": min(losses)}
+        )
         del trainer, model
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -276,8 +303,11 @@ def eval_gap(packed: list[dict], baseline: list[dict]) -> dict:
     order on both sides) must reach the same eval loss on both sides, up to bf16 noise. Reports the
     largest relative gap over the trials both ran; a gap over 2% is printed as a warning."""
     base = {json.dumps(v["params"], sort_keys=True): v["value"] for v in baseline}
-    gaps = [abs(v["value"] - base[k]) / abs(base[k]) for v in packed
-            if v["value"] is not None and (k := json.dumps(v["params"], sort_keys=True)) in base]
+    gaps = [
+        abs(v["value"] - base[k]) / abs(base[k])
+        for v in packed
+        if v["value"] is not None and (k := json.dumps(v["params"], sort_keys=True)) in base
+    ]
     worst = max(gaps, default=None)
     if worst is not None and worst > 0.02:
         print(f"WARNING: a trial's eval loss differs by {worst:.1%} between the two sides", file=sys.stderr)
@@ -302,12 +332,20 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--micro", type=int, default=4)
     p.add_argument("--seq", type=int, default=1024)
-    p.add_argument("--slots", nargs="+", default=["auto"],
-                   help="packed slots, one packed sweep per value; auto: chosen from GPU memory")
-    p.add_argument("--compile-slots", nargs="*", default=[],
-                   help="also one packed sweep per value with engine.compile: true")
-    p.add_argument("--engine-loop", action="store_true",
-                   help="also run each packed sweep through this script's own loop over the engine (no files)")
+    p.add_argument(
+        "--slots",
+        nargs="+",
+        default=["auto"],
+        help="packed slots, one packed sweep per value; auto: chosen from GPU memory",
+    )
+    p.add_argument(
+        "--compile-slots", nargs="*", default=[], help="also one packed sweep per value with engine.compile: true"
+    )
+    p.add_argument(
+        "--engine-loop",
+        action="store_true",
+        help="also run each packed sweep through this script's own loop over the engine (no files)",
+    )
     p.add_argument("--workdir", default="/tmp/packed-sweep")
     p.add_argument("--out", default=None)
     p.add_argument("--smoke", action="store_true", help="tiny shapes on CPU (checks the script)")
@@ -335,20 +373,27 @@ def main() -> None:
         print(json.dumps(packed[-1]), flush=True)
         expected = args.trials * args.steps * args.micro * (args.seq - 1)  # what each baseline trial trains
         if packed[-1]["trained_tokens"] != expected:
-            raise SystemExit(f"tunepilot sweep trained {packed[-1]['trained_tokens']} tokens, the baseline trains "
-                             f"{expected}: the two sides would not do the same work")
+            raise SystemExit(
+                f"tunepilot sweep trained {packed[-1]['trained_tokens']} tokens, the baseline trains "
+                f"{expected}: the two sides would not do the same work"
+            )
         if args.engine_loop and not compile_:  # the same sweep through this script's own ask/tell loop
             packed.append(packed_sweep(model_dir, data, args, device, dtype, slots))
             print(json.dumps(packed[-1]), flush=True)
     base = baseline_sweep(model_dir, data, args, device, dtype)
     print(json.dumps(base), flush=True)
-    lines = ["| sweep | trials | steps/trial | slots | makespan s | vs baseline |", "|---|---|---|---|---|---|",
-             f"| optuna + Trainer + PEFT | {args.trials} | {args.steps} | 1 | {base['seconds']:.1f} | 1.00x |"]
+    lines = [
+        "| sweep | trials | steps/trial | slots | makespan s | vs baseline |",
+        "|---|---|---|---|---|---|",
+        f"| optuna + Trainer + PEFT | {args.trials} | {args.steps} | 1 | {base['seconds']:.1f} | 1.00x |",
+    ]
     for run in packed:
         run["ratio"] = base["seconds"] / run["seconds"]
         run["eval_gap"] = eval_gap(run.get("values", []), base["values"])
-        lines.append(f"| {run['engine']} | {args.trials} | {args.steps} | {run['slots']} | "
-                     f"{run['seconds']:.1f} | {run['ratio']:.2f}x shorter |")
+        lines.append(
+            f"| {run['engine']} | {args.trials} | {args.steps} | {run['slots']} | "
+            f"{run['seconds']:.1f} | {run['ratio']:.2f}x shorter |"
+        )
     print("\n".join(lines))
     if args.out:
         Path(args.out).write_text(json.dumps({"environment": env, "packed": packed, "baseline": base}, indent=2))

@@ -178,15 +178,11 @@ def run_baseline(arch: str, args, device: torch.device, dtype: torch.dtype) -> d
     fpt = flops_per_token(base, args.seq, lora_param_count(base))  # before PEFT adds its LoRA Linear modules
     model = get_peft_model(
         base,
-        LoraConfig(
-            r=RANK, lora_alpha=ALPHA, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"
-        ),
+        LoraConfig(r=RANK, lora_alpha=ALPHA, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"),
     )
     data = [
         {k: torch.tensor(v) for k, v in e.items()}
-        for e in random_examples(
-            args.micro * (args.warmup + args.baseline_steps), args.seq, model.config.vocab_size, 0
-        )
+        for e in random_examples(args.micro * (args.warmup + args.baseline_steps), args.seq, model.config.vocab_size, 0)
     ]
     marks: list[float] = []
 
@@ -227,8 +223,16 @@ def run_baseline(arch: str, args, device: torch.device, dtype: torch.dtype) -> d
     return result
 
 
-def run_packed(arch: str, k: int, args, device: torch.device, dtype: torch.dtype,
-               compiled: bool | str = False, profiled: bool = False, fuse_norms: bool | None = None) -> dict:
+def run_packed(
+    arch: str,
+    k: int,
+    args,
+    device: torch.device,
+    dtype: torch.dtype,
+    compiled: bool | str = False,
+    profiled: bool = False,
+    fuse_norms: bool | None = None,
+) -> dict:
     """K trials in the packed engine: tokens/s over the timed packed steps after warm-up (which
     includes the compilation when `compiled`)."""
     _reset_peak(device)
@@ -261,8 +265,9 @@ def run_packed(arch: str, k: int, args, device: torch.device, dtype: torch.dtype
         per_trial = pmem.trial_bytes(shape, lora_param_count(model), args.micro, args.seq, True)
         base = build_config({**raw, "gradient_checkpointing": True}, check_paths=False)[0]
     mode = (compiled if isinstance(compiled, str) else args.compile_mode[0]) if compiled else False
-    engine = PackedEngine(base, k, model=model, pad_id=0, data=lambda cfg: (train, []), compile=mode,
-                          fuse_norms=fuse_norms)
+    engine = PackedEngine(
+        base, k, model=model, pad_id=0, data=lambda cfg: (train, []), compile=mode, fuse_norms=fuse_norms
+    )
     for i in range(k):
         params = {"learning_rate": 1e-4 * (1 + i), "seed": i}
         cfg = build_config({**raw, **params, "gradient_checkpointing": checkpointing}, check_paths=False)[0]
@@ -388,10 +393,11 @@ def _print_profile(prof, seconds: float) -> None:
     """Where the timed steps went: top operators by device time and by host time, and GPU busy share."""
     events = prof.key_averages()
     # kernels only: an aten op's row also carries its kernels' device time (counted twice otherwise)
-    device_us = sum(e.self_device_time_total for e in events
-                    if e.device_type == torch.autograd.DeviceType.CUDA)
-    print(f"  profile: wall {seconds:.3f} s, device kernels {device_us / 1e6:.3f} s "
-          f"({100 * device_us / 1e6 / seconds:.0f}% busy)")
+    device_us = sum(e.self_device_time_total for e in events if e.device_type == torch.autograd.DeviceType.CUDA)
+    print(
+        f"  profile: wall {seconds:.3f} s, device kernels {device_us / 1e6:.3f} s "
+        f"({100 * device_us / 1e6 / seconds:.0f}% busy)"
+    )
     print(events.table(sort_by="self_device_time_total", row_limit=25, max_name_column_width=60))
     print(events.table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=60))
 
@@ -414,9 +420,10 @@ def table(results: list[dict]) -> str:
 
 def environment() -> dict:
     # The device's copy of the tree may carry a stale .git: a commit passed in wins.
-    commit = os.environ.get("BENCH_COMMIT") or subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-    ).stdout.strip()
+    commit = (
+        os.environ.get("BENCH_COMMIT")
+        or subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    )
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     import peft
     import transformers
@@ -437,31 +444,61 @@ def main() -> None:
     p.add_argument("--archs", nargs="+", default=["qwen2.5-0.5b", "llama-3.2-1b"])
     p.add_argument("--ks", nargs="*", type=int, default=[1, 4, 8, 16])
     p.add_argument("--no-baseline", action="store_true", help="packed runs only (profiling)")
-    p.add_argument("--profile-ks", nargs="*", type=int, default=[],
-                   help="extra eager runs of these K under torch.profiler (timed rows stay unprofiled)")
+    p.add_argument(
+        "--profile-ks",
+        nargs="*",
+        type=int,
+        default=[],
+        help="extra eager runs of these K under torch.profiler (timed rows stay unprofiled)",
+    )
     p.add_argument("--profile-compiled", action="store_true", help="the --profile-ks runs are compiled")
-    p.add_argument("--sync-debug", action="store_true",
-                   help="the --profile-ks runs also count host syncs by source line (torch sync debug mode)")
-    p.add_argument("--compile-ks", nargs="*", type=int, default=[],
-                   help="also run these K with torch.compile'd decoder layers and loss chunk")
-    p.add_argument("--unfused-norms-ks", nargs="*", type=int, default=[],
-                   help="also run these K eager with transformers' own RMSNorm (measures the fused norms)")
-    p.add_argument("--compile-mode", nargs="+", default=["default"],
-                   help="torch.compile mode(s) of the compiled runs' decoder layers: one run per mode and K")
-    p.add_argument("--compiled-no-checkpointing", action="store_true",
-                   help="compiled runs never recompute activations (the fit estimate is eager's; an OOM is reported)")
+    p.add_argument(
+        "--sync-debug",
+        action="store_true",
+        help="the --profile-ks runs also count host syncs by source line (torch sync debug mode)",
+    )
+    p.add_argument(
+        "--compile-ks",
+        nargs="*",
+        type=int,
+        default=[],
+        help="also run these K with torch.compile'd decoder layers and loss chunk",
+    )
+    p.add_argument(
+        "--unfused-norms-ks",
+        nargs="*",
+        type=int,
+        default=[],
+        help="also run these K eager with transformers' own RMSNorm (measures the fused norms)",
+    )
+    p.add_argument(
+        "--compile-mode",
+        nargs="+",
+        default=["default"],
+        help="torch.compile mode(s) of the compiled runs' decoder layers: one run per mode and K",
+    )
+    p.add_argument(
+        "--compiled-no-checkpointing",
+        action="store_true",
+        help="compiled runs never recompute activations (the fit estimate is eager's; an OOM is reported)",
+    )
     p.add_argument("--micro", type=int, default=4)
     p.add_argument("--seq", type=int, default=1024)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--steps", type=int, default=10, help="timed packed steps")
-    p.add_argument("--baseline-steps", type=int, default=30,
-                   help="timed Trainer steps (more than packed: each is short, and the baseline is the noisy side)")
+    p.add_argument(
+        "--baseline-steps",
+        type=int,
+        default=30,
+        help="timed Trainer steps (more than packed: each is short, and the baseline is the noisy side)",
+    )
     p.add_argument("--out", default=None, help="write results JSON here")
     p.add_argument("--workdir", default="/tmp/packed-bench")
     p.add_argument("--profile", action="store_true", help="torch.profiler tables of the timed packed steps")
     p.add_argument("--smoke", action="store_true", help="tiny shapes on CPU (checks the script)")
-    p.add_argument("--count-ops", action="store_true",
-                   help="count aten ops per packed step on the meta device (no GPU, no timing)")
+    p.add_argument(
+        "--count-ops", action="store_true", help="count aten ops per packed step on the meta device (no GPU, no timing)"
+    )
     args = p.parse_args()
     if args.count_ops:
         for arch in args.archs:
@@ -482,13 +519,24 @@ def main() -> None:
     for arch in args.archs:
         runs = [(lambda a=arch: run_baseline(a, args, device, dtype), "baseline")] * (not args.no_baseline)
         runs += [(lambda a=arch, k=k: run_packed(a, k, args, device, dtype), f"K={k}") for k in args.ks]
-        runs += [(lambda a=arch, k=k: run_packed(a, k, args, device, dtype, fuse_norms=False), f"K={k} unfused norms")
-                 for k in args.unfused_norms_ks]
-        runs += [(lambda a=arch, k=k: run_packed(a, k, args, device, dtype, compiled=args.profile_compiled,
-                                                 profiled=True), f"K={k} profiled")
-                 for k in args.profile_ks]
-        runs += [(lambda a=arch, k=k, m=m: run_packed(a, k, args, device, dtype, compiled=m), f"K={k} compiled {m}")
-                 for k in args.compile_ks for m in args.compile_mode]
+        runs += [
+            (lambda a=arch, k=k: run_packed(a, k, args, device, dtype, fuse_norms=False), f"K={k} unfused norms")
+            for k in args.unfused_norms_ks
+        ]
+        runs += [
+            (
+                lambda a=arch, k=k: run_packed(
+                    a, k, args, device, dtype, compiled=args.profile_compiled, profiled=True
+                ),
+                f"K={k} profiled",
+            )
+            for k in args.profile_ks
+        ]
+        runs += [
+            (lambda a=arch, k=k, m=m: run_packed(a, k, args, device, dtype, compiled=m), f"K={k} compiled {m}")
+            for k in args.compile_ks
+            for m in args.compile_mode
+        ]
         for fn, name in runs:
             try:
                 results.append(fn())

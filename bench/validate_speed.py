@@ -115,10 +115,7 @@ def report(records: int, results: dict, copies: int) -> None:
         f"- Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; commit {commit}; "
         f"{os.cpu_count()} CPU cores, load average {load[0]:.1f} / {load[1]:.1f} (shared machine)"
     )
-    print(
-        f"- Command: `python bench/validate_speed.py --copies {copies}`; {records:,} records, "
-        "SmolLM2 tokenizer"
-    )
+    print(f"- Command: `python bench/validate_speed.py --copies {copies}`; {records:,} records, SmolLM2 tokenizer")
     print("\n| path | records | wall s | CPU s | records/min (wall) | records per CPU-minute |")
     print("|---|---|---|---|---|---|")
     for name, (n, wall, cpu) in results.items():

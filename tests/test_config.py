@@ -18,8 +18,14 @@ def write(tmp_path, data) -> Path:
 
 
 def test_three_mistakes_reported_at_once_with_exit_2(tmp_path):
-    cfg = write(tmp_path, {"model": {"name_or_path": "m"}, "data": {"train": str(tmp_path / "missing.jsonl")},
-                           "train": {"learning_rate": -1e-4, "lerning_rate_decay": 0.1}})
+    cfg = write(
+        tmp_path,
+        {
+            "model": {"name_or_path": "m"},
+            "data": {"train": str(tmp_path / "missing.jsonl")},
+            "train": {"learning_rate": -1e-4, "lerning_rate_decay": 0.1},
+        },
+    )
     result = CliRunner().invoke(app, ["train", str(cfg)])
     assert result.exit_code == ExitCode.USAGE
     out = result.output
@@ -51,8 +57,7 @@ def test_llamafactory_yaml_loads_with_keys_mapped_and_unused_keys_named():
 
 def test_resolution_order_defaults_file_overrides(tmp_path):
     cfg = write(tmp_path, {"model_name_or_path": "m", "dataset": "d", "learning_rate": 1e-4})
-    config, _ = load_config(cfg, ["learning_rate=3e-4", "train.seed=7", "lora_target=q_proj,v_proj"],
-                            check_paths=False)
+    config, _ = load_config(cfg, ["learning_rate=3e-4", "train.seed=7", "lora_target=q_proj,v_proj"], check_paths=False)
     assert config.train.learning_rate == 3e-4
     assert config.train.seed == 7
     assert config.method.lora_target == ["q_proj", "v_proj"]

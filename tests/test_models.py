@@ -27,8 +27,9 @@ def test_hub_id_loads_through_the_hub_code_path(tiny_model, tmp_path):
 
 def test_unknown_model_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="neither a local directory nor a reachable hub model"):
-        load_model(ModelSettings(name_or_path="no-such-org/no-such-model", cache_dir=str(tmp_path)),
-                   torch.device("cpu"))
+        load_model(
+            ModelSettings(name_or_path="no-such-org/no-such-model", cache_dir=str(tmp_path)), torch.device("cpu")
+        )
 
 
 def _word_tokenizer(out):
@@ -52,8 +53,11 @@ def test_model_tokenizer_loads_another_directory_than_the_model(tiny_model, tmp_
 
 def test_a_missing_tokenizer_names_the_key(tiny_model, tmp_path):
     with pytest.raises(UserError, match="^model.tokenizer: "):
-        load_tokenizer(ModelSettings(name_or_path=str(tiny_model), tokenizer="no-such-org/no-such-tokenizer",
-                                     cache_dir=str(tmp_path)))
+        load_tokenizer(
+            ModelSettings(
+                name_or_path=str(tiny_model), tokenizer="no-such-org/no-such-tokenizer", cache_dir=str(tmp_path)
+            )
+        )
 
 
 def test_qlora_without_gpu_is_a_clear_error(tiny_model):

@@ -17,8 +17,15 @@ def _registries():
     from tunepilot.health.registry import RULES
     from tunepilot.logs.base import READERS as LOG_READERS
 
-    return {"data check": CODES, "data format": FORMATS, "data reader": DATA_READERS, "template": TEMPLATES,
-            "metric": METRICS, "health rule": RULES, "log reader": LOG_READERS}
+    return {
+        "data check": CODES,
+        "data format": FORMATS,
+        "data reader": DATA_READERS,
+        "template": TEMPLATES,
+        "metric": METRICS,
+        "health rule": RULES,
+        "log reader": LOG_READERS,
+    }
 
 
 @pytest.mark.parametrize("what", list(_registries()))

@@ -42,13 +42,16 @@ class _Section(BaseModel):
 class ModelSettings(_Section):
     name_or_path: str = Field(..., description="Hub id, local model directory, or path to a .gguf file.")
     gguf_file: str | None = Field(None, description="GGUF file name inside name_or_path (dequantized on load).")
-    tokenizer: str | None = Field(None, description="Tokenizer directory or hub id, when it is not the model's own "
-                                                    "(default: name_or_path).")
+    tokenizer: str | None = Field(
+        None, description="Tokenizer directory or hub id, when it is not the model's own (default: name_or_path)."
+    )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="Weights dtype; auto = bf16 on GPUs that support it, else fp32.")
+        "auto", description="Weights dtype; auto = bf16 on GPUs that support it, else fp32."
+    )
     quantization_bit: Literal[4, 8] | None = Field(None, description="Load the base in 4/8 bit (QLoRA).")
     quantization_method: Literal["bitsandbytes"] = Field(
-        "bitsandbytes", description="How quantization_bit quantizes: bitsandbytes (bnb), the one backend supported.")
+        "bitsandbytes", description="How quantization_bit quantizes: bitsandbytes (bnb), the one backend supported."
+    )
     trust_remote_code: bool = Field(False, description="Allow model code from the model repository.")
     cache_dir: str | None = Field(None, description="Where hub models are cached (default: the HF cache).")
     gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory.")
@@ -62,20 +65,34 @@ class ModelSettings(_Section):
 
 
 class DataSettings(_Section):
-    train: str = Field(..., description="Training data: a file (jsonl/json/csv/parquet) or directory, or "
-                                        "dataset names of dataset_dir/dataset_info.json (comma-separated).")
-    eval: str | None = Field(None, description="Evaluation data file (or dataset names); default: split val_size "
-                                               "from train.")
-    dataset_dir: str | None = Field(None, description="Folder holding a LLaMA-Factory dataset_info.json; names in "
-                                                      "train/eval are looked up there (default: ./data).")
+    train: str = Field(
+        ...,
+        description="Training data: a file (jsonl/json/csv/parquet) or directory, or "
+        "dataset names of dataset_dir/dataset_info.json (comma-separated).",
+    )
+    eval: str | None = Field(
+        None, description="Evaluation data file (or dataset names); default: split val_size from train."
+    )
+    dataset_dir: str | None = Field(
+        None,
+        description="Folder holding a LLaMA-Factory dataset_info.json; names in "
+        "train/eval are looked up there (default: ./data).",
+    )
     val_size: float = Field(0.0, ge=0, lt=1, description="Share of train held out for eval when eval is unset.")
     format: str = Field("auto", description="alpaca, sharegpt, messages, prompt_completion, text, or auto.")
-    columns: dict[str, str] = Field(default_factory=dict,
-                                    description="Map format fields to your columns, e.g. {prompt: text}.")
-    template: str = Field("auto", description="Prompt template: auto (the model's chat template) or a name "
-                                              "(LLaMA-Factory names such as qwen are mapped).")
-    allow_template_mismatch: bool = Field(False, description="Train even when a named template's markers are not "
-                                                             "single tokens of the tokenizer (refused by default).")
+    columns: dict[str, str] = Field(
+        default_factory=dict, description="Map format fields to your columns, e.g. {prompt: text}."
+    )
+    template: str = Field(
+        "auto",
+        description="Prompt template: auto (the model's chat template) or a name "
+        "(LLaMA-Factory names such as qwen are mapped).",
+    )
+    allow_template_mismatch: bool = Field(
+        False,
+        description="Train even when a named template's markers are not "
+        "single tokens of the tokenizer (refused by default).",
+    )
     system: str | None = Field(None, description="System prompt added to every record without one.")
     cutoff_len: int = Field(1024, gt=0, description="Maximum tokens per example; longer ones are truncated.")
     max_samples: int | None = Field(None, gt=0, description="Use at most this many training records.")
@@ -93,17 +110,20 @@ class DataSettings(_Section):
 
 
 class MethodSettings(_Section):
-    finetuning_type: Literal["lora", "full"] = Field("lora", description="lora (QLoRA with quantization_bit) "
-                                                                         "or full fine-tuning.")
+    finetuning_type: Literal["lora", "full"] = Field(
+        "lora", description="lora (QLoRA with quantization_bit) or full fine-tuning."
+    )
     lora_rank: int = Field(8, gt=0, description="LoRA rank r.")
     lora_alpha: float | None = Field(None, gt=0, description="LoRA alpha; default 2 x rank.")
     lora_dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA input.")
-    lora_target: list[str] = Field(["all-linear"], description="Modules to adapt: all-linear or names "
-                                                               "(q_proj,v_proj,...).")
+    lora_target: list[str] = Field(
+        ["all-linear"], description="Modules to adapt: all-linear or names (q_proj,v_proj,...)."
+    )
     use_rslora: bool = Field(False, description="Rank-stabilised scaling alpha/sqrt(r) instead of alpha/r.")
     use_dora: bool = Field(False, description="DoRA: weight-decomposed LoRA (PEFT use_dora); slower per step.")
-    neftune_noise_alpha: float | None = Field(None, gt=0, description="NEFTune: uniform noise of this scale on the "
-                                                                      "input embeddings while training (e.g. 5).")
+    neftune_noise_alpha: float | None = Field(
+        None, gt=0, description="NEFTune: uniform noise of this scale on the input embeddings while training (e.g. 5)."
+    )
 
     @field_validator("lora_target", mode="before")
     @classmethod
@@ -129,17 +149,29 @@ class TrainSettings(_Section):
     max_steps: int = Field(-1, ge=-1, le=MAX_STEPS, description="Optimizer steps; > 0 overrides num_train_epochs.")
     per_device_train_batch_size: int = Field(4, gt=0, description="Micro-batch size.")
     gradient_accumulation_steps: int = Field(1, gt=0, description="Micro-batches per optimizer step.")
-    nproc: int = Field(1, gt=0, le=4096, description="Data-parallel processes (GPUs) the effective batch is planned "
-                       "for: micro-batch x accumulation x nproc. Fewer processes accumulate the rest.")
+    nproc: int = Field(
+        1,
+        gt=0,
+        le=4096,
+        description="Data-parallel processes (GPUs) the effective batch is planned "
+        "for: micro-batch x accumulation x nproc. Fewer processes accumulate the rest.",
+    )
     lr_scheduler_type: Literal["cosine", "linear", "constant", "constant_with_warmup", "cosine_with_min_lr"] = Field(
-        "cosine", description="Decay after warmup: cosine, linear, constant, or cosine_with_min_lr "
-                              "(with lr_scheduler_kwargs min_lr or min_lr_rate).")
+        "cosine",
+        description="Decay after warmup: cosine, linear, constant, or cosine_with_min_lr "
+        "(with lr_scheduler_kwargs min_lr or min_lr_rate).",
+    )
     lr_scheduler_kwargs: dict[str, float] = Field(
-        default_factory=dict, validate_default=True,
+        default_factory=dict,
+        validate_default=True,
         description="Scheduler options as in transformers: num_cycles (cosine), min_lr or min_lr_rate "
-                    "(cosine_with_min_lr).")
-    optim: str = Field("adamw_torch", description="Optimizer: adamw_torch, adamw_torch_fused, sgd, adafactor, or "
-                                                  "bitsandbytes' adamw_8bit, paged_adamw_8bit, paged_adamw_32bit.")
+        "(cosine_with_min_lr).",
+    )
+    optim: str = Field(
+        "adamw_torch",
+        description="Optimizer: adamw_torch, adamw_torch_fused, sgd, adafactor, or "
+        "bitsandbytes' adamw_8bit, paged_adamw_8bit, paged_adamw_32bit.",
+    )
     warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Warmup as a share of total steps.")
     warmup_steps: int = Field(0, ge=0, le=MAX_STEPS, description="Warmup steps; > 0 overrides warmup_ratio.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
@@ -212,30 +244,65 @@ class RunConfig(_Section):
 
 
 SECTIONS: dict[str, type[_Section]] = {
-    "model": ModelSettings, "data": DataSettings, "method": MethodSettings,
-    "train": TrainSettings, "output": OutputSettings, "health": HealthSettings, "evaluate": EvalSettings,
-    "tracking": TrackingSettings, "parallel": ParallelSettings,
+    "model": ModelSettings,
+    "data": DataSettings,
+    "method": MethodSettings,
+    "train": TrainSettings,
+    "output": OutputSettings,
+    "health": HealthSettings,
+    "evaluate": EvalSettings,
+    "tracking": TrackingSettings,
+    "parallel": ParallelSettings,
 }
 
 # Flat names from HF TrainingArguments, PEFT LoraConfig and LLaMA-Factory -> (section, field).
 ALIASES: dict[str, tuple[str, str]] = {
-    "model_name_or_path": ("model", "name_or_path"), "torch_dtype": ("model", "dtype"),
-    "dataset": ("data", "train"), "train_file": ("data", "train"), "eval_dataset": ("data", "eval"),
-    "eval_file": ("data", "eval"), "max_seq_length": ("data", "cutoff_len"), "max_length": ("data", "cutoff_len"),
-    "formatting": ("data", "format"), "r": ("method", "lora_rank"), "lora_r": ("method", "lora_rank"),
-    "target_modules": ("method", "lora_target"), "lr": ("train", "learning_rate"),
-    "micro_batch_size": ("train", "per_device_train_batch_size"), "epochs": ("train", "num_train_epochs"),
-    "warmup": ("train", "warmup_ratio"), "logging_dir": ("tracking", "tensorboard_dir"),
-    "deepspeed": ("parallel", "deepspeed"), "fsdp": ("parallel", "fsdp"), "fsdp_config": ("parallel", "fsdp_config"),
+    "model_name_or_path": ("model", "name_or_path"),
+    "torch_dtype": ("model", "dtype"),
+    "dataset": ("data", "train"),
+    "train_file": ("data", "train"),
+    "eval_dataset": ("data", "eval"),
+    "eval_file": ("data", "eval"),
+    "max_seq_length": ("data", "cutoff_len"),
+    "max_length": ("data", "cutoff_len"),
+    "formatting": ("data", "format"),
+    "r": ("method", "lora_rank"),
+    "lora_r": ("method", "lora_rank"),
+    "target_modules": ("method", "lora_target"),
+    "lr": ("train", "learning_rate"),
+    "micro_batch_size": ("train", "per_device_train_batch_size"),
+    "epochs": ("train", "num_train_epochs"),
+    "warmup": ("train", "warmup_ratio"),
+    "logging_dir": ("tracking", "tensorboard_dir"),
+    "deepspeed": ("parallel", "deepspeed"),
+    "fsdp": ("parallel", "fsdp"),
+    "fsdp_config": ("parallel", "fsdp_config"),
 }
 # Keys those tools use that tunepilot ignores on purpose; named in a warning, never silently dropped.
 FOREIGN_IGNORED = {
-    "do_train", "do_eval", "do_predict", "overwrite_cache", "preprocessing_num_workers",
-    "dataloader_num_workers", "plot_loss", "save_only_model", "ddp_timeout",
-    "resume_from_checkpoint", "flash_attn", "eval_strategy",
-    "evaluation_strategy", "save_strategy", "logging_strategy", "push_to_hub",
-    "gradient_checkpointing_kwargs", "remove_unused_columns", "bias", "task_type", "stage",
-    "ddp_find_unused_parameters", "include_num_input_tokens_seen",
+    "do_train",
+    "do_eval",
+    "do_predict",
+    "overwrite_cache",
+    "preprocessing_num_workers",
+    "dataloader_num_workers",
+    "plot_loss",
+    "save_only_model",
+    "ddp_timeout",
+    "resume_from_checkpoint",
+    "flash_attn",
+    "eval_strategy",
+    "evaluation_strategy",
+    "save_strategy",
+    "logging_strategy",
+    "push_to_hub",
+    "gradient_checkpointing_kwargs",
+    "remove_unused_columns",
+    "bias",
+    "task_type",
+    "stage",
+    "ddp_find_unused_parameters",
+    "include_num_input_tokens_seen",
 }
 
 
@@ -334,8 +401,8 @@ class _StrictLoader(yaml.SafeLoader):
             key = self.construct_object(key_node)
             if key in seen:
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r} (first on line {seen[key]}); keep only one",
-                    key_node.start_mark)
+                    None, None, f"duplicate key {key!r} (first on line {seen[key]}); keep only one", key_node.start_mark
+                )
             seen[key] = key_node.start_mark.line + 1
         return super().construct_mapping(node, deep=deep)
 
@@ -352,18 +419,26 @@ def _check_expansion(root) -> None:
     def size(node) -> int:
         known = sizes.get(id(node))
         if known == -1:
-            raise yaml.composer.ComposerError(None, None, "an alias refers to the node that holds it "
-                                              "(a recursive anchor)", node.start_mark)
+            raise yaml.composer.ComposerError(
+                None, None, "an alias refers to the node that holds it (a recursive anchor)", node.start_mark
+            )
         if known is not None:
             return known
         sizes[id(node)] = -1
-        children = node.value if isinstance(node, yaml.SequenceNode) else (
-            [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else [])
+        children = (
+            node.value
+            if isinstance(node, yaml.SequenceNode)
+            else ([n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else [])
+        )
         total = 1 + sum(size(child) for child in children)
         if total > MAX_YAML_NODES:
             raise yaml.composer.ComposerError(
-                None, None, f"aliases expand to more than {MAX_YAML_NODES} values (an alias bomb?); "
-                "write the values out or use fewer aliases", node.start_mark)
+                None,
+                None,
+                f"aliases expand to more than {MAX_YAML_NODES} values (an alias bomb?); "
+                "write the values out or use fewer aliases",
+                node.start_mark,
+            )
         sizes[id(node)] = total
         return total
 
@@ -400,8 +475,9 @@ def merge_raw(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]
     return {**base, **overrides}
 
 
-def build_config(raw: dict[str, Any], source: str = "config",
-                 check_paths: bool = True, *, root: Path | None = None) -> tuple[RunConfig, list[str]]:
+def build_config(
+    raw: dict[str, Any], source: str = "config", check_paths: bool = True, *, root: Path | None = None
+) -> tuple[RunConfig, list[str]]:
     """Validate raw keys into a RunConfig; every problem at once in one UserError (exit 2).
     `root`: the config file's folder, where relative data paths are looked up first."""
     nested, problems, warnings = to_nested(raw)
@@ -437,8 +513,9 @@ def _path_problems(data: dict[str, Any], root: Path | None) -> list[str]:
     return resolve_data_paths(data, root)
 
 
-def load_config(path: str | Path | None, overrides: list[str] | None = None,
-                check_paths: bool = True) -> tuple[RunConfig, list[str]]:
+def load_config(
+    path: str | Path | None, overrides: list[str] | None = None, check_paths: bool = True
+) -> tuple[RunConfig, list[str]]:
     raw = read_yaml(path) if path is not None else {}
     raw = merge_raw(raw, parse_overrides(overrides or []))
     root = Path(path).resolve().parent if path is not None else None
@@ -454,9 +531,19 @@ def dump_config(config: RunConfig) -> str:
 # not what the optimizer does at each step. Any other changed key makes an exact resume impossible
 # (deny by default, so a key added later is safe from silent mixing until it is listed here).
 RESUME_SAFE = (
-    "output.", "health.", "evaluate.", "tracking.", "model.cache_dir", "train.device",
-    "train.eval_steps", "train.save_steps", "train.logging_steps", "train.per_device_eval_batch_size",
-    "train.early_stopping_patience", "train.early_stopping_threshold", "train.load_best_model_at_end",
+    "output.",
+    "health.",
+    "evaluate.",
+    "tracking.",
+    "model.cache_dir",
+    "train.device",
+    "train.eval_steps",
+    "train.save_steps",
+    "train.logging_steps",
+    "train.per_device_eval_batch_size",
+    "train.early_stopping_patience",
+    "train.early_stopping_threshold",
+    "train.load_best_model_at_end",
 )
 # Eval-data keys are safe only when no eval share is split off the training data.
 RESUME_SAFE_WITHOUT_SPLIT = ("data.eval", "data.max_eval_samples")
@@ -468,8 +555,11 @@ def resume_conflicts(saved: RunConfig, new: RunConfig) -> list[str]:
     old_flat, new_flat = _flatten(saved.model_dump(mode="json")), _flatten(new.model_dump(mode="json"))
     no_split = saved.data.val_size == 0 and new.data.val_size == 0
     changed = sorted(k for k in old_flat.keys() | new_flat.keys() if old_flat.get(k) != new_flat.get(k))
-    return [k for k in changed
-            if not k.startswith(RESUME_SAFE) and not (no_split and k.startswith(RESUME_SAFE_WITHOUT_SPLIT))]
+    return [
+        k
+        for k in changed
+        if not k.startswith(RESUME_SAFE) and not (no_split and k.startswith(RESUME_SAFE_WITHOUT_SPLIT))
+    ]
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

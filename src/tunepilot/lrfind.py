@@ -186,10 +186,15 @@ def find_lr(config: RunConfig, settings: LRFindSettings, run_dir: str | Path) ->
 
     def exponential_ramp(optimizer, plan):
         return torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda k: ratio ** (min(k, settings.steps - 1) / (settings.steps - 1)))
+            optimizer, lambda k: ratio ** (min(k, settings.steps - 1) / (settings.steps - 1))
+        )
 
-    run = TrainingRun(ramp_config(config, settings, Path(run_dir)), run_dir, observers=[RampObserver(ramp)],
-                      scheduler_factory=exponential_ramp)
+    run = TrainingRun(
+        ramp_config(config, settings, Path(run_dir)),
+        run_dir,
+        observers=[RampObserver(ramp)],
+        scheduler_factory=exponential_ramp,
+    )
     run.setup()
     try:
         for _ in run.steps():

@@ -133,9 +133,7 @@ def estimate_memory(
     return est
 
 
-def suggest_changes(
-    info: ModelInfo, plan: MemoryPlan, gpu_memory_gb: float, settings: MemorySettings
-) -> list[str]:
+def suggest_changes(info: ModelInfo, plan: MemoryPlan, gpu_memory_gb: float, settings: MemorySettings) -> list[str]:
     """Each single change that makes the plan fit, cheapest in quality first."""
     from dataclasses import replace
 
@@ -159,15 +157,11 @@ def suggest_changes(
             )
         )
     if plan.method != "qlora":
-        candidates.append(
-            ("method: qlora (LoRA on a 4-bit base, quantization_bit: 4)", replace(plan, method="qlora"))
-        )
+        candidates.append(("method: qlora (LoRA on a 4-bit base, quantization_bit: 4)", replace(plan, method="qlora")))
     cut = plan.seq_len
     while cut > 256:
         cut //= 2
-        candidates.append(
-            (f"cutoff_len: {cut} (check how many examples it truncates)", replace(plan, seq_len=cut))
-        )
+        candidates.append((f"cutoff_len: {cut} (check how many examples it truncates)", replace(plan, seq_len=cut)))
     combined = replace(
         plan, gradient_checkpointing=True, micro_batch=1, method="qlora" if plan.method != "full" else "full"
     )
@@ -186,8 +180,7 @@ def suggest_changes(
             kinds.add(kind)
             out.append(f"{text} -> {total / GIB:.1f} GiB")
     return out or [
-        f"no single change fits {gpu_memory_gb:g} GB: shard over more GPUs (FSDP/ZeRO-3) "
-        "or pick a smaller model"
+        f"no single change fits {gpu_memory_gb:g} GB: shard over more GPUs (FSDP/ZeRO-3) or pick a smaller model"
     ]
 
 
@@ -195,14 +188,17 @@ def suggest_changes(
 STRATEGIES = {
     "ddp": "every GPU holds the whole model, its gradients and optimizer states (fastest when it fits)",
     "shard_grad_op": "FSDP2 without resharding after forward (ZeRO-2 like): gradients and optimizer states "
-                     "sharded, weights gathered whole through each step",
+    "sharded, weights gathered whole through each step",
     "full_shard": "FSDP2 full sharding (ZeRO-3 like): weights, gradients and optimizer states sharded; one "
-                  "layer at a time gathered",
+    "layer at a time gathered",
 }
 
 
 def strategy_estimates(
-    info: ModelInfo, plan: MemoryPlan, gpus: int, gpu_memory_gb: float | None = None,
+    info: ModelInfo,
+    plan: MemoryPlan,
+    gpus: int,
+    gpu_memory_gb: float | None = None,
     settings: MemorySettings | None = None,
 ) -> dict[str, MemoryEstimate]:
     """Peak memory per GPU of each strategy on `gpus` GPUs. The sharded states divide by the GPU

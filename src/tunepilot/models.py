@@ -59,8 +59,10 @@ def converted_gguf_dir(gguf_path: str | Path) -> Path:
     try:  # converted in a temporary directory inside the cache, renamed into place when complete
         atomic_write_dir(target, lambda tmp: _convert_gguf(gguf_path, tmp))
     except (ValueError, KeyError, IndexError, struct.error) as e:  # what the GGUF parser raises on a bad file
-        raise UserError(f"{gguf_path}: not a readable GGUF model ({type(e).__name__}: {e}); "
-                        "check the file (a complete download?) or give a model directory") from e
+        raise UserError(
+            f"{gguf_path}: not a readable GGUF model ({type(e).__name__}: {e}); "
+            "check the file (a complete download?) or give a model directory"
+        ) from e
     return target
 
 
@@ -95,8 +97,9 @@ def load_tokenizer(settings: ModelSettings):
     key = "model.tokenizer" if settings.tokenizer else "model"
     _check_local_dir(source, key)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=settings.trust_remote_code,
-                                                  cache_dir=settings.cache_dir)
+        tokenizer = AutoTokenizer.from_pretrained(
+            source, trust_remote_code=settings.trust_remote_code, cache_dir=settings.cache_dir
+        )
     except OSError as e:
         raise UserError(_not_found(source, e, key)) from e
     except ValueError as e:  # a local directory whose tokenizer files are broken or missing
@@ -113,8 +116,11 @@ def load_model(settings: ModelSettings, device: torch.device):
     from transformers import AutoModelForCausalLM
 
     source = model_source(settings)
-    kwargs: dict[str, Any] = {"dtype": resolve_dtype(settings.dtype, device), "cache_dir": settings.cache_dir,
-                              "trust_remote_code": settings.trust_remote_code}
+    kwargs: dict[str, Any] = {
+        "dtype": resolve_dtype(settings.dtype, device),
+        "cache_dir": settings.cache_dir,
+        "trust_remote_code": settings.trust_remote_code,
+    }
     if settings.quantization_bit:
         kwargs["quantization_config"] = _bnb_config(settings, device, kwargs["dtype"])
         kwargs["device_map"] = {"": device.index or 0}
@@ -131,8 +137,10 @@ def _check_local_dir(source: str, key: str) -> None:
     """A local directory without a single file is a mistake to name now, not a library error later."""
     path = Path(source)
     if path.is_dir() and not any(p.is_file() for p in path.iterdir()):
-        raise UserError(f"{key}: {source} is an empty directory; give a Hugging Face model directory "
-                        "(config.json, weights, tokenizer files), a .gguf file or a hub id")
+        raise UserError(
+            f"{key}: {source} is an empty directory; give a Hugging Face model directory "
+            "(config.json, weights, tokenizer files), a .gguf file or a hub id"
+        )
 
 
 def _not_found(source: str, error: Exception, key: str = "model") -> str:
@@ -140,22 +148,30 @@ def _not_found(source: str, error: Exception, key: str = "model") -> str:
     if Path(source).exists():
         return f"{key}: could not load {source} ({error}); is it a Hugging Face {what} directory?"
     local = "a local tokenizer directory" if what == "tokenizer" else "a local model directory, a .gguf file,"
-    return (f"{key}: {source!r} is neither a local directory nor a reachable hub {what} ({type(error).__name__}); "
-            f"pass {local} or a hub id with network access")
+    return (
+        f"{key}: {source!r} is neither a local directory nor a reachable hub {what} ({type(error).__name__}); "
+        f"pass {local} or a hub id with network access"
+    )
 
 
 def _bnb_config(settings: ModelSettings, device: torch.device, compute_dtype: torch.dtype):
     if device.type != "cuda":
-        raise UserError("model.quantization_bit: QLoRA needs a CUDA GPU; remove quantization_bit to train "
-                        "in full precision on this machine")
+        raise UserError(
+            "model.quantization_bit: QLoRA needs a CUDA GPU; remove quantization_bit to train "
+            "in full precision on this machine"
+        )
     if importlib.util.find_spec("bitsandbytes") is None:
         raise UserError("model.quantization_bit: QLoRA needs bitsandbytes; pip install bitsandbytes")
     from transformers import BitsAndBytesConfig
 
     if settings.quantization_bit == 8:
         return BitsAndBytesConfig(load_in_8bit=True)
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=compute_dtype)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute_dtype,
+    )
 
 
 def lora_config(method: MethodSettings):
@@ -163,9 +179,14 @@ def lora_config(method: MethodSettings):
 
     targets = method.lora_target
     return LoraConfig(
-        r=method.lora_rank, lora_alpha=method.alpha, lora_dropout=method.lora_dropout,
+        r=method.lora_rank,
+        lora_alpha=method.alpha,
+        lora_dropout=method.lora_dropout,
         target_modules="all-linear" if targets == ["all-linear"] else targets,
-        use_rslora=method.use_rslora, use_dora=method.use_dora, task_type="CAUSAL_LM", bias="none",
+        use_rslora=method.use_rslora,
+        use_dora=method.use_dora,
+        task_type="CAUSAL_LM",
+        bias="none",
     )
 
 
@@ -183,8 +204,7 @@ def apply_method(model, method: MethodSettings, model_settings: ModelSettings):
     from peft import get_peft_model, prepare_model_for_kbit_training
 
     if model_settings.quantization_bit:
-        model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=model_settings.gradient_checkpointing)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=model_settings.gradient_checkpointing)
     if model_settings.gradient_checkpointing:
         model.enable_input_require_grads()
     try:

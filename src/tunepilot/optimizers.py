@@ -65,5 +65,10 @@ def build_scheduler(optimizer: torch.optim.Optimizer, train: Any, warmup_steps: 
     (constant_with_warmup)."""
     name = "constant_with_warmup" if train.lr_scheduler_type.startswith("constant") else train.lr_scheduler_type
     kwargs = dict(getattr(train, "lr_scheduler_kwargs", None) or {})
-    return get_scheduler(name, optimizer, num_warmup_steps=warmup_steps, num_training_steps=total_steps,
-                         scheduler_specific_kwargs=kwargs or None)
+    return get_scheduler(
+        name,
+        optimizer,
+        num_warmup_steps=warmup_steps,
+        num_training_steps=total_steps,
+        scheduler_specific_kwargs=kwargs or None,
+    )

@@ -101,8 +101,9 @@ class ParallelSettings(BaseModel):
 
 
 # ---------------------------------------------------------------------------------------------- deepspeed
-def deepspeed_config(path: str | Path, config: Any, *, world: int, total_steps: int, warmup_steps: int,
-                     hidden_size: int | None = None) -> dict[str, Any]:
+def deepspeed_config(
+    path: str | Path, config: Any, *, world: int, total_steps: int, warmup_steps: int, hidden_size: int | None = None
+) -> dict[str, Any]:
     """The DeepSpeed JSON with every "auto" filled from the run config, as HF's Trainer fills it.
     A value left "auto" that the run cannot decide is an error naming its key path."""
     path = Path(path)
@@ -133,11 +134,13 @@ def deepspeed_config(path: str | Path, config: Any, *, world: int, total_steps: 
         "fp16.enabled": dtype == "float16",
     }
     if hidden_size:  # HF's sizes for ZeRO-3 buckets (transformers.integrations.deepspeed)
-        values.update({
-            "zero_optimization.reduce_bucket_size": hidden_size * hidden_size,
-            "zero_optimization.stage3_prefetch_bucket_size": int(0.9 * hidden_size * hidden_size),
-            "zero_optimization.stage3_param_persistence_threshold": 10 * hidden_size,
-        })
+        values.update(
+            {
+                "zero_optimization.reduce_bucket_size": hidden_size * hidden_size,
+                "zero_optimization.stage3_prefetch_bucket_size": int(0.9 * hidden_size * hidden_size),
+                "zero_optimization.stage3_param_persistence_threshold": 10 * hidden_size,
+            }
+        )
     left = _fill(ds, "", values)
     if left:
         raise UserError(f"deepspeed: {path}: 'auto' values tunepilot cannot fill", problems=left)
@@ -179,10 +182,16 @@ def check_launchable(settings: ParallelSettings, device: str) -> None:
     import torch
 
     if not torch.cuda.is_available() or device == "cpu":
-        raise UserError("deepspeed: DeepSpeed ZeRO needs CUDA GPUs; on this machine use fsdp (fsdp: full_shard "
-                        "auto_wrap), which shards the same way through torch's FSDP2")
+        raise UserError(
+            "deepspeed: DeepSpeed ZeRO needs CUDA GPUs; on this machine use fsdp (fsdp: full_shard "
+            "auto_wrap), which shards the same way through torch's FSDP2"
+        )
     if importlib.util.find_spec("deepspeed") is None:
-        raise UserError("deepspeed: the deepspeed package is not installed; `pip install deepspeed`, or use fsdp "
-                        "(FSDP2) which needs nothing more")
-    raise UserError("deepspeed: tunepilot maps and checks your DeepSpeed config, but its ZeRO training path is "
-                    "not built yet; use fsdp (FSDP2, ZeRO-3 style sharding) for now")
+        raise UserError(
+            "deepspeed: the deepspeed package is not installed; `pip install deepspeed`, or use fsdp "
+            "(FSDP2) which needs nothing more"
+        )
+    raise UserError(
+        "deepspeed: tunepilot maps and checks your DeepSpeed config, but its ZeRO training path is "
+        "not built yet; use fsdp (FSDP2, ZeRO-3 style sharding) for now"
+    )

@@ -216,8 +216,11 @@ def recommend(
         f"largest power of two <= {effective} whose estimate fits ({est.total / 2**30:.1f} GiB)"
         + ("; " + "; ".join(notes) if notes else ""),
     )
-    rec.set("gradient_accumulation_steps", accum,
-            f"{plan.micro_batch} x {accum} x {gpus} GPU(s) = {plan.micro_batch * accum * gpus}: {why_batch}")
+    rec.set(
+        "gradient_accumulation_steps",
+        accum,
+        f"{plan.micro_batch} x {accum} x {gpus} GPU(s) = {plan.micro_batch * accum * gpus}: {why_batch}",
+    )
     if gpus > 1:
         _set_parallel(rec, info, plan, gpu_memory_gb, gpus)
     rec.set(
@@ -233,8 +236,7 @@ def recommend(
     rec.set(
         "warmup_ratio",
         0.03,
-        "3% warmup lets Adam's moment estimates settle before the peak LR "
-        "(the QLoRA training script's default)",
+        "3% warmup lets Adam's moment estimates settle before the peak LR (the QLoRA training script's default)",
     )
     rec.set(
         "lr_scheduler_type",
@@ -275,8 +277,7 @@ def _set_adapter(rec: Recommendation, info: ModelInfo, stats: DataStats, epochs:
     rec.set(
         "lora_target",
         "all-linear",
-        "adapt attention and MLP: attention-only LoRA underperforms "
-        "(LoRA Without Regret, 2025; Biderman et al. 2024)",
+        "adapt attention and MLP: attention-only LoRA underperforms (LoRA Without Regret, 2025; Biderman et al. 2024)",
     )
     return rank
 

@@ -60,8 +60,13 @@ class Event:
 
 def stop_record(reason: Event) -> Event:
     """The `stop` event an engine writes when `reason` (a health stop, early stopping...) ends its run."""
-    return Event(step=reason.step, code="stop", severity=reason.severity, message=f"run stopped: {reason.message}",
-                 data={"reason": reason.code})
+    return Event(
+        step=reason.step,
+        code="stop",
+        severity=reason.severity,
+        message=f"run stopped: {reason.message}",
+        data={"reason": reason.code},
+    )
 
 
 Record = TrainStep | EvalPoint | Event

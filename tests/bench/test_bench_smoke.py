@@ -15,8 +15,13 @@ ROOT = Path(__file__).resolve().parents[2]
 def _run(script: str, tmp_path: Path) -> dict:
     out = tmp_path / "result.json"
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / script), "--smoke", "--workdir", str(tmp_path / "w"),
-                           "--out", str(out)], env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / script), "--smoke", "--workdir", str(tmp_path / "w"), "--out", str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(out.read_text())
 

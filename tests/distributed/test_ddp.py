@@ -20,10 +20,22 @@ def _config(tmp_path, tiny_model, out: str) -> str:
     if not data.exists():
         write_arithmetic_chat(data, 32, 0, answer="{a} + {b} = {c}. #### {c}")
         write_arithmetic_chat(tmp_path / "eval.jsonl", 6, 1, answer="{a} + {b} = {c}. #### {c}")
-    raw = {"model_name_or_path": str(tiny_model), "dataset": str(data), "eval_dataset": str(tmp_path / "eval.jsonl"),
-           "cutoff_len": 48, "max_steps": 6, "per_device_train_batch_size": 2, "gradient_accumulation_steps": 2,
-           "learning_rate": 3e-3, "eval_steps": 3, "lora_rank": 4, "lora_dropout": 0.0, "device": "cpu",
-           "output_dir": str(tmp_path / out), "health": {"enabled": False}}
+    raw = {
+        "model_name_or_path": str(tiny_model),
+        "dataset": str(data),
+        "eval_dataset": str(tmp_path / "eval.jsonl"),
+        "cutoff_len": 48,
+        "max_steps": 6,
+        "per_device_train_batch_size": 2,
+        "gradient_accumulation_steps": 2,
+        "learning_rate": 3e-3,
+        "eval_steps": 3,
+        "lora_rank": 4,
+        "lora_dropout": 0.0,
+        "device": "cpu",
+        "output_dir": str(tmp_path / out),
+        "health": {"enabled": False},
+    }
     path = tmp_path / f"{out}.yaml"
     path.write_text(yaml.safe_dump(raw))
     return str(path)
@@ -39,10 +51,15 @@ def _edit(path: str, **keys) -> None:
 def _train(config: str, *extra: str) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     env.pop("WORLD_SIZE", None)
-    done = subprocess.run([sys.executable, "-m", "tunepilot.cli.app", "train", config, "--json", *extra],
-                          capture_output=True, text=True, env=env, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-m", "tunepilot.cli.app", "train", config, "--json", *extra],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
-    return json.loads(done.stdout[done.stdout.index("{"):])
+    return json.loads(done.stdout[done.stdout.index("{") :])
 
 
 @pytest.mark.parametrize("checkpointing", [False, True])

@@ -15,22 +15,43 @@ from tunepilot.parallel import deepspeed_config, zero_stage
 
 # the shape of LLaMA-Factory's examples/deepspeed/ds_z3_config.json: HF's "auto" values throughout
 ZERO3 = {
-    "train_batch_size": "auto", "train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
-    "gradient_clipping": "auto", "zero_allow_untested_optimizer": True,
-    "fp16": {"enabled": "auto", "loss_scale": 0}, "bf16": {"enabled": "auto"},
-    "zero_optimization": {"stage": 3, "overlap_comm": False, "reduce_bucket_size": "auto",
-                          "stage3_prefetch_bucket_size": "auto", "stage3_param_persistence_threshold": "auto",
-                          "stage3_gather_16bit_weights_on_model_save": True},
+    "train_batch_size": "auto",
+    "train_micro_batch_size_per_gpu": "auto",
+    "gradient_accumulation_steps": "auto",
+    "gradient_clipping": "auto",
+    "zero_allow_untested_optimizer": True,
+    "fp16": {"enabled": "auto", "loss_scale": 0},
+    "bf16": {"enabled": "auto"},
+    "zero_optimization": {
+        "stage": 3,
+        "overlap_comm": False,
+        "reduce_bucket_size": "auto",
+        "stage3_prefetch_bucket_size": "auto",
+        "stage3_param_persistence_threshold": "auto",
+        "stage3_gather_16bit_weights_on_model_save": True,
+    },
 }
 
 
 def _llamafactory_yaml(tmp_path, tiny_model, **keys) -> dict:
     data = tmp_path / "train.jsonl"
     data.write_text('{"instruction": "2+2?", "input": "", "output": "4"}\n')
-    return {"model_name_or_path": str(tiny_model), "stage": "sft", "do_train": True, "finetuning_type": "lora",
-            "lora_target": "all", "dataset": str(data), "template": "chatml", "cutoff_len": 64,
-            "per_device_train_batch_size": 2, "gradient_accumulation_steps": 4, "learning_rate": 1e-4,
-            "bf16": True, "output_dir": str(tmp_path / "out"), **keys}
+    return {
+        "model_name_or_path": str(tiny_model),
+        "stage": "sft",
+        "do_train": True,
+        "finetuning_type": "lora",
+        "lora_target": "all",
+        "dataset": str(data),
+        "template": "chatml",
+        "cutoff_len": 64,
+        "per_device_train_batch_size": 2,
+        "gradient_accumulation_steps": 4,
+        "learning_rate": 1e-4,
+        "bf16": True,
+        "output_dir": str(tmp_path / "out"),
+        **keys,
+    }
 
 
 def test_a_llamafactory_zero3_config_loads_and_its_auto_values_are_filled(tmp_path, tiny_model):
@@ -68,19 +89,27 @@ def test_deepspeed_is_refused_up_front_where_it_cannot_run(tmp_path, tiny_model)
     ds = tmp_path / "ds_z3_config.json"
     ds.write_text(json.dumps(ZERO3))
     path = tmp_path / "lf.yaml"
-    path.write_text(yaml.safe_dump(_llamafactory_yaml(tmp_path, tiny_model, deepspeed=str(ds), bf16=False,
-                                                      device="cpu")))
+    path.write_text(
+        yaml.safe_dump(_llamafactory_yaml(tmp_path, tiny_model, deepspeed=str(ds), bf16=False, device="cpu"))
+    )
     result = CliRunner().invoke(app, ["train", str(path), "--json"])
     assert result.exit_code == 2, result.output
-    body = json.loads(result.stdout[result.stdout.index("{"):])
+    body = json.loads(result.stdout[result.stdout.index("{") :])
     assert "DeepSpeed ZeRO needs CUDA GPUs" in json.dumps(body) and "fsdp" in json.dumps(body)
     assert not (tmp_path / "out" / "metrics.jsonl").exists()
 
 
 def test_axolotl_fsdp_config_maps_and_bad_values_name_their_key_path(tmp_path, tiny_model):
-    axolotl = {"fsdp": ["full_shard", "auto_wrap"], "fsdp_config": {
-        "fsdp_version": 2, "fsdp_offload_params": False, "fsdp_state_dict_type": "sharded_state_dict",
-        "fsdp_transformer_layer_cls_to_wrap": "LlamaDecoderLayer", "fsdp_reshard_after_forward": True}}
+    axolotl = {
+        "fsdp": ["full_shard", "auto_wrap"],
+        "fsdp_config": {
+            "fsdp_version": 2,
+            "fsdp_offload_params": False,
+            "fsdp_state_dict_type": "sharded_state_dict",
+            "fsdp_transformer_layer_cls_to_wrap": "LlamaDecoderLayer",
+            "fsdp_reshard_after_forward": True,
+        },
+    }
     config, _ = build_config(_llamafactory_yaml(tmp_path, tiny_model, **axolotl), check_paths=False)
     fsdp = config.parallel.fsdp_config
     assert config.parallel.resolved == "fsdp" and fsdp.transformer_layer_cls_to_wrap == ["LlamaDecoderLayer"]

@@ -23,11 +23,22 @@ def tiny_data(tmp_path_factory) -> tuple[Path, Path]:
 @pytest.fixture
 def tiny_config(tiny_model, tiny_data, tmp_path):
     def make(**overrides) -> RunConfig:
-        raw = {"model_name_or_path": str(tiny_model), "dataset": str(tiny_data[0]), "eval_dataset": str(tiny_data[1]),
-               "cutoff_len": 64, "max_steps": 12, "per_device_train_batch_size": 4, "learning_rate": 3e-3,
-               "eval_steps": 4, "lora_rank": 4, "lora_dropout": 0.1, "output_dir": str(tmp_path / "run"),
-               "warmup_ratio": 0.1}
+        raw = {
+            "model_name_or_path": str(tiny_model),
+            "dataset": str(tiny_data[0]),
+            "eval_dataset": str(tiny_data[1]),
+            "cutoff_len": 64,
+            "max_steps": 12,
+            "per_device_train_batch_size": 4,
+            "learning_rate": 3e-3,
+            "eval_steps": 4,
+            "lora_rank": 4,
+            "lora_dropout": 0.1,
+            "output_dir": str(tmp_path / "run"),
+            "warmup_ratio": 0.1,
+        }
         raw.update(overrides)
         config, _ = build_config(raw)
         return config
+
     return make

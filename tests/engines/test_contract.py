@@ -44,9 +44,13 @@ def _make(name: str, tiny_config):
         engine = PackedEngine(config, slots=2)
 
     def spec(n, run_dir):
-        return TrialSpec(n, {"learning_rate": 1e-3 * (n + 1)}, tiny_config(max_steps=4, learning_rate=1e-3 * (n + 1),
-                                                                           output_dir=str(run_dir)),
-                         run_dir, report_fractions=(0.5, 1.0))
+        return TrialSpec(
+            n,
+            {"learning_rate": 1e-3 * (n + 1)},
+            tiny_config(max_steps=4, learning_rate=1e-3 * (n + 1), output_dir=str(run_dir)),
+            run_dir,
+            report_fractions=(0.5, 1.0),
+        )
 
     return engine, spec
 
@@ -99,8 +103,14 @@ def _sweep_file(tmp_path: Path, tiny_config, engine: dict, objective: dict | Non
     from tunepilot.config import dump_config
 
     base_path.write_text(dump_config(base))
-    sweep = {"base": str(base_path), "space": {"learning_rate": [1e-3, 3e-3]}, "sampler": {"name": "grid"},
-             "pruner": "none", "budget": {"n_trials": 2}, "engine": engine}
+    sweep = {
+        "base": str(base_path),
+        "space": {"learning_rate": [1e-3, 3e-3]},
+        "sampler": {"name": "grid"},
+        "pruner": "none",
+        "budget": {"n_trials": 2},
+        "engine": engine,
+    }
     if objective:
         sweep["objective"] = objective
     path = tmp_path / "sweep.yaml"
@@ -135,15 +145,17 @@ def test_a_packed_trial_directory_is_a_standard_run_directory(tiny_config, tmp_p
     assert p["engine"] == "packed" and p["trial"] == 0 and p["params"]["learning_rate"] in (1e-3, 3e-3)
     diagnosed = [_json(["diagnose", str(d), "--json"]) for d in (standard, packed)]
     assert set(diagnosed[0]) == set(diagnosed[1])
-    evaluated = [_json(["evaluate", str(d), "--limit", "2", "--max-new-tokens", "4", "--metric", "exact_match",
-                        "--json"]) for d in (standard, packed)]
+    evaluated = [
+        _json(["evaluate", str(d), "--limit", "2", "--max-new-tokens", "4", "--metric", "exact_match", "--json"])
+        for d in (standard, packed)
+    ]
     assert set(evaluated[0]) == set(evaluated[1]) and evaluated[1]["ok"]
 
 
 def _json(args: list[str]) -> dict:
     result = CliRunner().invoke(app, args)
     assert result.exit_code in (0, 1), result.output[-2000:]
-    return json.loads(result.stdout[result.stdout.index("{"):])
+    return json.loads(result.stdout[result.stdout.index("{") :])
 
 
 def test_packed_trials_seconds_add_up_to_the_engines_time(tiny_config, tmp_path):
@@ -153,8 +165,15 @@ def test_packed_trials_seconds_add_up_to_the_engines_time(tiny_config, tmp_path)
     config = tiny_config(max_steps=4, eval_steps=2)
     engine = PackedEngine(config, slots=3)
     for n in range(3):
-        engine.start(TrialSpec(n, {}, tiny_config(max_steps=2 + 2 * n, output_dir=str(tmp_path / str(n))),
-                               tmp_path / str(n), report_fractions=(0.5, 1.0)))
+        engine.start(
+            TrialSpec(
+                n,
+                {},
+                tiny_config(max_steps=2 + 2 * n, output_dir=str(tmp_path / str(n))),
+                tmp_path / str(n),
+                report_fractions=(0.5, 1.0),
+            )
+        )
     outcomes = []
     while engine.active:
         outcomes += [p for p in engine.advance() if isinstance(p, Outcome)]
@@ -163,5 +182,6 @@ def test_packed_trials_seconds_add_up_to_the_engines_time(tiny_config, tmp_path)
     assert sum(o.seconds for o in outcomes) == pytest.approx(spent, rel=0.02)
     assert max(o.seconds for o in outcomes) < spent  # no trial is charged the whole pack
     summaries = [read_summary(tmp_path / str(n) / "summary.json") for n in range(3)]
-    assert [s.seconds for s in summaries] == [pytest.approx(o.seconds, abs=1e-3) for o in
-                                             sorted(outcomes, key=lambda o: o.number)]
+    assert [s.seconds for s in summaries] == [
+        pytest.approx(o.seconds, abs=1e-3) for o in sorted(outcomes, key=lambda o: o.number)
+    ]

@@ -200,8 +200,7 @@ def test_a_diverging_trial_fails_alone_and_its_pack_mate_is_untouched(load, data
     it trains exactly as it does alone (its rows, weights and optimizer never see the other's)."""
     steady = {**MIXED[2], "max_steps": 6, "lora_target": "all-linear"}
     wild = {**steady, "learning_rate": 1e30, "seed": 9, "max_grad_norm": 0.0}
-    packed = run_engine(load, data, tiny_model, tmp_path / "pack", {1: steady, 2: wild}, slots=2,
-                        fractions=(1.0,))
+    packed = run_engine(load, data, tiny_model, tmp_path / "pack", {1: steady, 2: wild}, slots=2, fractions=(1.0,))
     assert packed[2].state == "failed" and packed[2].reason.startswith("loss is ")
     failed_at = int(packed[2].reason.rsplit(" ", 1)[1])
     written = [r.step for r in read_stream(tmp_path / "pack" / "t2" / "metrics.jsonl") if isinstance(r, TrainStep)]
@@ -214,8 +213,12 @@ def test_the_health_monitor_stops_a_packed_trial_and_its_pack_mate_is_untouched(
     its stream, and a stop ends that trial alone as failed with the rule's code. The tiny model cannot
     diverge for real, so the watched trial's rule is set to call any rise above its best loss a divergence."""
     steady = {**MIXED[2], "max_steps": 6, "lora_target": "all-linear"}
-    touchy = {**steady, "seed": 9, "learning_rate": 0.5,
-              "health": {"divergence_factor": 1.0001, "divergence_patience": 1, "min_points": 2, "smooth_window": 1}}
+    touchy = {
+        **steady,
+        "seed": 9,
+        "learning_rate": 0.5,
+        "health": {"divergence_factor": 1.0001, "divergence_patience": 1, "min_points": 2, "smooth_window": 1},
+    }
     packed = run_engine(load, data, tiny_model, tmp_path / "pack", {1: steady, 2: touchy}, slots=2, fractions=(1.0,))
     assert packed[2].state == "failed" and packed[2].reason == "health.stop", packed[2]  # as the standard engine
     records = read_stream(tmp_path / "pack" / "t2" / "metrics.jsonl")
@@ -230,8 +233,9 @@ def test_the_health_monitor_stops_a_packed_trial_and_its_pack_mate_is_untouched(
     assert_equals_alone(load, data, tiny_model, tmp_path, 1, steady, packed[1], steps=6)
 
 
-def test_out_of_memory_fails_the_packs_trials_for_a_retry_and_drops_a_slot(load, data, tiny_model, tmp_path,
-                                                                          monkeypatch):
+def test_out_of_memory_fails_the_packs_trials_for_a_retry_and_drops_a_slot(
+    load, data, tiny_model, tmp_path, monkeypatch
+):
     """A packed step that runs out of GPU memory (simulated: more than two slots' rows) fails its trials as
     out of memory (the sweep loop then retries them with half the micro-batch); the engine goes on with one
     slot fewer, and a trial started afterwards trains exactly as it does alone."""
@@ -298,9 +302,7 @@ def peft_reference(load, data, cfg, init_state: dict, steps: int):
     )
     train, _ = data(cfg)
     plan = make_plan(t, len(train))
-    sched = get_scheduler(
-        t.lr_scheduler_type, opt, num_warmup_steps=plan.warmup_steps, num_training_steps=steps
-    )
+    sched = get_scheduler(t.lr_scheduler_type, opt, num_warmup_steps=plan.warmup_steps, num_training_steps=steps)
     out = []
     for step in range(1, steps + 1):
         batches = [collate([train[i] for i in idx], 0) for idx in step_indices(plan, t.seed, step)]
@@ -328,8 +330,7 @@ def test_packed_trial_is_standard_peft_lora_and_exports_a_peft_adapter(load, dat
     params = {**MIXED[2], "max_steps": 4}
     neighbour = {**MIXED[1], "max_steps": 8}  # a pack neighbour, so the checked trial is not alone
     # fused RMSNorm kernels, as on GPU (on CPU the engine keeps transformers' own by default)
-    engine = PackedEngine(make_config(tiny_model), 2, model=load(), pad_id=0, data=data, chunk_rows=5,
-                          fuse_norms=True)
+    engine = PackedEngine(make_config(tiny_model), 2, model=load(), pad_id=0, data=data, chunk_rows=5, fuse_norms=True)
     assert engine.pack.fused_norms == 5
     cfg = make_config(tiny_model, **params)
     engine.start(TrialSpec(7, params, cfg, run_dir=tmp_path / "t7", report_fractions=(0.5, 1.0)))
@@ -397,6 +398,4 @@ def test_packed_trial_equals_the_standard_engine_trial(tiny_config, tmp_path):
         assert g[0] == pytest.approx(w[0], abs=1e-5) and g[1] == pytest.approx(w[1], abs=1e-5)
         assert g[2] == pytest.approx(w[2], rel=1e-9) and g[3] == w[3]
     assert got[1] == pytest.approx(want[1], abs=1e-5)
-    assert outcome[-1].state == "complete" and outcome[-1].value == pytest.approx(
-        summary["best_eval_loss"], abs=1e-5
-    )
+    assert outcome[-1].state == "complete" and outcome[-1].value == pytest.approx(summary["best_eval_loss"], abs=1e-5)

@@ -42,13 +42,20 @@ def test_bf16_rounds_where_transformers_rounds():
     x = torch.randn(4, 7, original.weight.shape[0]).to(torch.bfloat16) * 3
     want, got = original(x), fused(x)
     assert got.dtype == want.dtype == torch.bfloat16
-    assert (got.float() - want.float()).abs().max() <= 2 ** -7 * want.float().abs().max()  # about a bf16 ulp
+    assert (got.float() - want.float()).abs().max() <= 2**-7 * want.float().abs().max()  # about a bf16 ulp
 
 
 def test_a_norm_with_another_formula_stays():
     """Gemma scales by (1 + weight) in fp32: the check on a random input refuses to replace it."""
-    config = GemmaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=1, head_dim=8)
+    config = GemmaConfig(
+        vocab_size=64,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=8,
+    )
     model = GemmaForCausalLM(config)
     before = norms(model)
     assert before and fuse_rms_norms(model) == 0 and norms(model) == before

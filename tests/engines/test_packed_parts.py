@@ -23,9 +23,7 @@ def _layer_with_slots(ranks: list[int], rows: list[int]):
     model = torch.nn.Sequential(torch.nn.Linear(6, 5))
     wrapped = wrap_linears_plain(model, ctx)
     for slot, r in enumerate(ranks):
-        add_adapters(
-            wrapped, ["0"], slot, r, alpha=2.0 * (slot + 1), use_rslora=slot == 1, dropout=0.0, seed=slot
-        )
+        add_adapters(wrapped, ["0"], slot, r, alpha=2.0 * (slot + 1), use_rslora=slot == 1, dropout=0.0, seed=slot)
         torch.nn.init.normal_(wrapped["0"].adapters[str(slot)].lora_B)  # nonzero B: the delta matters
     starts = [sum(rows[:i]) for i in range(len(rows))]
     ctx.segments = [(s, a, a + n) for s, (a, n) in enumerate(zip(starts, rows, strict=True))]
@@ -49,9 +47,7 @@ def test_multi_lora_layer_is_each_slots_own_lora(rows):
         ref = layer.base_layer(x[a:b]) + (x[a:b] @ A.t() @ B.t()) * ad.scaling
         ref.square().sum().backward()
         assert torch.allclose(out[a:b], ref, atol=1e-6)
-        assert torch.allclose(ad.lora_A.grad, A.grad, atol=1e-5) and torch.allclose(
-            ad.lora_B.grad, B.grad, atol=1e-5
-        )
+        assert torch.allclose(ad.lora_A.grad, A.grad, atol=1e-5) and torch.allclose(ad.lora_B.grad, B.grad, atol=1e-5)
     assert layer.adapters["1"].scaling == pytest.approx(4.0 / 2.0)  # rsLoRA: alpha / sqrt(r), r=4
 
 
@@ -146,8 +142,10 @@ def test_trials_that_cannot_run_fail_before_they_start(engine, tiny_model):
 def test_the_fit_check_counts_the_bank_row_a_larger_rank_widens_for_everyone(engine, tiny_model):
     """A trial's bank row spans every wrapped layer at the bank's largest rank: a rank-16 trial next to a
     rank-2 one makes both rows rank 16 wide, which the fit check must count before it starts."""
-    small, large = make_config(tiny_model, max_steps=2, lora_rank=2, lora_target="q_proj"), \
-        make_config(tiny_model, max_steps=2, lora_rank=16, lora_target="q_proj")
+    small, large = (
+        make_config(tiny_model, max_steps=2, lora_rank=2, lora_target="q_proj"),
+        make_config(tiny_model, max_steps=2, lora_rank=16, lora_target="q_proj"),
+    )
     engine.start(TrialSpec(1, {}, small))
     per_row_16 = engine._estimate(large, 16)
     assert per_row_16 > engine._estimate(small, 2)  # wider rows, and all layers (not only q_proj)
@@ -186,8 +184,11 @@ def test_activation_checkpointing_keeps_the_trial_and_its_dropout_masks(tiny_mod
         base = make_config(tiny_model, gradient_checkpointing=ckpt)
         model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
         eng = PackedEngine(base, 1, model=model, pad_id=0, data=lambda cfg: (train, evals))
-        eng.start(TrialSpec(0, params, make_config(tiny_model, **params), run_dir=tmp_path / str(ckpt),
-                            report_fractions=(1.0,)))
+        eng.start(
+            TrialSpec(
+                0, params, make_config(tiny_model, **params), run_dir=tmp_path / str(ckpt), report_fractions=(1.0,)
+            )
+        )
         assert eng.advance()[-1].state == "complete"
         records = read_stream(tmp_path / str(ckpt) / "metrics.jsonl")
         losses[ckpt] = [v for r in records if isinstance(r, TrainStep) for v in (r.loss, r.grad_norm)]

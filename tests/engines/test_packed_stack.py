@@ -9,8 +9,16 @@ from test_packed_equivalence import curves, make_config, synthetic_examples
 from tunepilot.engines.base import TrialSpec
 from tunepilot.engines.packed import PackedEngine
 
-FIRST = dict(lora_rank=2, lora_alpha=4, learning_rate=5e-3, max_steps=4, per_device_train_batch_size=2,
-             weight_decay=0.1, max_grad_norm=0.05, seed=1)
+FIRST = dict(
+    lora_rank=2,
+    lora_alpha=4,
+    learning_rate=5e-3,
+    max_steps=4,
+    per_device_train_batch_size=2,
+    weight_decay=0.1,
+    max_grad_norm=0.05,
+    seed=1,
+)
 SECOND = dict(lora_rank=8, lora_alpha=8, learning_rate=1e-2, max_steps=2, per_device_train_batch_size=2, seed=2)
 
 
@@ -44,13 +52,15 @@ def test_a_trial_is_unchanged_when_a_larger_trial_grows_the_stacks(tiny_model, t
     assert torch.equal(layer.stack.A[0, 2:], torch.zeros_like(layer.stack.A[0, 2:]))  # padding stays zero
     assert moments.abs().sum() > 0
     moved = engine._slots[0].optimizer.state[row]["exp_avg"]  # the AdamW moments moved with the weights
-    assert moved.shape == row.shape and torch.equal(bank.blocks(moved.view(1, -1))[0][0][0, :2],
-                                                    bank.blocks(moments.view(1, -1), rank=2)[0][0][0])
+    assert moved.shape == row.shape and torch.equal(
+        bank.blocks(moved.view(1, -1))[0][0][0, :2], bank.blocks(moments.view(1, -1), rank=2)[0][0][0]
+    )
     _finish(engine)
 
     alone = _engine(tiny_model)
-    alone.start(TrialSpec(1, FIRST, make_config(tiny_model, **FIRST), run_dir=tmp_path / "alone",
-                          report_fractions=(0.5, 1.0)))
+    alone.start(
+        TrialSpec(1, FIRST, make_config(tiny_model, **FIRST), run_dir=tmp_path / "alone", report_fractions=(0.5, 1.0))
+    )
     _finish(alone)
     got, want = curves(tmp_path / "grown"), curves(tmp_path / "alone")
     assert len(got[0]) == 4

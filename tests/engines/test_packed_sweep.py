@@ -15,26 +15,43 @@ def write_chat(path, n: int, seed: int = 0):
     lines = []
     for i in range(n):
         a, b = (i * 7 + seed) % 13, (i * 5 + 3 * seed) % 11
-        messages = [{"role": "user", "content": f"What is {a} + {b}?"},
-                    {"role": "assistant", "content": f"{a} + {b} = {a + b}"}]
+        messages = [
+            {"role": "user", "content": f"What is {a} + {b}?"},
+            {"role": "assistant", "content": f"{a} + {b} = {a + b}"},
+        ]
         lines.append(json.dumps({"messages": messages}))
     path.write_text("\n".join(lines) + "\n")
     return path
 
 
 def test_sweep_with_the_packed_engine_runs_trials_in_slots(tiny_model, tmp_path):
-    base = {"model_name_or_path": str(tiny_model), "dataset": str(write_chat(tmp_path / "train.jsonl", 24)),
-            "eval_dataset": str(write_chat(tmp_path / "eval.jsonl", 6, seed=1)), "cutoff_len": 48,
-            "max_steps": 4, "per_device_train_batch_size": 4, "lora_rank": 4, "device": "cpu"}
-    sweep = {"base": base, "space": {"learning_rate": {"low": 1e-4, "high": 1e-2, "log": True},
-                                     "lora_rank": [2, 4, 8], "gradient_accumulation_steps": [1, 2]},
-             "sampler": {"name": "random", "seed": 0}, "pruner": "none", "budget": {"n_trials": 5},
-             "engine": {"name": "packed", "slots": 3}}
+    base = {
+        "model_name_or_path": str(tiny_model),
+        "dataset": str(write_chat(tmp_path / "train.jsonl", 24)),
+        "eval_dataset": str(write_chat(tmp_path / "eval.jsonl", 6, seed=1)),
+        "cutoff_len": 48,
+        "max_steps": 4,
+        "per_device_train_batch_size": 4,
+        "lora_rank": 4,
+        "device": "cpu",
+    }
+    sweep = {
+        "base": base,
+        "space": {
+            "learning_rate": {"low": 1e-4, "high": 1e-2, "log": True},
+            "lora_rank": [2, 4, 8],
+            "gradient_accumulation_steps": [1, 2],
+        },
+        "sampler": {"name": "random", "seed": 0},
+        "pruner": "none",
+        "budget": {"n_trials": 5},
+        "engine": {"name": "packed", "slots": 3},
+    }
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(sweep))
     result = CliRunner().invoke(app, ["sweep", str(path), "--dir", str(tmp_path / "sw"), "--json"])
     assert result.exit_code == 0, result.output[-3000:]
-    body = json.loads(result.stdout[result.stdout.index("{"):])
+    body = json.loads(result.stdout[result.stdout.index("{") :])
     rows = body["leaderboard"]
     assert len(rows) == 5 and all(r["state"] == "complete" for r in rows), rows
     assert all(r["steps"] == 4 and r["tokens"] > 0 for r in rows)

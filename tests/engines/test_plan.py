@@ -3,8 +3,12 @@ from tunepilot.engines.plan import make_plan, micro_batch_indices, step_indices
 
 
 def test_derived_values():
-    plan = make_plan(TrainSettings(per_device_train_batch_size=4, gradient_accumulation_steps=2,
-                                   num_train_epochs=2, warmup_ratio=0.1), n_train=30)
+    plan = make_plan(
+        TrainSettings(
+            per_device_train_batch_size=4, gradient_accumulation_steps=2, num_train_epochs=2, warmup_ratio=0.1
+        ),
+        n_train=30,
+    )
     assert plan.micro_batches_per_epoch == 8
     assert plan.effective_batch == 8
     assert plan.total_steps == 8  # 16 micro-batches / 2

@@ -124,8 +124,9 @@ def wait_for_steps(run_dir: Path, n: int, timeout: float) -> None:
 
 @pytest.mark.parametrize("scheduler", ["cosine", "linear", "constant"])
 def test_schedulers_follow_their_shape_after_warmup(tiny_config, tmp_path, scheduler):
-    config = tiny_config(lr_scheduler_type=scheduler, warmup_steps=2, max_steps=8, eval_steps=8,
-                         output_dir=str(tmp_path / scheduler))
+    config = tiny_config(
+        lr_scheduler_type=scheduler, warmup_steps=2, max_steps=8, eval_steps=8, output_dir=str(tmp_path / scheduler)
+    )
     train(config)
     lrs = [r.lr for r in read_stream(tmp_path / scheduler / "metrics.jsonl") if isinstance(r, TrainStep)]
     peak = config.train.learning_rate

@@ -12,8 +12,10 @@ from typer.testing import CliRunner
 
 from tunepilot.cli.app import app
 
-QA = [{"question": f"How many clips did Natalia sell on day {i}?", "answer": f"She sold {i} clips. #### {i}"}
-      for i in range(1, 7)]
+QA = [
+    {"question": f"How many clips did Natalia sell on day {i}?", "answer": f"She sold {i} clips. #### {i}"}
+    for i in range(1, 7)
+]
 
 
 @pytest.fixture(scope="module")
@@ -21,9 +23,13 @@ def workspace(tmp_path_factory, tiny_model):
     root = tmp_path_factory.mktemp("evalcli")
     data = root / "qa.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in QA))
-    config = {"model": {"name_or_path": str(tiny_model)}, "data": {"train": str(data), "eval": str(data)},
-              "train": {"device": "cpu"}, "output": {"output_dir": str(root / "run")},
-              "evaluate": {"metric": "numeric_match", "max_new_tokens": 5, "batch_size": 4}}
+    config = {
+        "model": {"name_or_path": str(tiny_model)},
+        "data": {"train": str(data), "eval": str(data)},
+        "train": {"device": "cpu"},
+        "output": {"output_dir": str(root / "run")},
+        "evaluate": {"metric": "numeric_match", "max_new_tokens": 5, "batch_size": 4},
+    }
     (root / "config.yaml").write_text(yaml.safe_dump(config))
     return root
 
@@ -109,12 +115,15 @@ def test_few_shot_puts_train_answers_in_the_prompt(workspace):
     assert prompt.count("<|im_start|>assistant") == 3 and QA[0]["answer"] in prompt
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["missing.yaml"], "config file not found"),
-    (["--data", "nowhere.jsonl"], "eval data not found"),
-    (["--metric", "no_such_module_xyz:f"], "cannot import module"),
-    (["--metric", "bleu9000"], "unknown"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["missing.yaml"], "config file not found"),
+        (["--data", "nowhere.jsonl"], "eval data not found"),
+        (["--metric", "no_such_module_xyz:f"], "cannot import module"),
+        (["--metric", "bleu9000"], "unknown"),
+    ],
+)
 def test_user_errors_exit_2_with_a_message(workspace, args, needle):
     target = [] if args[0] == "missing.yaml" else [workspace / "config.yaml"]
     code, env = _invoke(*target, *args)
@@ -146,8 +155,9 @@ def test_directory_without_config_and_bad_evaluate_section(workspace, tmp_path):
 
 def test_text_output_names_metric_counts_and_results_file(workspace):
     out = workspace / "text.jsonl"
-    result = CliRunner().invoke(app, ["evaluate", str(workspace / "config.yaml"), "--metric", "accuracy",
-                                      "--limit", 3, "--out", str(out)])
+    result = CliRunner().invoke(
+        app, ["evaluate", str(workspace / "config.yaml"), "--metric", "accuracy", "--limit", 3, "--out", str(out)]
+    )
     assert result.exit_code == 0, result.output
     assert "accuracy = " in result.stdout and "on 3 records of qa (base model" in result.stdout
     assert "unmatched: " in result.stdout and str(out) in result.stdout.replace("\n", "")
@@ -156,8 +166,17 @@ def test_text_output_names_metric_counts_and_results_file(workspace):
 def test_labels_file_flag_sets_the_allowed_answers(workspace):
     labels = workspace / "labels.json"
     labels.write_text(json.dumps([r["answer"] for r in QA] + ["an answer no record has"]))
-    code, env = _invoke(workspace / "config.yaml", "--metric", "accuracy", "--labels-file", labels, "--limit", 2,
-                        "--out", workspace / "acc.jsonl")
+    code, env = _invoke(
+        workspace / "config.yaml",
+        "--metric",
+        "accuracy",
+        "--labels-file",
+        labels,
+        "--limit",
+        2,
+        "--out",
+        workspace / "acc.jsonl",
+    )
     assert code == 0 and env["metric"] == "accuracy" and env["n"] == 2
     code, env = _invoke(workspace / "config.yaml", "--metric", "accuracy", "--labels-file", workspace / "nope.txt")
     assert code == 2 and "--labels-file" in env["error"]["message"]

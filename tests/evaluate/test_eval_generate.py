@@ -14,9 +14,13 @@ from tunepilot.evaluate.generate import generate
 from tunepilot.evaluate.runner import evaluate_model, render_prompts, write_results
 from tunepilot.evaluate.settings import EvalSettings
 
-QUESTIONS = ["How many clips?", "Book a table for 4 people at 7pm tomorrow under the name Smith please.",
-             "card", "The quick brown fox jumps over the lazy dog. How many?",
-             "I still have not received it."]
+QUESTIONS = [
+    "How many clips?",
+    "Book a table for 4 people at 7pm tomorrow under the name Smith please.",
+    "card",
+    "The quick brown fox jumps over the lazy dog. How many?",
+    "I still have not received it.",
+]
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +31,10 @@ def model_and_tokenizer(tiny_model):
 
 def _examples(refs=None):
     refs = refs or ["72"] * len(QUESTIONS)
-    return [EvalExample(({"role": "user", "content": q},), r, f"eval.jsonl:{i + 1}")
-            for i, (q, r) in enumerate(zip(QUESTIONS, refs, strict=True))]
+    return [
+        EvalExample(({"role": "user", "content": q},), r, f"eval.jsonl:{i + 1}")
+        for i, (q, r) in enumerate(zip(QUESTIONS, refs, strict=True))
+    ]
 
 
 def test_batched_generation_equals_one_by_one(model_and_tokenizer):

@@ -24,27 +24,33 @@ def _run(metric, pairs):
 
 
 def test_exact_match_normalises_case_punctuation_articles_and_spaces():
-    scored, agg = _run(build_metric("exact_match"), [
-        ("  The Eiffel   Tower.", "eiffel tower"),
-        ("Paris!", "paris"),
-        ("Lyon", "Paris"),
-    ])
+    scored, agg = _run(
+        build_metric("exact_match"),
+        [
+            ("  The Eiffel   Tower.", "eiffel tower"),
+            ("Paris!", "paris"),
+            ("Lyon", "Paris"),
+        ],
+    )
     assert [s.score for s in scored] == [1.0, 1.0, 0.0]
     assert agg == {"exact_match": pytest.approx(2 / 3)}
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("Janet sells 9 eggs.\nShe makes 9 * 2 = $<<9*2=18>>18 every day.\n#### 18", "18"),
-    ("#### 1,234", "1234"),
-    ("The answer is $1,234.50.", "1234.50"),
-    ("She paid $70 in total and had 3 coins left", "3"),  # no marker: the last number
-    ("So the answer is 42. I hope this helps with question 7!", "42"),  # the marker wins over later numbers
-    ("16 - 3 - 4 = 9 eggs, so 16-3-4=9.", "9"),  # hyphens between numbers are not signs
-    ("The temperature fell to -5 degrees.", "-5"),
-    ("He lost -$3 on the deal", "-3"),
-    ("The final result is \\boxed{12} apples", "12"),
-    ("1,2,3 go", "3"),  # comma-separated list, not a thousands number
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("Janet sells 9 eggs.\nShe makes 9 * 2 = $<<9*2=18>>18 every day.\n#### 18", "18"),
+        ("#### 1,234", "1234"),
+        ("The answer is $1,234.50.", "1234.50"),
+        ("She paid $70 in total and had 3 coins left", "3"),  # no marker: the last number
+        ("So the answer is 42. I hope this helps with question 7!", "42"),  # the marker wins over later numbers
+        ("16 - 3 - 4 = 9 eggs, so 16-3-4=9.", "9"),  # hyphens between numbers are not signs
+        ("The temperature fell to -5 degrees.", "-5"),
+        ("He lost -$3 on the deal", "-3"),
+        ("The final result is \\boxed{12} apples", "12"),
+        ("1,2,3 go", "3"),  # comma-separated list, not a thousands number
+    ],
+)
 def test_extract_number(text, expected):
     assert extract_number(text) == Decimal(expected)
 
@@ -55,13 +61,16 @@ def test_extract_number_none_without_digits():
 
 def test_numeric_match_with_extra_text_and_formats():
     reference = "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\n#### 72"
-    scored, agg = _run(build_metric("gsm8k"), [
-        ("Natalia sold 48 + 24 = 72 clips altogether. The answer is 72.", reference),
-        ("#### 72.00", reference),
-        ("She sold $72", reference),
-        ("24", reference),
-        ("I cannot tell.", reference),
-    ])
+    scored, agg = _run(
+        build_metric("gsm8k"),
+        [
+            ("Natalia sold 48 + 24 = 72 clips altogether. The answer is 72.", reference),
+            ("#### 72.00", reference),
+            ("She sold $72", reference),
+            ("24", reference),
+            ("I cannot tell.", reference),
+        ],
+    )
     assert [s.score for s in scored] == [1, 1, 1, 0, 0]
     assert scored[1].extracted == "72"
     assert scored[4].note == "no number in the prediction"
@@ -78,16 +87,21 @@ LABELS = ("card_arrival", "card_linking", "exchange_rate", "card_payment_wrong_e
 
 def test_accuracy_maps_generation_to_the_closest_label():
     metric = build_metric("accuracy", MetricContext(labels=LABELS))
-    scored, agg = _run(metric, [
-        ("card_arrival", "card_arrival"),
-        ("Card Arrival", "card_arrival"),  # case and separator
-        ("card_payment_wrong_exchange_rate\nThe customer was charged the wrong rate.",
-         "card_payment_wrong_exchange_rate"),  # longest label at the earliest position, not exchange_rate
-        ("Intent: pin_blocked.", "pin_blocked"),  # label inside text
-        ("card_arival", "card_arrival"),  # one typo
-        ("exchange_rate", "card_arrival"),  # a real label, but wrong
-        ("I am not sure what you mean", "card_linking"),  # no label at all
-    ])
+    scored, agg = _run(
+        metric,
+        [
+            ("card_arrival", "card_arrival"),
+            ("Card Arrival", "card_arrival"),  # case and separator
+            (
+                "card_payment_wrong_exchange_rate\nThe customer was charged the wrong rate.",
+                "card_payment_wrong_exchange_rate",
+            ),  # longest label at the earliest position, not exchange_rate
+            ("Intent: pin_blocked.", "pin_blocked"),  # label inside text
+            ("card_arival", "card_arrival"),  # one typo
+            ("exchange_rate", "card_arrival"),  # a real label, but wrong
+            ("I am not sure what you mean", "card_linking"),  # no label at all
+        ],
+    )
     assert [s.score for s in scored] == [1, 1, 1, 1, 1, 0, 0]
     assert scored[2].extracted == "card_payment_wrong_exchange_rate"
     assert scored[6].note == "matches no allowed label"
@@ -110,12 +124,15 @@ def test_accuracy_on_banking77_categories(shared_data):
 
 
 def test_token_f1():
-    scored, agg = _run(build_metric("f1"), [
-        ("the cat sat on the mat", "a cat sat on a mat"),  # articles removed: identical
-        ("cat sat", "cat sat on mat"),  # p=1, r=0.5
-        ("dog", "cat"),
-        ("", ""),
-    ])
+    scored, agg = _run(
+        build_metric("f1"),
+        [
+            ("the cat sat on the mat", "a cat sat on a mat"),  # articles removed: identical
+            ("cat sat", "cat sat on mat"),  # p=1, r=0.5
+            ("dog", "cat"),
+            ("", ""),
+        ],
+    )
     assert [s.score for s in scored] == pytest.approx([1.0, 2 / 3, 0.0, 1.0])
     assert agg["token_f1"] == pytest.approx((1 + 2 / 3 + 0 + 1) / 4)
 
@@ -125,12 +142,15 @@ REF = json.dumps({"people": "4", "time": "7pm", "first_name": "Anna"})
 
 def test_field_f1_valid_fenced_and_malformed_json():
     metric = build_metric("json_fields")
-    scored, agg = _run(metric, [
-        ('{"people": 4, "time": "7PM", "first_name": "anna"}', REF),  # 3/3: numbers and case normalised
-        ('Sure! Here it is:\n```json\n{"people": "4", "time": "8pm"}\n```\nAnything else?', REF),  # 1 tp 1 fp
-        ('{"people": "4", "time": "7pm", "first_name": "Anna",}', REF),  # trailing comma: invalid
-        ("people: 4, time: 7pm", REF),  # no object at all
-    ])
+    scored, agg = _run(
+        metric,
+        [
+            ('{"people": 4, "time": "7PM", "first_name": "anna"}', REF),  # 3/3: numbers and case normalised
+            ('Sure! Here it is:\n```json\n{"people": "4", "time": "8pm"}\n```\nAnything else?', REF),  # 1 tp 1 fp
+            ('{"people": "4", "time": "7pm", "first_name": "Anna",}', REF),  # trailing comma: invalid
+            ("people: 4, time: 7pm", REF),  # no object at all
+        ],
+    )
     assert [s.counts["tp"] for s in scored] == [3, 1, 0, 0]
     assert [s.counts["invalid_json"] for s in scored] == [0, 0, 1, 1]
     assert scored[2].note.startswith("invalid JSON")
@@ -183,12 +203,15 @@ def test_custom_metric_from_module():
         metric.score("a", "b")
 
 
-@pytest.mark.parametrize("spec_body,match", [
-    ("no_such_module_xyz:f", "cannot import module"),
-    ("json:no_such_function", "has no attribute"),
-    ("json:__name__", "not a function"),
-    (":f", "module:function"),
-])
+@pytest.mark.parametrize(
+    "spec_body,match",
+    [
+        ("no_such_module_xyz:f", "cannot import module"),
+        ("json:no_such_function", "has no attribute"),
+        ("json:__name__", "not a function"),
+        (":f", "module:function"),
+    ],
+)
 def test_custom_metric_load_errors(spec_body, match):
     with pytest.raises(UserError, match=match):
         build_metric(spec_body)

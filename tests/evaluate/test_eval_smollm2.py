@@ -49,18 +49,33 @@ def _write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 
 def test_gsm8k_base_exact_match_is_reported(smollm2_dir, shared_data, tmp_path):
-    config = {"model": {"name_or_path": str(smollm2_dir)},
-              "data": {"train": str(shared_data / "gsm8k" / "train.jsonl")}, "train": {"device": "cpu"}}
+    config = {
+        "model": {"name_or_path": str(smollm2_dir)},
+        "data": {"train": str(shared_data / "gsm8k" / "train.jsonl")},
+        "train": {"device": "cpu"},
+    }
     (tmp_path / "gsm8k.yaml").write_text(yaml.safe_dump(config))
     out = tmp_path / "gsm8k.jsonl"
-    env = _evaluate(tmp_path / "gsm8k.yaml", "--data", shared_data / "gsm8k" / "test.jsonl", "--limit", 3,
-                    "--metric", "numeric_match", "--max-new-tokens", 40, "--out", out)
+    env = _evaluate(
+        tmp_path / "gsm8k.yaml",
+        "--data",
+        shared_data / "gsm8k" / "test.jsonl",
+        "--limit",
+        3,
+        "--metric",
+        "numeric_match",
+        "--max-new-tokens",
+        40,
+        "--out",
+        out,
+    )
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert env["metric"] == "numeric_match" and env["n"] == 3 and len(rows) == 3
     assert all(r["prediction"] for r in rows)  # the model answered something for every question
     # the reported score is the share of answers whose number equals the one after "####"
-    expected = [float(extract_number(r["prediction"]) == Decimal(r["reference"].split("####")[-1].strip()))
-                for r in rows]
+    expected = [
+        float(extract_number(r["prediction"]) == Decimal(r["reference"].split("####")[-1].strip())) for r in rows
+    ]
     assert [r["score"] for r in rows] == expected and env["value"] == pytest.approx(sum(expected) / 3)
 
 
@@ -72,12 +87,22 @@ def test_short_lora_finetune_beats_base_accuracy_on_banking77(smollm2_dir, share
     test_file = _write_jsonl(tmp_path / "test.jsonl", _rows(shared_data / "banking77" / "test.csv", 4))
     raw = {
         "model": {"name_or_path": str(smollm2_dir)},
-        "data": {"train": str(train_file), "columns": {"prompt": "text", "response": "category"},
-                 "system": "Classify the banking message. Answer with one label: " + ", ".join(INTENTS) + ".",
-                 "cutoff_len": 128},
+        "data": {
+            "train": str(train_file),
+            "columns": {"prompt": "text", "response": "category"},
+            "system": "Classify the banking message. Answer with one label: " + ", ".join(INTENTS) + ".",
+            "cutoff_len": 128,
+        },
         "method": {"lora_rank": 8, "lora_target": "all-linear"},
-        "train": {"learning_rate": 1e-3, "max_steps": 5, "per_device_train_batch_size": 6,
-                  "lr_scheduler_type": "constant", "save_steps": 100, "device": "cpu", "seed": 0},
+        "train": {
+            "learning_rate": 1e-3,
+            "max_steps": 5,
+            "per_device_train_batch_size": 6,
+            "lr_scheduler_type": "constant",
+            "save_steps": 100,
+            "device": "cpu",
+            "seed": 0,
+        },
         "output": {"output_dir": str(tmp_path / "run")},
     }
     config, _ = build_config(raw)

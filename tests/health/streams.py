@@ -13,12 +13,21 @@ from tunepilot.stream import EvalPoint, Record, TrainStep
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "logs"
 
 
-def train_curve(fn: Callable[[int], float], n: int = 200, noise: float = 0.03, seed: int = 0,
-                lr: float = 1e-4, grad: float = 1.0) -> list[TrainStep]:
+def train_curve(
+    fn: Callable[[int], float], n: int = 200, noise: float = 0.03, seed: int = 0, lr: float = 1e-4, grad: float = 1.0
+) -> list[TrainStep]:
     """Train steps 1..n with loss fn(step) times (1 + gaussian noise)."""
     rng = random.Random(seed)
-    return [TrainStep(step=s, loss=fn(s) * (1 + rng.gauss(0, noise)), lr=lr,
-                      grad_norm=grad * (1 + rng.gauss(0, 0.1)), epoch=s / 100) for s in range(1, n + 1)]
+    return [
+        TrainStep(
+            step=s,
+            loss=fn(s) * (1 + rng.gauss(0, noise)),
+            lr=lr,
+            grad_norm=grad * (1 + rng.gauss(0, 0.1)),
+            epoch=s / 100,
+        )
+        for s in range(1, n + 1)
+    ]
 
 
 def eval_curve(fn: Callable[[int], float], every: int = 20, n: int = 200) -> list[EvalPoint]:

@@ -35,9 +35,13 @@ def test_verdicts_on_real_logs(name, verdict):
     assert diagnose(read_log(FIXTURES / name)).verdict == verdict
 
 
-@pytest.mark.parametrize(("lf", "hf"), [("lf_qwen25_7b_medical_qlora", "hf_qwen25_7b_medical_qlora_derived"),
-                                        ("lf_qwen3_14b_no_points/trainer_log.jsonl",
-                                         "lf_qwen3_14b_no_points/trainer_state.json")])
+@pytest.mark.parametrize(
+    ("lf", "hf"),
+    [
+        ("lf_qwen25_7b_medical_qlora", "hf_qwen25_7b_medical_qlora_derived"),
+        ("lf_qwen3_14b_no_points/trainer_log.jsonl", "lf_qwen3_14b_no_points/trainer_state.json"),
+    ],
+)
 def test_same_run_as_hf_trainer_state_and_llamafactory_log_gets_the_same_verdict(lf, hf):
     from_lf, from_hf = read_log(FIXTURES / lf), read_log(FIXTURES / hf)
     assert {from_lf.source, from_hf.source} == {"llamafactory", "hf_trainer_state"}
@@ -63,8 +67,10 @@ def test_overfitting_patch_has_before_and_after_from_the_logged_config():
 
 
 def test_a_factor_on_an_unknown_value_is_reported_but_left_out_of_the_patch():
-    records = [*train_curve(lambda s: 2.0 * math.exp(-s / 60) + 0.2),
-               *eval_curve(lambda s: 1.0 + ((s - 80) / 100) ** 2)]
+    records = [
+        *train_curve(lambda s: 2.0 * math.exp(-s / 60) + 0.2),
+        *eval_curve(lambda s: 1.0 + ((s - 80) / 100) ** 2),
+    ]
     d = diagnose(as_log(records))
     alpha = next(r for r in d.recommendations if r["key"] == "lora_alpha")
     assert alpha["before"] is None and alpha["after"] is None and alpha["change"] == "x0.5"
@@ -72,8 +78,10 @@ def test_a_factor_on_an_unknown_value_is_reported_but_left_out_of_the_patch():
 
 
 def test_diverged_outranks_overfitting_and_its_changes_come_first():
-    records = [*train_curve(lambda s: 2.0 * math.exp(-s / 60) + 0.2),
-               *eval_curve(lambda s: 1.0 + ((s - 80) / 100) ** 2)]
+    records = [
+        *train_curve(lambda s: 2.0 * math.exp(-s / 60) + 0.2),
+        *eval_curve(lambda s: 1.0 + ((s - 80) / 100) ** 2),
+    ]
     records[199].loss = math.nan  # the last train step
     d = diagnose(as_log(records, learning_rate=2e-4))
     assert d.verdict == "diverged" and d.findings[0].code == "nan_inf"
@@ -88,8 +96,16 @@ def test_healthy_run_has_no_change_to_make():
 
 
 def test_verdicts_are_the_fixed_set():
-    assert VERDICTS == ("no-training-data", "diverged", "too-short", "unstable", "overfitting", "stalled",
-                        "underfitting", "healthy")
+    assert VERDICTS == (
+        "no-training-data",
+        "diverged",
+        "too-short",
+        "unstable",
+        "overfitting",
+        "stalled",
+        "underfitting",
+        "healthy",
+    )
 
 
 def test_all_labels_masked_pattern_is_diverged(tmp_path):
@@ -97,10 +113,17 @@ def test_all_labels_masked_pattern_is_diverged(tmp_path):
     train loss 0.0 with a NaN grad norm, BLEU kept as a metric."""
     import json
 
-    evals = [{"eval_loss": float("nan"), "eval_bleu_4": 0.0277, "eval_rouge_l": 0.0, "epoch": e, "step": s}
-             for e, s in ((1.0, 28), (2.0, 56), (3.0, 84))]
-    history = [evals[0], {"loss": 0.0, "grad_norm": float("nan"), "learning_rate": 9.8e-05, "epoch": 1.8, "step": 50},
-               evals[1], evals[2], {"train_loss": 0.0, "epoch": 3.0, "step": 84}]
+    evals = [
+        {"eval_loss": float("nan"), "eval_bleu_4": 0.0277, "eval_rouge_l": 0.0, "epoch": e, "step": s}
+        for e, s in ((1.0, 28), (2.0, 56), (3.0, 84))
+    ]
+    history = [
+        evals[0],
+        {"loss": 0.0, "grad_norm": float("nan"), "learning_rate": 9.8e-05, "epoch": 1.8, "step": 50},
+        evals[1],
+        evals[2],
+        {"train_loss": 0.0, "epoch": 3.0, "step": 84},
+    ]
     path = tmp_path / "trainer_state.json"
     path.write_text(json.dumps({"log_history": history, "max_steps": 84}))  # NaN written as JSON's NaN token
     d = diagnose(read_log(path))
@@ -120,8 +143,13 @@ def test_a_run_length_set_by_max_steps_is_changed_through_max_steps():
     from tunepilot.health.findings import Change, Finding
     from tunepilot.health.recommend import recommendations
 
-    finding = Finding("underfitting", "warning", "still learning", verdict="underfitting",
-                      changes=[Change("num_train_epochs", "the loss had not levelled off", factor=2.0)])
+    finding = Finding(
+        "underfitting",
+        "warning",
+        "still learning",
+        verdict="underfitting",
+        changes=[Change("num_train_epochs", "the loss had not levelled off", factor=2.0)],
+    )
     by_steps = recommendations([finding], "underfitting", {"max_steps": 30, "num_train_epochs": 1.0})
     by_epochs = recommendations([finding], "underfitting", {"max_steps": -1, "num_train_epochs": 1.0})
     assert [(r["key"], r["after"]) for r in by_steps] == [("max_steps", 60)]

@@ -73,8 +73,10 @@ def test_alerts_are_not_repeated_every_step():
 
 
 def test_overfitting_alert_once_while_the_run_continues():
-    records = [*train_curve(lambda s: 2.0 * math.exp(-s / 60) + 0.2),
-               *eval_curve(lambda s: 1.0 + ((s - 80) / 100) ** 2)]
+    records = [
+        *train_curve(lambda s: 2.0 * math.exp(-s / 60) + 0.2),
+        *eval_curve(lambda s: 1.0 + ((s - 80) / 100) ** 2),
+    ]
     monitor = LiveMonitor(HealthSettings(), planned_steps=200)
     events = feed(monitor, records)
     assert [e.code for e in events].count("health.overfitting") == 1 and monitor.stop_event is None

@@ -25,9 +25,14 @@ def problems(findings):
     return [f for f in findings if f.severity != "info"]
 
 
-HEALTHY_REAL = ["hf_distilbert_imdb_lora", "hf_qvikhr_lora_noeval", "hf_qwen05_full_verifier",
-                "hf_falcon_lora_imdb_slow", "hf_lora_fast_plateau",
-                "hf_law_lora_sparse_logging"]
+HEALTHY_REAL = [
+    "hf_distilbert_imdb_lora",
+    "hf_qvikhr_lora_noeval",
+    "hf_qwen05_full_verifier",
+    "hf_falcon_lora_imdb_slow",
+    "hf_lora_fast_plateau",
+    "hf_law_lora_sparse_logging",
+]
 
 
 @pytest.mark.parametrize("code", sorted(RULES))
@@ -104,6 +109,7 @@ def test_loss_ending_above_its_start_is_divergence():
 def test_a_runaway_that_recovers_is_unstable_not_diverged():
     def bump(s):
         return healthy_train(s) * (4.0 if 100 <= s < 115 else 1.0)
+
     [finding] = run_rule("divergence", train_curve(bump))
     assert finding.code == "divergence_recovered" and finding.verdict == "unstable" and not finding.stop
 
@@ -161,7 +167,7 @@ def test_grad_norm_explosions_warn_and_many_are_unstable():
 def test_grad_norm_growing_steadily_is_unstable():
     records = train_curve(healthy_train, noise=0.01)
     for r in records:
-        r.grad_norm = 0.5 * 1.03 ** r.step
+        r.grad_norm = 0.5 * 1.03**r.step
     [finding] = run_rule("grad_norm", records)
     assert finding.evidence["growth"] > SETTINGS.grad_norm_factor
 
@@ -200,8 +206,10 @@ def test_eval_still_improving_at_the_end_is_underfitting():
 
 
 def test_overfitting_from_which_step_by_how_much():
-    records = [*train_curve(lambda s: 2.0 * math.exp(-s / 60) + 0.2),
-               *eval_curve(lambda s: 1.0 + ((s - 80) / 100) ** 2)]
+    records = [
+        *train_curve(lambda s: 2.0 * math.exp(-s / 60) + 0.2),
+        *eval_curve(lambda s: 1.0 + ((s - 80) / 100) ** 2),
+    ]
     [finding] = run_rule("overfitting", records)
     assert finding.evidence["from_step"] == 80 and finding.severity == "error"
     assert finding.evidence["rise_relative"] == pytest.approx(1.44, rel=0.05)
@@ -227,8 +235,10 @@ def test_per_epoch_evals_one_clear_rise_is_overfitting_a_small_one_is_not():
 def test_noisy_flat_eval_losses_are_not_overfitting():
     """A small eval set: +-3% noise around a plateau. Its lowest point is luck, not a turning point."""
     wobble = [0.0, 0.03, -0.02, 0.01, -0.03, 0.02, 0.0, -0.01, 0.03, 0.01, 0.02, 0.03]
-    records = [*train_curve(healthy_train, n=240),
-               *[EvalPoint(step=20 * (i + 1), eval_loss=1.2 * (1 + w)) for i, w in enumerate(wobble)]]
+    records = [
+        *train_curve(healthy_train, n=240),
+        *[EvalPoint(step=20 * (i + 1), eval_loss=1.2 * (1 + w)) for i, w in enumerate(wobble)],
+    ]
     assert run_rule("overfitting", records) == []
 
 
@@ -252,14 +262,21 @@ def test_widening_train_eval_gap():
     assert finding.evidence["last_gap"] > SETTINGS.gap_ratio
 
 
-@pytest.mark.parametrize(("method", "params", "lr", "fires"), [
-    ("lora", 7e9, 2e-4, False), ("lora", 7e9, 5e-3, True), ("lora", 7e9, 1e-6, True),
-    ("full", 7e9, 2e-5, False), ("full", 70e9, 1e-4, True), ("full", 1.35e8, 1e-4, False),
-    (None, None, 5e-4, False), (None, None, 1e-1, True),
-])
+@pytest.mark.parametrize(
+    ("method", "params", "lr", "fires"),
+    [
+        ("lora", 7e9, 2e-4, False),
+        ("lora", 7e9, 5e-3, True),
+        ("lora", 7e9, 1e-6, True),
+        ("full", 7e9, 2e-5, False),
+        ("full", 70e9, 1e-4, True),
+        ("full", 1.35e8, 1e-4, False),
+        (None, None, 5e-4, False),
+        (None, None, 1e-1, True),
+    ],
+)
 def test_learning_rate_out_of_usual_range(method, params, lr, fires):
-    findings = run_rule("lr_range", train_curve(healthy_train), method=method, num_params=params,
-                        learning_rate=lr)
+    findings = run_rule("lr_range", train_curve(healthy_train), method=method, num_params=params, learning_rate=lr)
     assert bool(findings) == fires
     if fires:
         suggested, evidence = findings[0].changes[0].value, findings[0].evidence
@@ -284,8 +301,7 @@ def test_too_few_points_and_cut_off_runs_are_too_short():
 def test_no_eval_data_says_overfitting_cannot_be_judged():
     [finding] = run_rule("no_eval_data", train_curve(healthy_train))
     assert finding.severity == "info" and "cannot be judged" in finding.message
-    accuracy_only = [*train_curve(healthy_train),
-                     EvalPoint(step=100, eval_loss=None, metrics={"accuracy": 0.8})]
+    accuracy_only = [*train_curve(healthy_train), EvalPoint(step=100, eval_loss=None, metrics={"accuracy": 0.8})]
     assert "accuracy" in run_rule("no_eval_data", accuracy_only)[0].message
 
 
@@ -296,8 +312,7 @@ def test_no_training_data():
 
 def test_noisy_per_step_healthy_run_stays_healthy():
     """Per-step logging with small batches: 15% noise on a falling curve is normal, not a finding."""
-    records = [*train_curve(healthy_train, n=600, noise=0.15, seed=3),
-               *eval_curve(healthy_eval, every=50, n=600)]
+    records = [*train_curve(healthy_train, n=600, noise=0.15, seed=3), *eval_curve(healthy_eval, every=50, n=600)]
     assert diagnose(as_log(records)).verdict == "healthy"
 
 
@@ -317,8 +332,10 @@ def test_flat_noisy_evals_with_a_low_start_are_not_overfitting():
     """+-3% noise around a plateau, the lowest points early: the old noise estimate (spread around a
     centred median of 3, which is often the point itself) read this as a rise."""
     wobble = [-0.036, -0.005, 0.016, -0.004, 0.003, -0.031, -0.005, -0.008, 0.019, 0.003]
-    records = [*train_curve(lambda s: 2.0 - s / 1000, n=1000, noise=0.0),
-               *[EvalPoint(step=100 * (i + 1), eval_loss=round(1.2 * (1 + w), 4)) for i, w in enumerate(wobble)]]
+    records = [
+        *train_curve(lambda s: 2.0 - s / 1000, n=1000, noise=0.0),
+        *[EvalPoint(step=100 * (i + 1), eval_loss=round(1.2 * (1 + w), 4)) for i, w in enumerate(wobble)],
+    ]
     assert run_rule("overfitting", records) == []
 
 
@@ -326,8 +343,10 @@ def test_a_steady_small_rise_over_the_last_evals_is_overfitting():
     """Smooth evals that bottom out and then rise 1.5% over four evals in a row: a trailing median of
     the evals lags such a rise by one eval and used to hide it."""
     evals = [1.30, 1.20, 1.14, 1.10, 1.085, 1.080, 1.084, 1.088, 1.092, 1.096]
-    records = [*train_curve(lambda s: 2.0 * math.exp(-s / 300) + 0.5, n=1000, noise=0.0),
-               *[EvalPoint(step=100 * (i + 1), eval_loss=e) for i, e in enumerate(evals)]]
+    records = [
+        *train_curve(lambda s: 2.0 * math.exp(-s / 300) + 0.5, n=1000, noise=0.0),
+        *[EvalPoint(step=100 * (i + 1), eval_loss=e) for i, e in enumerate(evals)],
+    ]
     [finding] = run_rule("overfitting", records)
     assert finding.evidence["from_step"] == 600
     assert finding.evidence["rise_relative"] == pytest.approx(0.015, abs=0.001)
@@ -336,6 +355,5 @@ def test_a_steady_small_rise_over_the_last_evals_is_overfitting():
 def test_train_loss_still_falling_is_not_underfitting_when_the_eval_loss_stopped_improving():
     train = train_curve(lambda s: 1.0 + 2.0 * math.exp(-s / 150), n=200, noise=0.0)
     assert run_rule("underfitting", train)  # alone, a train loss still falling steeply is underfitting
-    flat = [EvalPoint(40, 1.5), EvalPoint(80, 1.4), EvalPoint(120, 1.38), EvalPoint(160, 1.385),
-            EvalPoint(200, 1.39)]
+    flat = [EvalPoint(40, 1.5), EvalPoint(80, 1.4), EvalPoint(120, 1.38), EvalPoint(160, 1.385), EvalPoint(200, 1.39)]
     assert run_rule("underfitting", [*train, *flat]) == []

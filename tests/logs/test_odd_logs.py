@@ -17,11 +17,44 @@ from tunepilot.health.settings import HealthSettings
 from tunepilot.logs import RunLog, read_log
 from tunepilot.stream import EvalPoint, TrainStep
 
-ODD_VALUES = [None, True, "", "abc", "1e-3", "NaN", "inf", -1, 0, 1e308, -1e308, [], {}, [1, 2], {"a": 1},
-              "1 day, 1:00:00", 3.5, 2**63, -0.0]
-KEYS = ["loss", "lr", "learning_rate", "grad_norm", "epoch", "step", "current_steps", "total_steps",
-        "eval_loss", "eval_accuracy", "percentage", "elapsed_time", "total_tokens", "num_input_tokens_seen",
-        "train_loss"]
+ODD_VALUES = [
+    None,
+    True,
+    "",
+    "abc",
+    "1e-3",
+    "NaN",
+    "inf",
+    -1,
+    0,
+    1e308,
+    -1e308,
+    [],
+    {},
+    [1, 2],
+    {"a": 1},
+    "1 day, 1:00:00",
+    3.5,
+    2**63,
+    -0.0,
+]
+KEYS = [
+    "loss",
+    "lr",
+    "learning_rate",
+    "grad_norm",
+    "epoch",
+    "step",
+    "current_steps",
+    "total_steps",
+    "eval_loss",
+    "eval_accuracy",
+    "percentage",
+    "elapsed_time",
+    "total_tokens",
+    "num_input_tokens_seen",
+    "train_loss",
+]
 
 
 def odd_entry(rng: random.Random, step: int) -> dict:
@@ -56,8 +89,10 @@ def test_odd_trainer_state(tmp_path, seed):
     rng = random.Random(100 + seed)
     history = [odd_entry(rng, s * 10) for s in range(rng.randint(0, 60))]
     history.insert(0, rng.choice(ODD_VALUES))
-    state = {"log_history": history, **{key: rng.choice(ODD_VALUES) for key in
-                                        ("max_steps", "logging_steps", "best_metric", "num_train_epochs")}}
+    state = {
+        "log_history": history,
+        **{key: rng.choice(ODD_VALUES) for key in ("max_steps", "logging_steps", "best_metric", "num_train_epochs")},
+    }
     path = tmp_path / "trainer_state.json"
     path.write_text(json.dumps(state))
     assert judged(path) in (None, *VERDICTS)
@@ -87,8 +122,15 @@ def test_odd_numbers_in_the_stream_never_crash_the_rules_or_the_monitor(seed):
     numbers = [0.0, -1.0, 1e-30, 1e30, float("nan"), float("inf"), 2.0, 2.0, 2.0, None]
     records = []
     for step in range(rng.randint(0, 80)):
-        records.append(TrainStep(step=step, loss=rng.choice(numbers), lr=rng.choice(numbers),
-                                 grad_norm=rng.choice(numbers), epoch=rng.choice(numbers)))
+        records.append(
+            TrainStep(
+                step=step,
+                loss=rng.choice(numbers),
+                lr=rng.choice(numbers),
+                grad_norm=rng.choice(numbers),
+                epoch=rng.choice(numbers),
+            )
+        )
         if rng.random() < 0.2:
             records.append(EvalPoint(step=step, eval_loss=rng.choice(numbers)))
     log = RunLog(records=records, source="test", path=Path("stream.jsonl"))

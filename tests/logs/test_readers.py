@@ -64,11 +64,13 @@ def test_real_run_that_logged_no_loss_in_either_format():
 
 
 def test_crlf_bom_string_numbers_missing_steps_and_nan_in_llamafactory_lines(tmp_path):
-    lines = ['{"current_steps": 1, "total_steps": 10, "loss": "2.5", "learning_rate": "1e-4"}',
-             '{"total_steps": 10, "loss": 2.25, "lr": 1e-4, "percentage": 20.0}',  # no step: from percentage
-             '{"loss": 2.0, "lr": 1e-4}',  # no step, no percentage: after the previous
-             '{"current_steps": 4, "total_steps": 10, "loss": "NaN", "lr": 1e-4}',
-             '{"current_steps": 4, "total_steps": 10, "eval_loss": "2.1", "eval_accuracy": 0.5}']
+    lines = [
+        '{"current_steps": 1, "total_steps": 10, "loss": "2.5", "learning_rate": "1e-4"}',
+        '{"total_steps": 10, "loss": 2.25, "lr": 1e-4, "percentage": 20.0}',  # no step: from percentage
+        '{"loss": 2.0, "lr": 1e-4}',  # no step, no percentage: after the previous
+        '{"current_steps": 4, "total_steps": 10, "loss": "NaN", "lr": 1e-4}',
+        '{"current_steps": 4, "total_steps": 10, "eval_loss": "2.1", "eval_accuracy": 0.5}',
+    ]
     path = tmp_path / "trainer_log.jsonl"
     path.write_bytes(("\ufeff" + "\r\n".join(lines) + "\r\n").encode())
     log = read_log(path)
@@ -86,13 +88,14 @@ def test_a_cut_off_last_line_is_ignored_with_a_note(tmp_path):
 
 
 def test_hf_entries_without_step_lr_alias_best_metric_accuracy_and_summary(tmp_path):
-    history = [{"loss": 2.0, "learning_rate": 1e-4, "step": 10},
-               {"loss": "1.8", "lr": 1e-4},  # no step: logging_steps after the previous one
-               {"eval_loss": 1.9, "eval_accuracy": 0.71, "eval_runtime": 3.2, "step": 20},
-               {"loss": 1.7, "grad_norm": "Infinity", "step": 30},
-               {"train_loss": 1.8, "train_runtime": 100.0, "step": 30}]
-    path = write_state(tmp_path / "trainer_state.json", history, logging_steps=10, best_metric=0.71,
-                       max_steps=30)
+    history = [
+        {"loss": 2.0, "learning_rate": 1e-4, "step": 10},
+        {"loss": "1.8", "lr": 1e-4},  # no step: logging_steps after the previous one
+        {"eval_loss": 1.9, "eval_accuracy": 0.71, "eval_runtime": 3.2, "step": 20},
+        {"loss": 1.7, "grad_norm": "Infinity", "step": 30},
+        {"train_loss": 1.8, "train_runtime": 100.0, "step": 30},
+    ]
+    path = write_state(tmp_path / "trainer_state.json", history, logging_steps=10, best_metric=0.71, max_steps=30)
     log = read_log(path)
     assert [(r.step, r.loss) for r in log.train_steps] == [(10, 2.0), (20, 1.8), (30, 1.7)]
     assert log.train_steps[1].lr == 1e-4 and log.train_steps[2].grad_norm == math.inf
@@ -111,8 +114,10 @@ def test_hf_prediction_only_log_has_no_training_data(tmp_path):
 
 def test_directory_of_checkpoints_reads_the_newest(tmp_path):
     for step in (100, 1000, 200):  # 1000 > 200 as numbers, not as strings
-        write_state(tmp_path / f"checkpoint-{step}" / "trainer_state.json",
-                    [{"loss": 1.0, "step": s} for s in range(10, step + 1, 10)])
+        write_state(
+            tmp_path / f"checkpoint-{step}" / "trainer_state.json",
+            [{"loss": 1.0, "step": s} for s in range(10, step + 1, 10)],
+        )
     log = read_log(tmp_path)
     assert log.path.parent.name == "checkpoint-1000" and log.train_steps[-1].step == 1000
 
@@ -125,21 +130,29 @@ def test_run_directory_prefers_its_own_trainer_state(tmp_path):
 
 def test_tunepilot_metrics_stream_with_summary_and_config(tmp_path):
     with MetricsWriter(tmp_path / "metrics.jsonl") as writer:
-        for record in (TrainStep(1, 2.0, lr=1e-4), TrainStep(2, float("nan")), EvalPoint(2, 1.9),
-                       Event(2, "health.stop", "stopped")):
+        for record in (
+            TrainStep(1, 2.0, lr=1e-4),
+            TrainStep(2, float("nan")),
+            EvalPoint(2, 1.9),
+            Event(2, "health.stop", "stopped"),
+        ):
             writer.write(record)
     (tmp_path / "summary.json").write_text(json.dumps({"planned_steps": 50, "parameters": {"total": 135e6}}))
-    (tmp_path / "config.yaml").write_text("method:\n  finetuning_type: full\n"
-                                          "train:\n  learning_rate: 1.0e-05\n")
+    (tmp_path / "config.yaml").write_text("method:\n  finetuning_type: full\ntrain:\n  learning_rate: 1.0e-05\n")
     log = read_log(tmp_path)
     assert log.source == "tunepilot" and log.planned_steps == 50 and log.num_params == 135_000_000
     assert (log.method, log.learning_rate) == ("full", 1e-05)
     assert math.isnan(log.train_steps[1].loss) and len(log.records) == 4
 
 
-@pytest.mark.parametrize(("content", "name"), [
-    ("this is not a log", "notes.txt"), ('{"some": "json"}', "config.json"), ("", "empty.jsonl"),
-])
+@pytest.mark.parametrize(
+    ("content", "name"),
+    [
+        ("this is not a log", "notes.txt"),
+        ('{"some": "json"}', "config.json"),
+        ("", "empty.jsonl"),
+    ],
+)
 def test_unreadable_input_is_a_usage_error_naming_the_file(tmp_path, content, name):
     path = tmp_path / name
     path.write_text(content)
@@ -157,7 +170,7 @@ def test_broken_trainer_state_names_the_file_and_line(tmp_path):
 
 def test_garbage_lines_in_a_llamafactory_log_are_an_error(tmp_path):
     path = tmp_path / "trainer_log.jsonl"
-    path.write_text("not json\nnot json either\n{\"loss\": 1}\n")
+    path.write_text('not json\nnot json either\n{"loss": 1}\n')
     with pytest.raises(UserError, match="trainer_log.jsonl:1"):
         read_log(path)
 
@@ -177,10 +190,17 @@ def test_forcing_a_format():
     assert list(READERS) == ["tunepilot", "hf_trainer_state", "llamafactory"]
 
 
-@pytest.mark.parametrize(("name", "params"), [
-    ("Qwen/Qwen2.5-7B-Instruct", 7e9), ("./Qwen2.5-0.5B", 0.5e9), ("SmolLM2-135M-Instruct", 135e6),
-    ("/dev/shm/Qwen/Qwen3-14B", 14e9), ("mistralai/Mixtral-8x7B-v0.1", 56e9), ("gpt2", None),
-])
+@pytest.mark.parametrize(
+    ("name", "params"),
+    [
+        ("Qwen/Qwen2.5-7B-Instruct", 7e9),
+        ("./Qwen2.5-0.5B", 0.5e9),
+        ("SmolLM2-135M-Instruct", 135e6),
+        ("/dev/shm/Qwen/Qwen3-14B", 14e9),
+        ("mistralai/Mixtral-8x7B-v0.1", 56e9),
+        ("gpt2", None),
+    ],
+)
 def test_model_size_from_its_name(name, params):
     assert params_from_name(name) == (int(params) if params else None)
 

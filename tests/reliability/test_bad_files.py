@@ -11,15 +11,25 @@ from cli_contract import assert_user_error, run_cli
 
 
 def _curves(path, names=("acc",)):
-    rows = [{"learning_rate": lr, "total_model_steps": 2,
-             "learning_curves": {n: [[1, 0.5 + lr], [2, 0.6 + lr]] for n in names}} for lr in (0.001, 0.01, 0.1)]
+    rows = [
+        {
+            "learning_rate": lr,
+            "total_model_steps": 2,
+            "learning_curves": {n: [[1, 0.5 + lr], [2, 0.6 + lr]] for n in names},
+        }
+        for lr in (0.001, 0.01, 0.1)
+    ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
 
 
 def _sweep(path, curves, **extra):
-    spec = {"space": {"learning_rate": {"low": 0.001, "high": 0.1, "log": True}},
-            "engine": {"name": "replay", "curves": str(curves)}, "budget": {"n_trials": 2}, **extra}
+    spec = {
+        "space": {"learning_rate": {"low": 0.001, "high": 0.1, "log": True}},
+        "engine": {"name": "replay", "curves": str(curves)},
+        "budget": {"n_trials": 2},
+        **extra,
+    }
     path.write_text(yaml.safe_dump(spec))
     return path
 
@@ -33,9 +43,16 @@ def data(tmp_path):
 
 def _config(tmp_path, model, data, **train):
     path = tmp_path / "run.yaml"
-    path.write_text(yaml.safe_dump({"model": {"name_or_path": str(model)}, "data": {"train": str(data)},
-                                    "train": {"device": "cpu", "max_steps": 2, **train},
-                                    "output": {"output_dir": str(tmp_path / "run")}}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "model": {"name_or_path": str(model)},
+                "data": {"train": str(data)},
+                "train": {"device": "cpu", "max_steps": 2, **train},
+                "output": {"output_dir": str(tmp_path / "run")},
+            }
+        )
+    )
     return path
 
 
@@ -167,8 +184,11 @@ def test_damaged_adapter(tmp_path, tiny_model, data):
     run = tmp_path / "run"
     (run / "adapter").mkdir(parents=True)
     (run / "adapter" / "adapter_config.json").write_bytes(b"\xff\xfe{junk")
-    (run / "config.yaml").write_text(yaml.safe_dump({"model": {"name_or_path": str(tiny_model)},
-                                                     "data": {"train": str(data)}, "train": {"device": "cpu"}}))
+    (run / "config.yaml").write_text(
+        yaml.safe_dump(
+            {"model": {"name_or_path": str(tiny_model)}, "data": {"train": str(data)}, "train": {"device": "cpu"}}
+        )
+    )
     out = run_cli("evaluate", run, "--data", data, "--limit", 1)
     assert_user_error(out, "adapter", "not a readable PEFT adapter")
 

@@ -25,17 +25,25 @@ def _config(tmp_path, data, text: str = ""):
 
 
 def _curves(path):
-    rows = [{"learning_rate": lr, "total_model_steps": 2,
-             "learning_curves": {"acc": [[1, 0.5], [2, 0.6 + lr]], "f1": [[1, 0.4], [2, 0.5]]}}
-            for lr in (0.001, 0.01, 0.1)]
+    rows = [
+        {
+            "learning_rate": lr,
+            "total_model_steps": 2,
+            "learning_curves": {"acc": [[1, 0.5], [2, 0.6 + lr]], "f1": [[1, 0.4], [2, 0.5]]},
+        }
+        for lr in (0.001, 0.01, 0.1)
+    ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
 
 
 def _sweep(tmp_path, **extra):
-    spec = {"space": {"learning_rate": {"low": 0.001, "high": 0.1, "log": True}},
-            "engine": {"name": "replay", "curves": str(_curves(tmp_path / "curves.jsonl"))},
-            "budget": {"n_trials": 2}, **extra}
+    spec = {
+        "space": {"learning_rate": {"low": 0.001, "high": 0.1, "log": True}},
+        "engine": {"name": "replay", "curves": str(_curves(tmp_path / "curves.jsonl"))},
+        "budget": {"n_trials": 2},
+        **extra,
+    }
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
@@ -170,8 +178,9 @@ def test_unknown_objective_metric_on_replay_lists_the_curves(tmp_path):
 
 def test_objective_metric_picks_the_curve_it_names(tmp_path):
     """`metric: f1` replays the f1 curve (its final values are 0.5), not the file's first curve."""
-    out = run_cli("sweep", _sweep(tmp_path, objective={"metric": "f1", "direction": "maximize"}),
-                  "--dir", tmp_path / "sw")
+    out = run_cli(
+        "sweep", _sweep(tmp_path, objective={"metric": "f1", "direction": "maximize"}), "--dir", tmp_path / "sw"
+    )
     assert out.code == 0, out.envelope
     assert {r["value"] for r in out.envelope["leaderboard"] if r["state"] == "complete"} == {0.5}
 

@@ -68,9 +68,15 @@ def _run_dir(tmp_path, metric: str):
     run = tmp_path / "run"
     (run / "adapter").mkdir(parents=True)
     (run / "adapter" / "adapter_config.json").write_text("{}")
-    (run / "config.yaml").write_text(yaml.safe_dump({
-        "model": {"name_or_path": str(tmp_path / "no-model")}, "data": {"train": "d.jsonl", "eval": "d.jsonl"},
-        "evaluate": {"metric": metric}}))
+    (run / "config.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "model": {"name_or_path": str(tmp_path / "no-model")},
+                "data": {"train": "d.jsonl", "eval": "d.jsonl"},
+                "evaluate": {"metric": metric},
+            }
+        )
+    )
     return run
 
 

@@ -25,10 +25,16 @@ def config_file(tmp_path, tiny_model):
 
     data = write_arithmetic_chat(tmp_path / "train.jsonl", 8)
     path = tmp_path / "run.yaml"
-    path.write_text(yaml.safe_dump({
-        "model": {"name_or_path": str(tiny_model)}, "data": {"train": str(data), "cutoff_len": 64},
-        "train": {"device": "cpu", "max_steps": 3, "per_device_train_batch_size": 2, "save_steps": 1},
-        "output": {"output_dir": str(tmp_path / "run")}}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "model": {"name_or_path": str(tiny_model)},
+                "data": {"train": str(data), "cutoff_len": 64},
+                "train": {"device": "cpu", "max_steps": 3, "per_device_train_batch_size": 2, "save_steps": 1},
+                "output": {"output_dir": str(tmp_path / "run")},
+            }
+        )
+    )
     return path
 
 
@@ -38,8 +44,11 @@ def _raw(**train):
 
 # ---------------------------------------------------------------------------------- the lock
 def test_second_holder_is_refused_naming_the_pid(tmp_path):
-    with RunDirLock(tmp_path / "run"), pytest.raises(UserError, match=f"pid {os.getpid()}"), \
-            RunDirLock(tmp_path / "run"):
+    with (
+        RunDirLock(tmp_path / "run"),
+        pytest.raises(UserError, match=f"pid {os.getpid()}"),
+        RunDirLock(tmp_path / "run"),
+    ):
         pass
     with RunDirLock(tmp_path / "run"):  # released on exit: taken again
         pass
@@ -55,8 +64,10 @@ def test_train_refused_while_another_train_holds_the_directory(config_file, tmp_
 
 def test_a_dead_holders_lock_is_taken_over(config_file, tmp_path):
     run_dir = tmp_path / "run"
-    code = f"from tunepilot.io import RunDirLock; import time\nwith RunDirLock({str(run_dir)!r}):\n" \
-           "    print('held', flush=True); time.sleep(60)"
+    code = (
+        f"from tunepilot.io import RunDirLock; import time\nwith RunDirLock({str(run_dir)!r}):\n"
+        "    print('held', flush=True); time.sleep(60)"
+    )
     holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
@@ -73,8 +84,14 @@ def test_a_dead_holders_lock_is_taken_over(config_file, tmp_path):
 # ---------------------------------------------------------------------------------- resume
 def test_resume_conflicts_lists_the_keys_that_change_training():
     saved, _ = build_config(_raw(learning_rate=1e-4, max_steps=10), check_paths=False)
-    new, _ = build_config({**_raw(learning_rate=0.5, max_steps=40, eval_steps=5, logging_steps=2),
-                           "method": {"lora_rank": 16}, "health": {"enabled": False}}, check_paths=False)
+    new, _ = build_config(
+        {
+            **_raw(learning_rate=0.5, max_steps=40, eval_steps=5, logging_steps=2),
+            "method": {"lora_rank": 16},
+            "health": {"enabled": False},
+        },
+        check_paths=False,
+    )
     assert resume_conflicts(saved, new) == ["method.lora_rank", "train.learning_rate", "train.max_steps"]
     assert resume_conflicts(saved, saved) == []
 
@@ -111,8 +128,10 @@ def test_resume_with_a_safe_change_goes_on(config_file, tmp_path):
 
 # ---------------------------------------------------------------------------------- interrupts
 def _curves(path):
-    rows = [{"learning_rate": lr, "total_model_steps": 2, "learning_curves": {"acc": [[1, 0.5], [2, 0.6 + lr]]}}
-            for lr in (0.001, 0.01, 0.1)]
+    rows = [
+        {"learning_rate": lr, "total_model_steps": 2, "learning_curves": {"acc": [[1, 0.5], [2, 0.6 + lr]]}}
+        for lr in (0.001, 0.01, 0.1)
+    ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
 
@@ -142,9 +161,12 @@ def _sigterm():
 
 @pytest.mark.parametrize("how", [_ctrl_c, _sigterm], ids=["ctrl-c", "sigterm"])
 def test_interrupted_sweep_writes_results_and_says_how_to_resume(tmp_path, monkeypatch, how):
-    spec = {"space": {"learning_rate": {"low": 0.001, "high": 0.1, "log": True}},
-            "engine": {"name": "replay", "curves": str(_curves(tmp_path / "c.jsonl"))},
-            "sampler": {"name": "random", "seed": 0}, "budget": {"n_trials": 5}}
+    spec = {
+        "space": {"learning_rate": {"low": 0.001, "high": 0.1, "log": True}},
+        "engine": {"name": "replay", "curves": str(_curves(tmp_path / "c.jsonl"))},
+        "sampler": {"name": "random", "seed": 0},
+        "budget": {"n_trials": 5},
+    }
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(spec))
     _interrupting_advance(monkeypatch, after=2, how=how)  # trial 0 completes in 2 advances

@@ -27,7 +27,10 @@ def test_sweep_maximises_accuracy_on_cpu(tiny_model, tmp_path):
             "dataset": str(write_intents(tmp_path / "train.jsonl", 24)),
             "eval_dataset": str(write_intents(tmp_path / "eval.jsonl", 9, offset=1)),
             "columns": {"prompt": "text", "response": "category"},
-            "cutoff_len": 48, "max_steps": 4, "per_device_train_batch_size": 4, "device": "cpu",
+            "cutoff_len": 48,
+            "max_steps": 4,
+            "per_device_train_batch_size": 4,
+            "device": "cpu",
             "evaluate": {"metric": "accuracy", "labels": LABELS, "max_new_tokens": 6, "subset_size": 6},
         },
         "space": {"learning_rate": {"low": 1e-4, "high": 1e-2, "log": True}},
@@ -42,7 +45,7 @@ def test_sweep_maximises_accuracy_on_cpu(tiny_model, tmp_path):
     path.write_text(yaml.safe_dump(sweep))
     result = CliRunner().invoke(app, ["sweep", str(path), "--dir", str(tmp_path / "sw"), "--json"])
     assert result.exit_code == 0, result.output[-3000:]
-    body = json.loads(result.stdout[result.stdout.index("{"):])
+    body = json.loads(result.stdout[result.stdout.index("{") :])
     assert body["objective"] == {"metric": "accuracy", "direction": "maximize"}
     values = [r["value"] for r in body["leaderboard"] if r["state"] == "complete"]
     assert len(values) == 3 and all(0.0 <= v <= 1.0 for v in values)

@@ -65,8 +65,7 @@ def test_transfer_with_pilots_writes_the_winner(tmp_path):
     assert pilot["winner_learning_rate"] in lrs
     winner = next(p for p in pilot["pilots"] if p["learning_rate"] == pilot["winner_learning_rate"])
     at = pilot["compared_at_fraction"]
-    assert all(winner["reports"][str(at)] <= p["reports"][str(at)] for p in pilot["pilots"]
-               if p["state"] == "complete")
+    assert all(winner["reports"][str(at)] <= p["reports"][str(at)] for p in pilot["pilots"] if p["state"] == "complete")
     assert body["target_config"]["learning_rate"] == pilot["winner_learning_rate"]
     assert pilot["cost"]["pilot_steps"] <= 3 * 7
     assert pilot["cost"]["share_of_full_run"] == pytest.approx(pilot["cost"]["pilot_steps"] / 80)
@@ -95,9 +94,7 @@ class ScriptedEngine:
     def advance(self):
         spec, self.current = self.current, None
         curve = self.curves[spec.number]
-        out = [
-            Report(spec.number, f, int(f * 10), v) for f, v in zip(spec.report_fractions, curve, strict=False)
-        ]
+        out = [Report(spec.number, f, int(f * 10), v) for f, v in zip(spec.report_fractions, curve, strict=False)]
         state = "complete" if len(curve) == len(spec.report_fractions) else "failed"
         return [
             *out,
@@ -125,9 +122,7 @@ def test_diverged_pilots_never_win(tmp_path):
     from tunepilot.transfer.settings import TransferSettings
 
     data = write_chat(tmp_path / "d.jsonl", 40)
-    config, _ = build_config(
-        {"model_name_or_path": "x", "train": str(data), "max_steps": 100, "learning_rate": 1e-4}
-    )
+    config, _ = build_config({"model_name_or_path": "x", "train": str(data), "max_steps": 100, "learning_rate": 1e-4})
     engine = ScriptedEngine({0: [2.0, 1.9, 1.8, 1.7], 1: [1.9, 1.7, 1.5, 1.4], 2: [1.0]})
     result = run_pilots(config, TransferSettings(), tmp_path / "p", engine=engine)
     assert result.winner.number == 1 and result.compared_at == 1.0

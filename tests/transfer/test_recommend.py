@@ -68,10 +68,7 @@ def test_small_gpu_moves_to_checkpointing_or_qlora(model_configs, shared_data):
     assert roomy.values["quantization_bit"] is None
     assert tight.values["quantization_bit"] == 4 and tight.memory.fits
     assert tight.values["per_device_train_batch_size"] <= roomy.values["per_device_train_batch_size"]
-    eff = [
-        r.values["per_device_train_batch_size"] * r.values["gradient_accumulation_steps"]
-        for r in (roomy, tight)
-    ]
+    eff = [r.values["per_device_train_batch_size"] * r.values["gradient_accumulation_steps"] for r in (roomy, tight)]
     assert eff[0] == eff[1]  # memory changes the layout, not the effective batch
 
 
@@ -92,21 +89,33 @@ def test_gguf_model_is_read_from_metadata(smollm2_gguf, shared_data):
 
 
 def test_missing_data_is_a_user_error(tiny_model, tmp_path):
-    result = runner.invoke(
-        app, ["recommend", "--model", str(tiny_model), "--data", str(tmp_path / "x.jsonl")]
-    )
+    result = runner.invoke(app, ["recommend", "--model", str(tiny_model), "--data", str(tmp_path / "x.jsonl")])
     assert result.exit_code == 2 and "does not exist" in result.output
 
 
 def test_recommended_yaml_runs_with_tunepilot_train(tiny_model, tmp_path):
     data = tmp_path / "d.jsonl"
-    data.write_text("\n".join(json.dumps({"instruction": f"Add {i} and {i + 1}.", "output": str(2 * i + 1)})
-                              for i in range(40)) + "\n")
+    data.write_text(
+        "\n".join(json.dumps({"instruction": f"Add {i} and {i + 1}.", "output": str(2 * i + 1)}) for i in range(40))
+        + "\n"
+    )
     out = tmp_path / "rec.yaml"
     made = runner.invoke(app, ["recommend", "--model", str(tiny_model), "--data", str(data), "-o", str(out)])
     assert made.exit_code == 0, made.output
-    trained = runner.invoke(app, ["train", str(out), "--set", "max_steps=2", "--set", "device=cpu",
-                                  "--set", f"output_dir={tmp_path / 'run'}", "--json"])
+    trained = runner.invoke(
+        app,
+        [
+            "train",
+            str(out),
+            "--set",
+            "max_steps=2",
+            "--set",
+            "device=cpu",
+            "--set",
+            f"output_dir={tmp_path / 'run'}",
+            "--json",
+        ],
+    )
     assert trained.exit_code == 0, trained.output
     assert json.loads(trained.stdout)["steps"] == 2
 
@@ -131,8 +140,10 @@ def test_recommend_on_n_gpus_knows_the_sharding(model_configs, shared_data, tmp_
     assert many.memory.fits and not one.memory.fits
     lora, _, _ = recommend(model_configs / "Llama-3.1-8B", data, gpu_memory_gb=80, gpus=4)
     assert lora.values["fsdp"] is None  # LoRA on an 8B base fits each GPU: DDP, the fastest
-    batch = [r.values["per_device_train_batch_size"] * r.values["gradient_accumulation_steps"] * r.values.get(
-        "nproc", 1) for r in (lora, recommend(model_configs / "Llama-3.1-8B", data, gpu_memory_gb=80)[0])]
+    batch = [
+        r.values["per_device_train_batch_size"] * r.values["gradient_accumulation_steps"] * r.values.get("nproc", 1)
+        for r in (lora, recommend(model_configs / "Llama-3.1-8B", data, gpu_memory_gb=80)[0])
+    ]
     assert batch[0] == batch[1]
     config, _ = build_config(run_config_raw(many, model_configs / "Llama-3.1-8B", data, "full"), check_paths=False)
     assert config.train.nproc == 4 and config.parallel.resolved == "fsdp"

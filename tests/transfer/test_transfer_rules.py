@@ -110,9 +110,7 @@ def test_gpu_rule_keeps_global_batch_or_lets_it_grow(model_configs):
     kept = run(model_configs, "Llama-3.1-8B", "Llama-3.1-8B", {"gpus": 4})
     assert kept.target_config()["gradient_accumulation_steps"] == 1
     assert kept.target_config()["effective_batch"] == 16 and kept.lr_factor == pytest.approx(1.0)
-    grown = run(
-        model_configs, "Llama-3.1-8B", "Llama-3.1-8B", {"gpus": 4}, TransferSettings(keep_global_batch=False)
-    )
+    grown = run(model_configs, "Llama-3.1-8B", "Llama-3.1-8B", {"gpus": 4}, TransferSettings(keep_global_batch=False))
     assert grown.target_config()["effective_batch"] == 64 and grown.lr_factor == pytest.approx(2.0)
 
 
@@ -134,9 +132,7 @@ def test_rank_change_keeps_alpha_ratio_and_moves_lr_inversely(model_configs):
 def test_rank_policy_match_params_shrinks_rank_on_a_bigger_model(model_configs):
     keep = run(model_configs, "Llama-3.2-1B", "Llama-3.1-70B")
     assert keep.target_config()["lora_rank"] == 16
-    match = run(
-        model_configs, "Llama-3.2-1B", "Llama-3.1-70B", settings=TransferSettings(rank_policy="match_params")
-    )
+    match = run(model_configs, "Llama-3.2-1B", "Llama-3.1-70B", settings=TransferSettings(rank_policy="match_params"))
     assert match.target_config()["lora_rank"] < 16
 
 
@@ -208,19 +204,25 @@ def test_cli_json_and_written_config(model_configs, tmp_path):
     assert all(r["reason"] and r["source"] for r in body["rules"])
     config, _ = load_config(out, check_paths=False)
     # width 4096 -> 8192 (Llama fit) and 8 GPUs x micro-batch 4 instead of 1 x 4 (sqrt rule)
-    assert (
-        config.train.learning_rate
-        == tc["learning_rate"]
-        == pytest.approx(2e-4 * 0.5**0.781 * 8**0.5, rel=2e-3)
-    )
+    assert config.train.learning_rate == tc["learning_rate"] == pytest.approx(2e-4 * 0.5**0.781 * 8**0.5, rel=2e-3)
     assert config.model.name_or_path.endswith("Llama-3.1-70B")
 
 
 def test_text_output_shows_every_step_with_brackets_intact(model_configs, tmp_path):
     proxy = tmp_path / "proxy.yaml"
     proxy.write_text(f"model_name_or_path: {model_configs / 'Llama-3.1-8B'}\ntrain: x.jsonl\nlearning_rate: 2.0e-4\n")
-    result = CliRunner().invoke(app, ["transfer", "--proxy-model", str(model_configs / "Llama-3.1-8B"),
-                                      "--target-model", str(model_configs / "Qwen2.5-32B"), "--config", str(proxy)])
+    result = CliRunner().invoke(
+        app,
+        [
+            "transfer",
+            "--proxy-model",
+            str(model_configs / "Llama-3.1-8B"),
+            "--target-model",
+            str(model_configs / "Qwen2.5-32B"),
+            "--config",
+            str(proxy),
+        ],
+    )
     assert result.exit_code == 0, result.output
     for rule in ("method", "rank", "alpha", "width", "depth", "gpus", "batch"):
         assert f"{rule}:" in result.stdout

@@ -16,8 +16,16 @@ from rich.markup import escape
 from tunepilot.cli.output import Result, run_command
 from tunepilot.errors import ExitCode, UserError
 
-_STYLE = {"healthy": "green", "underfitting": "yellow", "stalled": "yellow", "overfitting": "yellow",
-          "too-short": "yellow", "unstable": "red", "diverged": "red", "no-training-data": "red"}
+_STYLE = {
+    "healthy": "green",
+    "underfitting": "yellow",
+    "stalled": "yellow",
+    "overfitting": "yellow",
+    "too-short": "yellow",
+    "unstable": "red",
+    "diverged": "red",
+    "no-training-data": "red",
+}
 _SEVERITY = {"error": "red", "warning": "yellow", "info": "cyan"}
 
 
@@ -33,8 +41,9 @@ def parse_params(text: str | None) -> int | None:
         raise UserError(f"--num-params {text!r}: expected a number like 7B, 135M or 7000000000") from None
 
 
-def diagnose_command(path: Path, plot: Path | None, method: str | None, num_params: str | None,
-                     fmt: str | None) -> Result:
+def diagnose_command(
+    path: Path, plot: Path | None, method: str | None, num_params: str | None, fmt: str | None
+) -> Result:
     from tunepilot.health.diagnose import diagnose
     from tunepilot.logs import read_log
 
@@ -57,8 +66,10 @@ def diagnose_command(path: Path, plot: Path | None, method: str | None, num_para
 
 def _render(console: Console, d: dict[str, Any]) -> None:
     run = d["run"]
-    console.print(f"[bold {_STYLE[d['verdict']]}]{d['verdict']}[/]  {escape(run['path'])} ({run['source']}, "
-                  f"{run['train_points']} train / {run['eval_points']} eval points)")
+    console.print(
+        f"[bold {_STYLE[d['verdict']]}]{d['verdict']}[/]  {escape(run['path'])} ({run['source']}, "
+        f"{run['train_points']} train / {run['eval_points']} eval points)"
+    )
     for f in d["findings"]:
         colour = _SEVERITY[f["severity"]]
         console.print(f"  [{colour}]{f['severity']:7}[/] {f['code']}: {escape(f['message'])}")
@@ -68,8 +79,10 @@ def _render(console: Console, d: dict[str, Any]) -> None:
         console.print("\nrecommended changes:")
         for r in d["recommendations"]:
             after = r["after"] if r["after"] is not None else f"{r['change']} of your value"
-            console.print(f"  {r['key']}: {r['before'] if r['before'] is not None else '?'} -> {after}"
-                          f"  [dim]({escape(r['reason'])})[/]")
+            console.print(
+                f"  {r['key']}: {r['before'] if r['before'] is not None else '?'} -> {after}"
+                f"  [dim]({escape(r['reason'])})[/]"
+            )
     if d["patch"]:
         console.print("\nconfig patch (YAML):")
         console.print(escape(yaml.safe_dump(d["patch"], sort_keys=False).rstrip()), highlight=False)
@@ -81,16 +94,14 @@ def _render(console: Console, d: dict[str, Any]) -> None:
 def register(app: typer.Typer) -> None:
     @app.command("diagnose")
     def diagnose(
-        path: Path = typer.Argument(..., help="metrics.jsonl, trainer_state.json, trainer_log.jsonl, "
-                                              "or a run or checkpoint directory."),
+        path: Path = typer.Argument(
+            ..., help="metrics.jsonl, trainer_state.json, trainer_log.jsonl, or a run or checkpoint directory."
+        ),
         plot: Path = typer.Option(None, "--plot", help="Write a PNG of the curves with the findings marked."),
         method: str = typer.Option(None, "--method", help="lora or full, when the log does not say."),
-        num_params: str = typer.Option(None, "--num-params", help="Base model size (7B, 135M), for the "
-                                                                  "LR check."),
-        fmt: str = typer.Option(None, "--format", help="Force a reader: tunepilot, hf_trainer_state, "
-                                                       "llamafactory."),
+        num_params: str = typer.Option(None, "--num-params", help="Base model size (7B, 135M), for the LR check."),
+        fmt: str = typer.Option(None, "--format", help="Force a reader: tunepilot, hf_trainer_state, llamafactory."),
         json_: bool = typer.Option(False, "--json", help="Print a JSON envelope instead of text."),
     ) -> None:
         """Judge a finished (or running) run from its log: verdict, evidence, config patch, plot."""
-        raise typer.Exit(run_command("diagnose", json_,
-                                     lambda: diagnose_command(path, plot, method, num_params, fmt)))
+        raise typer.Exit(run_command("diagnose", json_, lambda: diagnose_command(path, plot, method, num_params, fmt)))

@@ -52,8 +52,7 @@ def print_warnings(warnings: list[str]) -> None:
 
 
 def envelope(result: Result) -> dict[str, Any]:
-    out = {"version": ENVELOPE_VERSION, "command": result.command, "ok": result.ok,
-           "exit_code": int(result.exit_code)}
+    out = {"version": ENVELOPE_VERSION, "command": result.command, "ok": result.ok, "exit_code": int(result.exit_code)}
     if result.warnings:
         out["warnings"] = result.warnings
     out.update(result.data)
@@ -76,8 +75,13 @@ def emit(result: Result, as_json: bool) -> int:
 
 def emit_error(command: str, error: UserError, as_json: bool) -> int:
     if as_json:
-        body = {"version": ENVELOPE_VERSION, "command": command, "ok": False, "exit_code": int(error.code),
-                "error": {"message": error.message, "problems": error.problems}}
+        body = {
+            "version": ENVELOPE_VERSION,
+            "command": command,
+            "ok": False,
+            "exit_code": int(error.code),
+            "error": {"message": error.message, "problems": error.problems},
+        }
         sys.stdout.write(json.dumps(body, indent=2) + "\n")
     else:
         stderr_console().print(f"[bold red]error:[/] {error}", markup=True, highlight=False)

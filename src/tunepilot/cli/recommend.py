@@ -22,8 +22,10 @@ def recommend_command(
     from tunepilot.recommend import recommend, run_config_raw
 
     if gpu_memory is not None and not (math.isfinite(gpu_memory) and 0 < gpu_memory <= 100_000):
-        raise UserError(f"--gpu-memory {gpu_memory}: give the memory of one GPU in GiB (a number > 0, "
-                        "e.g. 80 for an H100), or leave it out to skip the fit check")
+        raise UserError(
+            f"--gpu-memory {gpu_memory}: give the memory of one GPU in GiB (a number > 0, "
+            "e.g. 80 for an H100), or leave it out to skip the fit check"
+        )
     rec, info, stats = recommend(model, data, gpu_memory, task, method, gpus=gpus)
     out: dict[str, Any] = {
         "model": info.summary(),

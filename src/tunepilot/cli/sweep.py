@@ -17,9 +17,17 @@ from tunepilot.errors import ExitCode
 
 
 def sweep_command(
-    path: Path, sweep_dir: Path | None, storage: str | None, n_trials: int | None, quiet: bool,
-    overrides: list[str] | None = None, force_resume: bool = False, gpus: str | None = None,
-    heartbeat: int | None = None, grace: int | None = None, worker: int | None = None,
+    path: Path,
+    sweep_dir: Path | None,
+    storage: str | None,
+    n_trials: int | None,
+    quiet: bool,
+    overrides: list[str] | None = None,
+    force_resume: bool = False,
+    gpus: str | None = None,
+    heartbeat: int | None = None,
+    grace: int | None = None,
+    worker: int | None = None,
 ) -> Result:
     from tunepilot.search.study import WorkerOptions, check_storage, normalize_url, redact_url
     from tunepilot.search.sweep import prepare, run_sweep
@@ -178,12 +186,8 @@ def _cell(v: Any) -> str:
 def register(app: typer.Typer) -> None:
     @app.command("sweep")
     def sweep(
-        path: Path = typer.Argument(
-            ..., help="Sweep file (YAML): base config, space, objective, budget, engine."
-        ),
-        out: Path = typer.Option(
-            None, "--dir", help="Sweep directory (default: output_dir or sweeps/<name>)."
-        ),
+        path: Path = typer.Argument(..., help="Sweep file (YAML): base config, space, objective, budget, engine."),
+        out: Path = typer.Option(None, "--dir", help="Sweep directory (default: output_dir or sweeps/<name>)."),
         storage: str = typer.Option(
             None,
             "--storage",
@@ -221,8 +225,17 @@ def register(app: typer.Typer) -> None:
                 "sweep",
                 json_,
                 lambda: sweep_command(
-                    path, out, storage, n_trials, (json_ and worker is None) or quiet_, set_,
-                    force_resume, gpus, heartbeat, grace, worker,
+                    path,
+                    out,
+                    storage,
+                    n_trials,
+                    (json_ and worker is None) or quiet_,
+                    set_,
+                    force_resume,
+                    gpus,
+                    heartbeat,
+                    grace,
+                    worker,
                 ),
             )
         )

@@ -58,14 +58,18 @@ def check_resume(config: RunConfig, run_dir: Path) -> None:
     try:
         saved, _ = load_config(saved_path, check_paths=False)
     except UserError as e:
-        raise UserError(f"{saved_path}: the saved config of this run cannot be read, so --resume cannot "
-                        f"check it ({e.message}); start a new output_dir") from e
+        raise UserError(
+            f"{saved_path}: the saved config of this run cannot be read, so --resume cannot "
+            f"check it ({e.message}); start a new output_dir"
+        ) from e
     conflicts = resume_conflicts(saved, config)
     if conflicts:
         raise UserError(
             f"{run_dir}: --resume would continue this run with {len(conflicts)} changed setting(s) that change "
             "training, so it could not continue exactly; revert them to the values in "
-            f"{saved_path}, or train into a new output_dir", problems=[_change(k, saved, config) for k in conflicts])
+            f"{saved_path}, or train into a new output_dir",
+            problems=[_change(k, saved, config) for k in conflicts],
+        )
 
 
 def _change(key: str, saved: RunConfig, new: RunConfig) -> str:
@@ -93,8 +97,14 @@ def _train(config: RunConfig, resume: bool, show_progress: bool, warnings: list[
             _record_interrupt(run)
             raise
         summary = run.finish()
-    return Result("train", summary.to_json(), exit_code=exit_code_for(summary), render=_render, warnings=warnings,
-                  warned=show_progress)
+    return Result(
+        "train",
+        summary.to_json(),
+        exit_code=exit_code_for(summary),
+        render=_render,
+        warnings=warnings,
+        warned=show_progress,
+    )
 
 
 def _record_interrupt(run: Any) -> None:
@@ -105,14 +115,19 @@ def _record_interrupt(run: Any) -> None:
         return
     from tunepilot.engines.summary import FailureKind
 
-    recorder.finish(status="interrupted", failure=FailureKind.INTERRUPTED,
-                    reason="interrupted (Ctrl-C or SIGTERM); re-run with --resume to continue")
+    recorder.finish(
+        status="interrupted",
+        failure=FailureKind.INTERRUPTED,
+        reason="interrupted (Ctrl-C or SIGTERM); re-run with --resume to continue",
+    )
 
 
 def _render(console: Console, s: dict[str, Any]) -> None:
     colour = {"completed": "green", "early_stopped": "green", "stopped": "red"}[s["status"]]
-    console.print(f"[bold {colour}]{s['status']}[/] after {s['steps']}/{s['planned_steps']} steps "
-                  f"in {s['seconds']:.1f} s ({s['tokens_per_second']:.0f} trained tokens/s)")
+    console.print(
+        f"[bold {colour}]{s['status']}[/] after {s['steps']}/{s['planned_steps']} steps "
+        f"in {s['seconds']:.1f} s ({s['tokens_per_second']:.0f} trained tokens/s)"
+    )
     if s["stop_reason"]:
         console.print(f"  reason: {s['stop_reason']['message']}")
     objective = s["objective"]

@@ -52,8 +52,10 @@ def _llamafactory_folder(data: Path) -> dict[str, Any]:
     info = read_info(data)
     names = [n for n, e in info.items() if e.get("file_name") and not e.get("ranking")]
     if not names:
-        raise UserError(f"{data / 'dataset_info.json'}: names no local SFT dataset (each has a hub URL or "
-                        "ranking: true); nothing to validate")
+        raise UserError(
+            f"{data / 'dataset_info.json'}: names no local SFT dataset (each has a hub URL or "
+            "ranking: true); nothing to validate"
+        )
     return {"train": ",".join(names), "dataset_dir": str(data.resolve())}
 
 

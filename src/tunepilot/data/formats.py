@@ -261,8 +261,13 @@ def _chat(record: dict[str, Any], spec: FormatSpec) -> list[dict[str, str]]:
     return messages
 
 
-_TAG_ROLES = {"user_tag": "user", "assistant_tag": "assistant", "observation_tag": "tool",
-              "function_tag": "assistant", "system_tag": "system"}
+_TAG_ROLES = {
+    "user_tag": "user",
+    "assistant_tag": "assistant",
+    "observation_tag": "tool",
+    "function_tag": "assistant",
+    "system_tag": "system",
+}
 
 
 def _message(m: Any, where: str, tags: dict[str, str] | None = None) -> dict[str, str]:
@@ -287,17 +292,28 @@ def _message(m: Any, where: str, tags: dict[str, str] | None = None) -> dict[str
 def _tagged_message(m: dict[str, Any], where: str, tags: dict[str, str]) -> dict[str, str]:
     """A message read with a dataset's own tags (LLaMA-Factory sharegpt `tags`), defaults from/value."""
     rk, ck = tags.get("role_tag", "from"), tags.get("content_tag", "value")
-    roles = {tags.get(t, default): role for t, role in _TAG_ROLES.items()
-             for default in [{"user_tag": "human", "assistant_tag": "gpt", "observation_tag": "observation",
-                              "function_tag": "function_call", "system_tag": "system"}[t]]}
+    roles = {
+        tags.get(t, default): role
+        for t, role in _TAG_ROLES.items()
+        for default in [
+            {
+                "user_tag": "human",
+                "assistant_tag": "gpt",
+                "observation_tag": "observation",
+                "function_tag": "function_call",
+                "system_tag": "system",
+            }[t]
+        ]
+    }
     if m.get(rk) is None:
         raise Problem("missing_field", f"{where} has no '{rk}' (the dataset's role_tag)")
     if m.get(ck) is None:
         raise Problem("missing_field", f"{where} has no '{ck}' (the dataset's content_tag)")
     role = m[rk]
     if role not in roles:
-        raise Problem("unknown_role", f"{where} has role {role!r}, not one of the dataset's tags "
-                                      f"{', '.join(map(repr, roles))}")
+        raise Problem(
+            "unknown_role", f"{where} has role {role!r}, not one of the dataset's tags {', '.join(map(repr, roles))}"
+        )
     return {"role": roles[role], "content": _content(m[ck], f"{where}.{ck}")}
 
 

@@ -43,7 +43,11 @@ def iter_split(settings, which: str, state: ParseState, limit: int | None = None
 
 
 def iter_conversations(
-    path: str, fmt: str, columns: dict[str, str], system: str | None, state: ParseState,
+    path: str,
+    fmt: str,
+    columns: dict[str, str],
+    system: str | None,
+    state: ParseState,
     spec: FormatSpec | None = None,
 ) -> Iterator[Conversation]:
     """`spec`: the format as given (a dataset_info.json entry), not detected."""

@@ -59,9 +59,11 @@ def _resolve_dir(path: Path) -> list[tuple[Path, str]]:
     from tunepilot.data.sources import is_llamafactory_dir
 
     if is_llamafactory_dir(path):  # LLaMA-Factory's dataset_info.json names datasets; it is no saved dataset
-        raise UserError(f"{path}: is a LLaMA-Factory dataset folder (its dataset_info.json names datasets); set "
-                        f"dataset: NAME[,NAME2] with dataset_dir: {path} in the config, or run "
-                        f"`tunepilot validate {path}` to check all of them")
+        raise UserError(
+            f"{path}: is a LLaMA-Factory dataset folder (its dataset_info.json names datasets); set "
+            f"dataset: NAME[,NAME2] with dataset_dir: {path} in the config, or run "
+            f"`tunepilot validate {path}` to check all of them"
+        )
     if (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists():
         return [(path, "hf_dataset")]
     files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))

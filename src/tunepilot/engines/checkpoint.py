@@ -74,10 +74,20 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> LoopState:
         optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
         scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
         return LoopState(**json.loads((path / "state.json").read_text(encoding="utf-8")))
-    except (SafetensorError, pickle.UnpicklingError, EOFError, UnicodeDecodeError, ValueError, TypeError,
-            KeyError, RuntimeError) as e:
-        raise UserError(f"{path}: the checkpoint is damaged and cannot be resumed ({type(e).__name__}: "
-                        f"{str(e)[:200]}); start afresh without --resume (overwrite_output_dir: true)") from e
+    except (
+        SafetensorError,
+        pickle.UnpicklingError,
+        EOFError,
+        UnicodeDecodeError,
+        ValueError,
+        TypeError,
+        KeyError,
+        RuntimeError,
+    ) as e:
+        raise UserError(
+            f"{path}: the checkpoint is damaged and cannot be resumed ({type(e).__name__}: "
+            f"{str(e)[:200]}); start afresh without --resume (overwrite_output_dir: true)"
+        ) from e
 
 
 def _contiguous(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

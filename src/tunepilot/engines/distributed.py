@@ -138,8 +138,9 @@ class Distributed:
     def load_checkpoint(self, path: Path, model, optimizer, scheduler):
         if (path / "sharded").is_dir():
             if not self.sharded:
-                raise UserError(f"{path}: a sharded (FSDP) checkpoint; resume it with the same fsdp settings "
-                                "and process count")
+                raise UserError(
+                    f"{path}: a sharded (FSDP) checkpoint; resume it with the same fsdp settings and process count"
+                )
             from tunepilot.engines.sharded import load_sharded_checkpoint
 
             return load_sharded_checkpoint(path, model, optimizer, scheduler)

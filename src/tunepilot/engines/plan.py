@@ -39,9 +39,11 @@ class Plan:
         return asdict(self)
 
     def describe(self) -> str:
-        return (f"{self.n_train} examples, micro-batch {self.micro_batch} x {self.accumulation} micro-batches "
-                f"= effective batch {self.effective_batch}; {self.total_steps} optimizer steps "
-                f"({self.steps_per_epoch:.1f}/epoch), warmup {self.warmup_steps}, eval every {self.eval_steps}")
+        return (
+            f"{self.n_train} examples, micro-batch {self.micro_batch} x {self.accumulation} micro-batches "
+            f"= effective batch {self.effective_batch}; {self.total_steps} optimizer steps "
+            f"({self.steps_per_epoch:.1f}/epoch), warmup {self.warmup_steps}, eval every {self.eval_steps}"
+        )
 
 
 def make_plan(train: TrainSettings, n_train: int) -> Plan:
@@ -56,9 +58,16 @@ def make_plan(train: TrainSettings, n_train: int) -> Plan:
     warmup = train.warmup_steps if train.warmup_steps > 0 else math.ceil(train.warmup_ratio * total)
     eval_steps = train.eval_steps or max(1, total // 10)
     return Plan(
-        n_train=n_train, micro_batch=micro, accumulation=accum, effective_batch=micro * accum,
-        micro_batches_per_epoch=per_epoch, steps_per_epoch=per_epoch / accum, total_steps=total,
-        warmup_steps=min(warmup, total), eval_steps=eval_steps, save_steps=train.save_steps or eval_steps,
+        n_train=n_train,
+        micro_batch=micro,
+        accumulation=accum,
+        effective_batch=micro * accum,
+        micro_batches_per_epoch=per_epoch,
+        steps_per_epoch=per_epoch / accum,
+        total_steps=total,
+        warmup_steps=min(warmup, total),
+        eval_steps=eval_steps,
+        save_steps=train.save_steps or eval_steps,
     )
 
 
@@ -66,7 +75,7 @@ def micro_batch_indices(plan: Plan, seed: int, micro_index: int) -> list[int]:
     """Example indices of global micro-batch `micro_index` (epochs repeat with fresh permutations)."""
     epoch, offset = divmod(micro_index, plan.micro_batches_per_epoch)
     order = _epoch_order(plan.n_train, seed, epoch)
-    return order[offset * plan.micro_batch:(offset + 1) * plan.micro_batch].tolist()
+    return order[offset * plan.micro_batch : (offset + 1) * plan.micro_batch].tolist()
 
 
 @functools.lru_cache(maxsize=4)
@@ -78,9 +87,11 @@ def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
 def step_indices(plan: Plan, seed: int, step: int, rank: int = 0, world: int = 1) -> list[list[int]]:
     """The micro-batches of optimizer step `step` (1-based) that process `rank` of `world` trains."""
     if plan.accumulation % world:
-        raise UserError(f"train.nproc: {plan.accumulation} micro-batches per step (gradient_accumulation_steps x "
-                        f"nproc) cannot be shared evenly by {world} processes; set gradient_accumulation_steps "
-                        f"and nproc so that {world} divides their product")
+        raise UserError(
+            f"train.nproc: {plan.accumulation} micro-batches per step (gradient_accumulation_steps x "
+            f"nproc) cannot be shared evenly by {world} processes; set gradient_accumulation_steps "
+            f"and nproc so that {world} divides their product"
+        )
     first = (step - 1) * plan.accumulation
     return [micro_batch_indices(plan, seed, m) for m in range(first + rank, first + plan.accumulation, world)]
 

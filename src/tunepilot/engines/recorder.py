@@ -88,8 +88,9 @@ class RunRecorder:
             self.writer = MetricsWriter(self.run_dir / "metrics.jsonl")
             self.writer.truncate_after(resumed_from)
             atomic_write_text(self.run_dir / "config.yaml", dump_config(self.config))
-        info = RunInfo(self.engine, self.run_dir, self.config, self.planned_steps, self.trial, self.params,
-                       resumed_from)
+        info = RunInfo(
+            self.engine, self.run_dir, self.config, self.planned_steps, self.trial, self.params, resumed_from
+        )
         for observer in self.observers:
             observer.on_start(info)
         if resumed_from:
@@ -171,16 +172,28 @@ class RunRecorder:
         status, failure, stop = self._status(status, failure, reason)
         s = self.state
         summary = RunSummary(
-            engine=self.engine, status=status, ok=status not in ("stopped", "failed", "interrupted"),
-            failure=failure, stop_reason=stop, trial=self.trial, params=self.params, steps=s.step,
-            planned_steps=self.planned_steps, tokens=s.tokens, seconds=round(s.seconds, 3),
+            engine=self.engine,
+            status=status,
+            ok=status not in ("stopped", "failed", "interrupted"),
+            failure=failure,
+            stop_reason=stop,
+            trial=self.trial,
+            params=self.params,
+            steps=s.step,
+            planned_steps=self.planned_steps,
+            tokens=s.tokens,
+            seconds=round(s.seconds, 3),
             train_seconds=round(s.train_seconds, 3),
             tokens_per_second=round(s.tokens / max(s.train_seconds, 1e-9), 1),
-            objective=Objective(name=self.objective.name, direction=self.objective.direction, best=s.best_eval,
-                                step=s.best_step),
-            best_eval_loss=s.best_eval_loss, best_step=s.best_step, restored_best=restored_best,
+            objective=Objective(
+                name=self.objective.name, direction=self.objective.direction, best=s.best_eval, step=s.best_step
+            ),
+            best_eval_loss=s.best_eval_loss,
+            best_step=s.best_step,
+            restored_best=restored_best,
             run_dir=str(self.run_dir) if self.run_dir is not None else None,
-            adapter=str(adapter) if adapter is not None else None, evals=self.evals,
+            adapter=str(adapter) if adapter is not None else None,
+            evals=self.evals,
             **{"device": "cpu", **facts},
         )
         if self.run_dir is not None:
@@ -201,10 +214,15 @@ class RunRecorder:
             return status, failure, reason
         if (stop is None or stop.code == "early_stopping") and self.harmed:
             baseline, best = self.state.extra["baseline_eval_loss"], self.state.best_eval_loss
-            message = (f"training made the model worse: its best eval loss {best:.4g} is above the untrained "
-                       f"model's {baseline:.4g} (step 0); nothing worth keeping was trained")
-            return "failed", FailureKind.HEALTH_STOP, StopReason(code="worse_than_untrained", message=message,
-                                                                 step=self.state.step)
+            message = (
+                f"training made the model worse: its best eval loss {best:.4g} is above the untrained "
+                f"model's {baseline:.4g} (step 0); nothing worth keeping was trained"
+            )
+            return (
+                "failed",
+                FailureKind.HEALTH_STOP,
+                StopReason(code="worse_than_untrained", message=message, step=self.state.step),
+            )
         if stop is None:
             return "completed", None, None
         if stop.code == "early_stopping":
@@ -242,6 +260,11 @@ def _health(config: Any, num_params: int | None, planned_steps: int) -> list[Obs
         return []
     from tunepilot.health.monitor import LiveMonitor
 
-    monitor = LiveMonitor(config.health, method=config.method.finetuning_type, num_params=num_params,
-                          planned_steps=planned_steps, learning_rate=config.train.learning_rate)
+    monitor = LiveMonitor(
+        config.health,
+        method=config.method.finetuning_type,
+        num_params=num_params,
+        planned_steps=planned_steps,
+        learning_rate=config.train.learning_rate,
+    )
     return [HealthObserver(monitor)]

@@ -77,9 +77,7 @@ class CurveTable:
         for key, value in params.items():
             column = self.column_for(key, columns)
             if column is None:
-                raise UserError(
-                    f"space.{key}: no column for it in {self.path}; columns: {', '.join(self.columns)}"
-                )
+                raise UserError(f"space.{key}: no column for it in {self.path}; columns: {', '.join(self.columns)}")
             if isinstance(value, float) and not math.isfinite(value):
                 raise ValueError(f"{key}={value} is not a finite number")
             pairs.append((column, value))
@@ -123,11 +121,7 @@ def _read_runs(path: Path, curve: str | None) -> list[Run]:
                     f"{path}:{n}: not a learning-curve record ({e!r}); expected "
                     "learning_curves: {{name: [[step, value], ...]}}"
                 ) from e
-            cols = {
-                k: v
-                for k, v in row.items()
-                if k not in NOT_HYPERPARAMETERS and isinstance(v, (int, float, str))
-            }
+            cols = {k: v for k, v in row.items() if k not in NOT_HYPERPARAMETERS and isinstance(v, (int, float, str))}
             if "warmup_ratio" not in cols and isinstance(cols.get("warmup_steps"), (int, float)):
                 cols["warmup_ratio"] = cols["warmup_steps"] / total
             if points:

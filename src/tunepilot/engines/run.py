@@ -44,11 +44,19 @@ from tunepilot.stream import EvalPoint, Event, TrainStep
 
 
 class TrainingRun:
-    def __init__(self, config: RunConfig, run_dir: str | Path | None = None, *, resume: bool = False,
-                 observers: list[Observer] | None = None,
-                 eval_fractions: tuple[float, ...] | None = None, base_model=None,
-                 scheduler_factory: Callable[[torch.optim.Optimizer, Plan], object] | None = None,
-                 trial: int | None = None, params: dict | None = None):
+    def __init__(
+        self,
+        config: RunConfig,
+        run_dir: str | Path | None = None,
+        *,
+        resume: bool = False,
+        observers: list[Observer] | None = None,
+        eval_fractions: tuple[float, ...] | None = None,
+        base_model=None,
+        scheduler_factory: Callable[[torch.optim.Optimizer, Plan], object] | None = None,
+        trial: int | None = None,
+        params: dict | None = None,
+    ):
         self.config = config
         self.run_dir = Path(run_dir or config.output.output_dir)
         self.resume = resume
@@ -79,10 +87,18 @@ class TrainingRun:
         self.objective = self._make_objective()
         total, _ = count_parameters(self.model)
         main = self.dist.is_main  # rank 0 writes the one stream; the others follow its stop decisions
-        self.recorder = RunRecorder(cfg, self.run_dir if main else None, engine="standard",
-                                    planned_steps=self.plan.total_steps, objective=self._objective_spec(),
-                                    observers=self.observers if main else [], num_params=total, trial=self.trial,
-                                    params=self.params, watch=main)
+        self.recorder = RunRecorder(
+            cfg,
+            self.run_dir if main else None,
+            engine="standard",
+            planned_steps=self.plan.total_steps,
+            objective=self._objective_spec(),
+            observers=self.observers if main else [],
+            num_params=total,
+            trial=self.trial,
+            params=self.params,
+            watch=main,
+        )
         self.recorder.start(resumed_from=self._restore())
         self._t0 = time.perf_counter() - self.state.seconds
         return self.plan
@@ -107,8 +123,10 @@ class TrainingRun:
         if not self.config.evaluate.objective or self.data.eval is None:
             return None
         if self.dist.sharded:
-            raise UserError("evaluate.objective: a task metric is scored by generation on rank 0, which a sharded "
-                            "(FSDP) model cannot do alone; use DDP (no fsdp keys), or eval loss as the objective")
+            raise UserError(
+                "evaluate.objective: a task metric is scored by generation on rank 0, which a sharded "
+                "(FSDP) model cannot do alone; use DDP (no fsdp keys), or eval loss as the objective"
+            )
         from tunepilot.evaluate.objective import TaskObjective
 
         return TaskObjective(self.config.evaluate, self.config.data, seed=self.config.train.seed)
@@ -173,8 +191,10 @@ class TrainingRun:
         cfg, plan = self.config.train, self.plan
         started = time.perf_counter()
         torch.manual_seed(cfg.seed * 1_000_003 + step)  # dropout noise depends on the step alone: resumable
-        batches = [collate([self.data.train[i] for i in idx], self.tokenizer.pad_token_id)
-                   for idx in step_indices(plan, cfg.seed, step, self.dist.rank, self.dist.world)]
+        batches = [
+            collate([self.data.train[i] for i in idx], self.tokenizer.pad_token_id)
+            for idx in step_indices(plan, cfg.seed, step, self.dist.rank, self.dist.world)
+        ]
         n_tokens = int(self.dist.sum(sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)))
         n_input = int(self.dist.sum(sum(int(b["attention_mask"].sum()) for b in batches)))  # prompts too
         self.model.train()
@@ -196,18 +216,26 @@ class TrainingRun:
         self.state.extra["input_tokens"] = self.state.extra.get("input_tokens", 0) + n_input
         self.state.seconds = time.perf_counter() - self._t0
         self.state.train_seconds += time.perf_counter() - started
-        return TrainStep(step=step, loss=loss_sum / n_tokens, lr=lr, grad_norm=grad_norm,
-                         epoch=round(epoch_at(plan, step), 4), tokens=self.state.tokens,
-                         input_tokens=self.state.extra["input_tokens"],
-                         seconds=round(self.state.seconds, 3), memory_mb=self._peak_memory_mb())
+        return TrainStep(
+            step=step,
+            loss=loss_sum / n_tokens,
+            lr=lr,
+            grad_norm=grad_norm,
+            epoch=round(epoch_at(plan, step), 4),
+            tokens=self.state.tokens,
+            input_tokens=self.state.extra["input_tokens"],
+            seconds=round(self.state.seconds, 3),
+            memory_mb=self._peak_memory_mb(),
+        )
 
     def _loss_sum(self, batch: dict[str, torch.Tensor], model=None) -> torch.Tensor:
         batch = {k: v.to(self.device) for k, v in batch.items()}
         model = model if model is not None else self.model
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         labels = batch["labels"][:, 1:]
-        return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels.flatten(),
-                               ignore_index=-100, reduction="sum")
+        return F.cross_entropy(
+            logits[:, :-1].flatten(0, 1).float(), labels.flatten(), ignore_index=-100, reduction="sum"
+        )
 
     @torch.no_grad()
     def evaluate(self, step: int, task: bool = True) -> EvalPoint:
@@ -219,7 +247,7 @@ class TrainingRun:
         for i in range(rounds if self.dist.sharded else len(starts)):
             # FSDP gathers weights in every forward, so every rank runs as many; a spare one counts nothing
             start, spare = (starts[i], False) if i < len(starts) else (0, True)
-            batch = collate(self.data.eval[start:start + size], self.tokenizer.pad_token_id)
+            batch = collate(self.data.eval[start : start + size], self.tokenizer.pad_token_id)
             summed = self._loss_sum(batch).item()
             if not spare:
                 total += summed
@@ -228,8 +256,13 @@ class TrainingRun:
         metrics = {}
         if self.objective is not None and task:  # the whole eval split at the last step, a fixed subset before
             metrics = self.dist.from_main(self._task_metrics(step) if self.dist.is_main else None)
-        return EvalPoint(step=step, eval_loss=total / max(count, 1), metrics=metrics,
-                         epoch=round(epoch_at(self.plan, step), 4), seconds=round(time.perf_counter() - self._t0, 3))
+        return EvalPoint(
+            step=step,
+            eval_loss=total / max(count, 1),
+            metrics=metrics,
+            epoch=round(epoch_at(self.plan, step), 4),
+            seconds=round(time.perf_counter() - self._t0, 3),
+        )
 
     def _task_metrics(self, step: int) -> dict[str, float]:
         scores = self.objective(self.model, self.tokenizer, full=step == self.plan.total_steps)
@@ -264,9 +297,15 @@ class TrainingRun:
         adapter = self._save_final(state) if self.dist.is_main else None
         total, trainable = count_parameters(self.model)
         return self.recorder.finish(
-            status=status, reason=reason, adapter=adapter, restored_best=restored,
-            peak_memory_mb=self._peak_memory_mb(), device=str(self.device),
-            parameters={"total": total, "trainable": trainable}, plan=self.plan.as_dict(), data=self.data.stats,
+            status=status,
+            reason=reason,
+            adapter=adapter,
+            restored_best=restored,
+            peak_memory_mb=self._peak_memory_mb(),
+            device=str(self.device),
+            parameters={"total": total, "trainable": trainable},
+            plan=self.plan.as_dict(),
+            data=self.data.stats,
         )
 
     def close(self) -> None:
@@ -279,16 +318,22 @@ class TrainingRun:
         save = {"state_dict": state} if state is not None else {}
         if self.config.method.finetuning_type == "full":
             target = self.run_dir / "model"
-            atomic_write_dir(target, lambda tmp: (self.model.save_pretrained(tmp, **save),
-                                                  self.tokenizer.save_pretrained(tmp)))
+            atomic_write_dir(
+                target, lambda tmp: (self.model.save_pretrained(tmp, **save), self.tokenizer.save_pretrained(tmp))
+            )
         else:
             target = self.run_dir / "adapter"
             atomic_write_dir(target, lambda tmp: self.model.save_pretrained(tmp, **save))
         return target
 
 
-def train(config: RunConfig, *, resume: bool = False, observers: list[Observer] | None = None,
-          run_dir: str | Path | None = None) -> RunSummary:
+def train(
+    config: RunConfig,
+    *,
+    resume: bool = False,
+    observers: list[Observer] | None = None,
+    run_dir: str | Path | None = None,
+) -> RunSummary:
     """Run one training job to the end; returns the summary (also in summary.json)."""
     run = TrainingRun(config, run_dir, resume=resume, observers=observers)
     run.setup()

@@ -44,8 +44,10 @@ def shard(model: torch.nn.Module, parallel: Any, world: int, device: torch.devic
     classes = set(fsdp_config.transformer_layer_cls_to_wrap) or set(getattr(base, "_no_split_modules", None) or ())
     layers = [m for m in model.modules() if type(m).__name__ in classes]
     if not layers:
-        raise UserError(f"fsdp_config.transformer_layer_cls_to_wrap: no module of class {sorted(classes)} in "
-                        f"{type(base).__name__}; name its decoder layer class (e.g. LlamaDecoderLayer)")
+        raise UserError(
+            f"fsdp_config.transformer_layer_cls_to_wrap: no module of class {sorted(classes)} in "
+            f"{type(base).__name__}; name its decoder layer class (e.g. LlamaDecoderLayer)"
+        )
     mesh = init_device_mesh(device.type, (world,))
     reshard = fsdp_config.reshard_after_forward and "shard_grad_op" not in parallel.fsdp
     kwargs: dict[str, Any] = {"mesh": mesh, "reshard_after_forward": reshard}
@@ -64,8 +66,7 @@ def full_trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def load_full_trainable_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Rank 0's full trained weights, sharded back into every rank's part."""
-    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, ignore_frozen_params=True,
-                               strict=False)
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, ignore_frozen_params=True, strict=False)
     set_model_state_dict(model, state, options=options)
 
 
@@ -76,10 +77,16 @@ def save_sharded_checkpoint(path: Path, model, optimizer, scheduler, state: Loop
     if dist.is_main:
         shutil.rmtree(staging, ignore_errors=True)
     dist.barrier()
-    dcp.save({"model": get_model_state_dict(model, options=TRAINABLE),
-              "optim": get_optimizer_state_dict(model, optimizer, options=TRAINABLE)}, checkpoint_id=str(staging))
+    dcp.save(
+        {
+            "model": get_model_state_dict(model, options=TRAINABLE),
+            "optim": get_optimizer_state_dict(model, optimizer, options=TRAINABLE),
+        },
+        checkpoint_id=str(staging),
+    )
     dist.barrier()
     if dist.is_main:
+
         def fill(tmp: Path) -> None:
             os.replace(staging, tmp / "sharded")
             torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
@@ -90,8 +97,10 @@ def save_sharded_checkpoint(path: Path, model, optimizer, scheduler, state: Loop
 
 
 def load_sharded_checkpoint(path: Path, model, optimizer, scheduler) -> LoopState:
-    state = {"model": get_model_state_dict(model, options=TRAINABLE),
-             "optim": get_optimizer_state_dict(model, optimizer, options=TRAINABLE)}
+    state = {
+        "model": get_model_state_dict(model, options=TRAINABLE),
+        "optim": get_optimizer_state_dict(model, optimizer, options=TRAINABLE),
+    }
     dcp.load(state, checkpoint_id=str(path / "sharded"))
     set_model_state_dict(model, state["model"], options=StateDictOptions(ignore_frozen_params=True, strict=False))
     set_optimizer_state_dict(model, optimizer, state["optim"], options=TRAINABLE)

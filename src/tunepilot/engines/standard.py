@@ -36,9 +36,11 @@ class StandardEngine:
 
     def __init__(self, objective: str = "eval_loss"):
         if not supports_task_metric(objective):
-            raise UserError(f"objective.metric: {objective!r} is neither eval_loss nor a task metric the standard "
-                            "engine can score (exact_match, numeric_match, accuracy, token_f1, field_f1, "
-                            "or module:function)")
+            raise UserError(
+                f"objective.metric: {objective!r} is neither eval_loss nor a task metric the standard "
+                "engine can score (exact_match, numeric_match, accuracy, token_f1, field_f1, "
+                "or module:function)"
+            )
         self.objective = objective  # "eval_loss" or a metric name (exact_match, accuracy, module:function...)
         self.seconds = {"load": 0.0, "train": 0.0}
         self._base = None
@@ -73,8 +75,15 @@ class StandardEngine:
                 spec.config.evaluate.metric, spec.config.evaluate.objective = self.objective, True
             base = self._shared_base(spec.config)
             self._t0 = time.perf_counter()  # the shared base's load is the engine's, not this trial's
-            self._run = TrainingRun(spec.config, spec.run_dir, resume=False, base_model=base,
-                                    eval_fractions=spec.report_fractions, trial=spec.number, params=spec.params)
+            self._run = TrainingRun(
+                spec.config,
+                spec.run_dir,
+                resume=False,
+                base_model=base,
+                eval_fractions=spec.report_fractions,
+                trial=spec.number,
+                params=spec.params,
+            )
             self._run.setup()
             self._iter = self._run.steps()
         except Exception as e:  # noqa: BLE001 - a trial's failure is an outcome, not a crash of the sweep
@@ -119,21 +128,37 @@ class StandardEngine:
         failure = None
         if not summary.ok:
             state, failure, reason = "failed", summary.failure or FailureKind.ERROR, summary.stop_reason.code
-        outcome = Outcome(self._trial.number, state, value=summary.objective.best, reason=reason,
-                          failure=failure, steps=summary.steps, seconds=self._spent(), tokens=summary.tokens,
-                          extra={"engine": self.name})
+        outcome = Outcome(
+            self._trial.number,
+            state,
+            value=summary.objective.best,
+            reason=reason,
+            failure=failure,
+            steps=summary.steps,
+            seconds=self._spent(),
+            tokens=summary.tokens,
+            extra={"engine": self.name},
+        )
         self._release()
         return outcome
 
     def _fail(self, error: Exception) -> Outcome:
         oom = isinstance(error, torch.OutOfMemoryError)
-        reason = "out of memory" if oom else (error.message if isinstance(error, UserError)
-                                              else f"{type(error).__name__}: {error}")
+        reason = (
+            "out of memory"
+            if oom
+            else (error.message if isinstance(error, UserError) else f"{type(error).__name__}: {error}")
+        )
         run = self._run if self._run is not None and self._run.recorder is not None else None
-        outcome = Outcome(self._trial.number, "failed", reason=reason,
-                          failure=FailureKind.OOM if oom else FailureKind.ERROR,
-                          steps=run.state.step if run else 0, seconds=self._spent(),
-                          tokens=run.state.tokens if run else 0)
+        outcome = Outcome(
+            self._trial.number,
+            "failed",
+            reason=reason,
+            failure=FailureKind.OOM if oom else FailureKind.ERROR,
+            steps=run.state.step if run else 0,
+            seconds=self._spent(),
+            tokens=run.state.tokens if run else 0,
+        )
         self._release()
         return outcome
 

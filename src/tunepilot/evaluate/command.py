@@ -39,19 +39,26 @@ def resolve_target(target: Path, base: bool) -> tuple[Target, list[str]]:
     if target.is_dir():
         config_file = target / "config.yaml"
         if not config_file.is_file():
-            raise UserError(f"{target}: not a run directory (no config.yaml); pass a run written by "
-                            "`tunepilot train` or a config YAML")
+            raise UserError(
+                f"{target}: not a run directory (no config.yaml); pass a run written by "
+                "`tunepilot train` or a config YAML"
+            )
         config, settings, warnings = _load(config_file)
         if base:
             return Target(config, settings, target, None), warnings
         if (target / "model" / "config.json").is_file():  # full fine-tuning saves the whole model
-            config = config.model_copy(update={"model": config.model.model_copy(
-                update={"name_or_path": str(target / "model"), "gguf_file": None})})
+            config = config.model_copy(
+                update={
+                    "model": config.model.model_copy(update={"name_or_path": str(target / "model"), "gguf_file": None})
+                }
+            )
             return Target(config, settings, target, None, tuned=True), warnings
         adapter = target / "adapter"
         if not (adapter / "adapter_config.json").is_file():
-            raise UserError(f"{target}: no adapter/ with adapter_config.json nor model/ (did the run "
-                            "finish?); use --base to score the base model")
+            raise UserError(
+                f"{target}: no adapter/ with adapter_config.json nor model/ (did the run "
+                "finish?); use --base to score the base model"
+            )
         return Target(config, settings, target, adapter, tuned=True), warnings
     config, settings, warnings = _load(target)
     return Target(config, settings, None, None), warnings
@@ -65,7 +72,8 @@ def check_config_code(t: Target) -> None:
         return
     raise UserError(
         f"{t.run_dir / 'config.yaml'}: evaluate.metric {metric!r} is a custom metric, which runs that code; "
-        "add --trust-config-code if you trust this run directory, or pass --metric to choose one")
+        "add --trust-config-code if you trust this run directory, or pass --metric to choose one"
+    )
 
 
 def apply_overrides(settings: EvalSettings, **overrides: Any) -> EvalSettings:
@@ -94,8 +102,10 @@ def load_model_for(t: Target):
         try:
             model = PeftModel.from_pretrained(model, str(t.adapter))
         except (SafetensorError, UnicodeDecodeError, ValueError, KeyError, OSError) as e:  # a damaged adapter/
-            raise UserError(f"{t.adapter}: not a readable PEFT adapter ({type(e).__name__}: {str(e)[:200]}); "
-                            "train the run again, or use --base to score the base model") from e
+            raise UserError(
+                f"{t.adapter}: not a readable PEFT adapter ({type(e).__name__}: {str(e)[:200]}); "
+                "train the run again, or use --base to score the base model"
+            ) from e
     return model, tokenizer
 
 
@@ -110,9 +120,12 @@ def eval_examples(t: Target, data: Path | None) -> tuple[list[EvalExample], str]
     return examples, Path(t.config.data.eval.split(",")[0]).stem if t.config.data.eval else "val"
 
 
-def run_evaluation(t: Target, data: Path | None, out: Path | None,
-                   progress: Callable[[int], Callable[[int], None] | None] = lambda total: None,
-                   ) -> tuple[EvalScores, Path, str]:
+def run_evaluation(
+    t: Target,
+    data: Path | None,
+    out: Path | None,
+    progress: Callable[[int], Callable[[int], None] | None] = lambda total: None,
+) -> tuple[EvalScores, Path, str]:
     """Load data, shots and model; generate; score; save per-record results.
 
     `progress(total)` is called once the record count is known and returns a per-batch callback."""
@@ -122,14 +135,27 @@ def run_evaluation(t: Target, data: Path | None, out: Path | None,
     examples = spread_sample(split, s.limit, t.config.train.seed)  # --limit: seeded, across classes
     shots = fixed_subset(load_split_examples(t.config.data, "train"), s.few_shot) if s.few_shot else []
     model, tokenizer = load_model_for(t)
-    scores = evaluate_model(model, tokenizer, examples, s, shots=shots, template=t.config.data.template,
-                            metric=metric, progress=progress(len(examples)))
+    scores = evaluate_model(
+        model,
+        tokenizer,
+        examples,
+        s,
+        shots=shots,
+        template=t.config.data.template,
+        metric=metric,
+        progress=progress(len(examples)),
+    )
     return scores, write_results(results_path(t, name, out), scores), name
 
 
 def summary(t: Target, data: str, scores: EvalScores, path: Path) -> dict[str, Any]:
-    return {**scores.summary(), "model": t.config.model.name_or_path,
-            "adapter": str(t.adapter) if t.adapter else None, "tuned": t.tuned, "few_shot": t.settings.few_shot,
-            "data": data, "results": str(path),
-            "failures": sum(1 for r in scores.records if r.score < 1.0)}
-
+    return {
+        **scores.summary(),
+        "model": t.config.model.name_or_path,
+        "adapter": str(t.adapter) if t.adapter else None,
+        "tuned": t.tuned,
+        "few_shot": t.settings.few_shot,
+        "data": data,
+        "results": str(path),
+        "failures": sum(1 for r in scores.records if r.score < 1.0),
+    }

@@ -22,8 +22,10 @@ def _examples(conversations, path) -> list[EvalExample]:
     out = []
     for c in conversations:
         if c.is_text:
-            raise UserError(f"{path}: plain-text records have no answer to score; evaluation needs "
-                            "prompt/response records (set data.format or data.columns)")
+            raise UserError(
+                f"{path}: plain-text records have no answer to score; evaluation needs "
+                "prompt/response records (set data.format or data.columns)"
+            )
         out.append(from_conversation(c.messages, f"{c.source}:{c.line}"))
     if not out:
         raise UserError(f"{path}: no records to evaluate")
@@ -35,8 +37,7 @@ def load_examples(path: str | Path, data: DataSettings, limit: int | None = None
     from tunepilot.data.parse import ParseState, iter_conversations
 
     state = ParseState()
-    conversations = list(islice(iter_conversations(str(path), data.format, data.columns, data.system, state),
-                                limit))
+    conversations = list(islice(iter_conversations(str(path), data.format, data.columns, data.system, state), limit))
     return _checked(conversations, state, path)
 
 
@@ -53,10 +54,12 @@ def load_split_examples(data: DataSettings, which: str = "train", limit: int | N
 def _checked(conversations, state, path) -> list[EvalExample]:
     errors = [f"{f.where()}: {f.code}: {f.message}" for f in state.findings if f.severity == "error"]
     if errors:
-        shown = errors[:MAX_LISTED] + ([f"... and {len(errors) - MAX_LISTED} more"]
-                                       if len(errors) > MAX_LISTED else [])
-        raise UserError(f"{path}: {len(errors)} record(s) cannot be evaluated; fix them or run "
-                        "`tunepilot validate` for details", ExitCode.USAGE, shown)
+        shown = errors[:MAX_LISTED] + ([f"... and {len(errors) - MAX_LISTED} more"] if len(errors) > MAX_LISTED else [])
+        raise UserError(
+            f"{path}: {len(errors)} record(s) cannot be evaluated; fix them or run `tunepilot validate` for details",
+            ExitCode.USAGE,
+            shown,
+        )
     return _examples(conversations, path)
 
 

@@ -43,7 +43,7 @@ def fixed_subset(examples: Sequence[EvalExample], size: int) -> list[EvalExample
 def with_shots(example: EvalExample, shots: Sequence[EvalExample]) -> list[Message]:
     """The prompt with few-shot examples as earlier user/assistant turns, after any system message."""
     head = [m for m in example.messages[:1] if m.get("role") == "system"]
-    rest = list(example.messages[len(head):])
+    rest = list(example.messages[len(head) :])
     turns: list[Message] = []
     for shot in shots:
         turns += [m for m in shot.messages if m.get("role") != "system"]

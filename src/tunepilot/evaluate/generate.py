@@ -41,10 +41,19 @@ def generate_batch(model, tokenizer, prompts: Sequence[str], max_new_tokens: int
     enc = tokenizer(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
     enc = {k: v.to(_device_of(model)) for k, v in enc.items()}
     stops = stop_token_ids(model, tokenizer)
-    out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
-                         num_beams=1, temperature=None, top_p=None, top_k=None,
-                         eos_token_id=stops, pad_token_id=tokenizer.pad_token_id)
-    new = out[:, enc["input_ids"].shape[1]:]
+    out = model.generate(
+        **enc,
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        use_cache=True,
+        num_beams=1,
+        temperature=None,
+        top_p=None,
+        top_k=None,
+        eos_token_id=stops,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    new = out[:, enc["input_ids"].shape[1] :]
     # A row that stopped early is padded to the batch's longest answer: count up to its first stop.
     is_stop = torch.isin(new, torch.tensor(stops, device=new.device)).int()
     after_stop = (is_stop.cumsum(dim=1) - is_stop) > 0
@@ -53,8 +62,14 @@ def generate_batch(model, tokenizer, prompts: Sequence[str], max_new_tokens: int
     return [Generation(t.strip(), int(n)) for t, n in zip(texts, counts.tolist(), strict=True)]
 
 
-def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, batch_size: int,
-             progress: Callable[[int], None] | None = None) -> list[Generation]:
+def generate(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    max_new_tokens: int,
+    batch_size: int,
+    progress: Callable[[int], None] | None = None,
+) -> list[Generation]:
     """Greedy answers for all prompts, batched by length; the model's train/eval mode and the tokenizer's
     padding side are restored afterwards (evaluation runs inside training too)."""
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
@@ -64,7 +79,7 @@ def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, batc
     tokenizer.padding_side = "left"
     try:
         for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
+            idx = order[start : start + batch_size]
             batch = generate_batch(model, tokenizer, [prompts[i] for i in idx], max_new_tokens)
             for i, answer in zip(idx, batch, strict=True):
                 answers[i] = answer

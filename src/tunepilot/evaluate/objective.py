@@ -39,8 +39,9 @@ def eval_limit(settings: EvalSettings, data: DataSettings) -> int | None:
 
 
 class TaskObjective:
-    def __init__(self, settings: EvalSettings, data: DataSettings, seed: int = 42,
-                 log: Callable[[str], None] | None = None):
+    def __init__(
+        self, settings: EvalSettings, data: DataSettings, seed: int = 42, log: Callable[[str], None] | None = None
+    ):
         self.settings = settings
         self.template = data.template
         split = load_eval_split(data, seed, None)
@@ -58,8 +59,15 @@ class TaskObjective:
 
     def __call__(self, model, tokenizer, full: bool = False) -> EvalScores:
         records = self.examples if full else self.subset
-        scores = evaluate_model(model, tokenizer, records, self.settings, template=self.template,
-                                metric=self.metric, progress=self._progress(len(records)))
+        scores = evaluate_model(
+            model,
+            tokenizer,
+            records,
+            self.settings,
+            template=self.template,
+            metric=self.metric,
+            progress=self._progress(len(records)),
+        )
         if not full or len(self.subset) == len(self.examples):
             return scores
         return self._like_for_like(scores)
@@ -82,8 +90,10 @@ class TaskObjective:
             if now - last[0] >= PROGRESS_EVERY_S and done[0] < total:
                 last[0] = now
                 rate = done[0] / max(now - start, 1e-9)
-                self.log(f"evaluating {self.name}: {done[0]}/{total} records, {now - start:.0f} s, "
-                         f"about {(total - done[0]) / rate:.0f} s left")
+                self.log(
+                    f"evaluating {self.name}: {done[0]}/{total} records, {now - start:.0f} s, "
+                    f"about {(total - done[0]) / rate:.0f} s left"
+                )
 
         return advance
 

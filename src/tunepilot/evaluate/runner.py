@@ -51,8 +51,14 @@ class EvalScores:
     records: list[RecordResult] = field(default_factory=list, repr=False)
 
     def summary(self) -> dict[str, Any]:
-        return {"metric": self.metric, "value": self.value, "direction": self.direction,
-                "metrics": self.metrics, "n": self.n, "seconds": round(self.seconds, 3)}
+        return {
+            "metric": self.metric,
+            "value": self.value,
+            "direction": self.direction,
+            "metrics": self.metrics,
+            "n": self.n,
+            "seconds": round(self.seconds, 3),
+        }
 
 
 def resolve_labels(settings: EvalSettings, examples: Sequence[EvalExample]) -> tuple[str, ...]:
@@ -67,8 +73,7 @@ def resolve_labels(settings: EvalSettings, examples: Sequence[EvalExample]) -> t
 def read_labels(path: str | Path) -> tuple[str, ...]:
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"evaluate.labels_file: {path} not found; give a JSON list or a file with one "
-                        "label a line")
+        raise UserError(f"evaluate.labels_file: {path} not found; give a JSON list or a file with one label a line")
     text = path.read_text(encoding="utf-8")
     if text.lstrip().startswith("["):
         try:
@@ -94,8 +99,9 @@ class _TemplateChoice:
     format: str = "chat"  # eval prompts are always conversations, so a template is always needed
 
 
-def render_prompts(tokenizer, examples: Sequence[EvalExample], shots: Sequence[EvalExample] = (),
-                   template: str = "auto") -> list[str]:
+def render_prompts(
+    tokenizer, examples: Sequence[EvalExample], shots: Sequence[EvalExample] = (), template: str = "auto"
+) -> list[str]:
     """Each prompt rendered as training renders it (the model's chat template, or the named
     data.template), ending where the assistant's answer starts."""
     from tunepilot.data.prepare import check_template
@@ -109,24 +115,29 @@ def render_prompts(tokenizer, examples: Sequence[EvalExample], shots: Sequence[E
     return [render_prompt([*with_shots(e, shots), answer_slot], tokenizer, choice) for e in examples]
 
 
-def score_predictions(metric: Metric, examples: Sequence[EvalExample],
-                      predictions: Sequence[str]) -> list[Scored]:
+def score_predictions(metric: Metric, examples: Sequence[EvalExample], predictions: Sequence[str]) -> list[Scored]:
     """Per-record scores; a bad reference or a failing custom metric names the record."""
     scored = []
     for example, prediction in zip(examples, predictions, strict=True):
         try:
             scored.append(metric.score(prediction, example.reference))
         except BadReference as e:
-            raise UserError(f"{example.source or 'eval record'}: {e}; fix the record or choose "
-                            "another metric") from e
+            raise UserError(f"{example.source or 'eval record'}: {e}; fix the record or choose another metric") from e
         except UserError as e:
             raise UserError(f"{example.source or 'eval record'}: {e.message}", e.code, e.problems) from e
     return scored
 
 
-def evaluate_model(model, tokenizer, examples: Sequence[EvalExample], settings: EvalSettings,
-                   shots: Sequence[EvalExample] = (), template: str = "auto", metric: Metric | None = None,
-                   progress: Callable[[int], None] | None = None) -> EvalScores:
+def evaluate_model(
+    model,
+    tokenizer,
+    examples: Sequence[EvalExample],
+    settings: EvalSettings,
+    shots: Sequence[EvalExample] = (),
+    template: str = "auto",
+    metric: Metric | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> EvalScores:
     """Generate greedy answers for `examples` and score them with `settings.metric`.
 
     Pass a prebuilt `metric` when calling at every eval point (a custom metric is imported once).
@@ -140,11 +151,19 @@ def evaluate_model(model, tokenizer, examples: Sequence[EvalExample], settings: 
     predictions = [a.text for a in answers]
     scored = score_predictions(metric, examples, predictions)
     aggregate = metric.aggregate(scored)
-    records = [RecordResult(e.source, p, e.reference, pred, s.score, s.extracted, s.note)
-               for e, p, pred, s in zip(examples, prompts, predictions, scored, strict=True)]
-    return EvalScores(metric=metric.name, value=aggregate[metric.name],
-                      direction=settings.direction or metric.direction, metrics=aggregate, n=len(examples),
-                      seconds=time.perf_counter() - start, records=records)
+    records = [
+        RecordResult(e.source, p, e.reference, pred, s.score, s.extracted, s.note)
+        for e, p, pred, s in zip(examples, prompts, predictions, scored, strict=True)
+    ]
+    return EvalScores(
+        metric=metric.name,
+        value=aggregate[metric.name],
+        direction=settings.direction or metric.direction,
+        metrics=aggregate,
+        n=len(examples),
+        seconds=time.perf_counter() - start,
+        records=records,
+    )
 
 
 def write_results(path: str | Path, scores: EvalScores) -> Path:

@@ -13,12 +13,16 @@ from typing import Any
 
 _EXPORTS = {
     "HealthSettings": "tunepilot.health.settings",
-    "diagnose": "tunepilot.health.diagnose", "Diagnosis": "tunepilot.health.diagnose",
+    "diagnose": "tunepilot.health.diagnose",
+    "Diagnosis": "tunepilot.health.diagnose",
     "LiveMonitor": "tunepilot.health.monitor",
-    "Finding": "tunepilot.health.findings", "Change": "tunepilot.health.findings",
+    "Finding": "tunepilot.health.findings",
+    "Change": "tunepilot.health.findings",
     "VERDICTS": "tunepilot.health.findings",
-    "RULES": "tunepilot.health.rules", "rule": "tunepilot.health.registry",
-    "run_rules": "tunepilot.health.registry", "RunView": "tunepilot.health.series",
+    "RULES": "tunepilot.health.rules",
+    "rule": "tunepilot.health.registry",
+    "run_rules": "tunepilot.health.registry",
+    "RunView": "tunepilot.health.series",
     "plot_run": "tunepilot.health.plot",
 }
 

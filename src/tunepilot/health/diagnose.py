@@ -28,10 +28,16 @@ class Diagnosis:
         return self.verdict == "healthy"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"verdict": self.verdict, "confidence": self.confidence, "mid_run": self.mid_run,
-                "findings": [f.to_dict() for f in self.findings],
-                "recommendations": self.recommendations, "patch": patch(self.recommendations),
-                "set_args": set_args(self.recommendations), "run": self.run}
+        return {
+            "verdict": self.verdict,
+            "confidence": self.confidence,
+            "mid_run": self.mid_run,
+            "findings": [f.to_dict() for f in self.findings],
+            "recommendations": self.recommendations,
+            "patch": patch(self.recommendations),
+            "set_args": set_args(self.recommendations),
+            "run": self.run,
+        }
 
 
 def verdict_of(findings: list[Finding]) -> str:
@@ -43,8 +49,15 @@ def view_of(log: RunLog, settings: HealthSettings) -> RunView:
     config = dict(log.config)
     if log.learning_rate is not None:
         config.setdefault("learning_rate", log.learning_rate)
-    return RunView.build(log.records, settings, method=log.method, learning_rate=log.learning_rate,
-                         num_params=log.num_params, planned_steps=log.planned_steps, config=config)
+    return RunView.build(
+        log.records,
+        settings,
+        method=log.method,
+        learning_rate=log.learning_rate,
+        num_params=log.num_params,
+        planned_steps=log.planned_steps,
+        config=config,
+    )
 
 
 def diagnose(log: RunLog, settings: HealthSettings | None = None) -> Diagnosis:
@@ -56,8 +69,14 @@ def diagnose(log: RunLog, settings: HealthSettings | None = None) -> Diagnosis:
     findings.sort(key=lambda f: (f.verdict != verdict, -SEVERITY_RANK[f.severity]))
     config = dict(view.config)
     config.setdefault("learning_rate", view.learning_rate)
-    return Diagnosis(verdict, findings, recommendations(findings, verdict, config), run=log.meta(),
-                     mid_run=mid_run(log), confidence=confidence(view))
+    return Diagnosis(
+        verdict,
+        findings,
+        recommendations(findings, verdict, config),
+        run=log.meta(),
+        mid_run=mid_run(log),
+        confidence=confidence(view),
+    )
 
 
 def mid_run(log: RunLog) -> bool | None:

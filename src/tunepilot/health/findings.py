@@ -12,8 +12,16 @@ SEVERITY_RANK = {"info": 0, "warning": 1, "error": 2}
 # A run that broke (no data, NaN, divergence) says so before anything else; a run too short to judge
 # says that before its curve shapes are read; instability explains overfitting-looking curves, so it
 # comes before them; stalled and underfitting are the mildest judgements.
-VERDICTS = ("no-training-data", "diverged", "too-short", "unstable", "overfitting", "stalled", "underfitting",
-            "healthy")
+VERDICTS = (
+    "no-training-data",
+    "diverged",
+    "too-short",
+    "unstable",
+    "overfitting",
+    "stalled",
+    "underfitting",
+    "healthy",
+)
 
 
 @dataclass

@@ -22,11 +22,23 @@ _IMMEDIATE = {"nan_inf", "zero_collapse"}
 
 
 class LiveMonitor:
-    def __init__(self, settings: HealthSettings, *, method: str = "lora", num_params: int | None = None,
-                 planned_steps: int | None = None, learning_rate: float | None = None):
+    def __init__(
+        self,
+        settings: HealthSettings,
+        *,
+        method: str = "lora",
+        num_params: int | None = None,
+        planned_steps: int | None = None,
+        learning_rate: float | None = None,
+    ):
         self.settings = settings
-        self.meta = {"method": method, "num_params": num_params, "planned_steps": planned_steps,
-                     "learning_rate": learning_rate, "config": {}}
+        self.meta = {
+            "method": method,
+            "num_params": num_params,
+            "planned_steps": planned_steps,
+            "learning_rate": learning_rate,
+            "config": {},
+        }
         self.records: list[Record] = []
         self.stop_event: Event | None = None
         self._since_pass = 0
@@ -52,8 +64,11 @@ class LiveMonitor:
         assert isinstance(record, TrainStep)
         if record.loss is None:
             return set()
-        suspicious = not finite(record.loss) or record.loss <= 1e-12 or (
-            record.grad_norm is not None and not finite(record.grad_norm))
+        suspicious = (
+            not finite(record.loss)
+            or record.loss <= 1e-12
+            or (record.grad_norm is not None and not finite(record.grad_norm))
+        )
         self._since_pass += 1
         n = sum(isinstance(r, TrainStep) for r in self.records)
         if self._since_pass >= max(1, n // 100):
@@ -74,13 +89,15 @@ class LiveMonitor:
         for finding in findings:
             if finding.stop:
                 message = f"stopped by the health monitor: {finding.message}"
-                self.stop_event = Event(step, "health.stop", message, "error",
-                                        data={"rule": finding.code, **_payload(finding)})
+                self.stop_event = Event(
+                    step, "health.stop", message, "error", data={"rule": finding.code, **_payload(finding)}
+                )
                 return [self.stop_event]
             if finding.severity == "info" or not self._is_new(finding):
                 continue
-            events.append(Event(step, f"health.{finding.code}", finding.message, finding.severity,
-                                data=_payload(finding)))
+            events.append(
+                Event(step, f"health.{finding.code}", finding.message, finding.severity, data=_payload(finding))
+            )
         return events
 
     def _is_new(self, finding: Finding) -> bool:

@@ -17,8 +17,7 @@ from tunepilot.logs import RunLog
 _COLOURS = {"error": "#c62828", "warning": "#ef6c00", "info": "#1565c0"}
 
 
-def plot_run(log: RunLog, diagnosis: Diagnosis, path: str | Path,
-             settings: HealthSettings | None = None) -> Path:
+def plot_run(log: RunLog, diagnosis: Diagnosis, path: str | Path, settings: HealthSettings | None = None) -> Path:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -57,10 +56,16 @@ def _mark_findings(ax, diagnosis: Diagnosis) -> None:
         label = f"{finding.code} ({finding.severity})"
         if label not in shown:
             shown.add(label)
-            ax.annotate(label, xy=(finding.steps[0], 1.0), xycoords=("data", "axes fraction"),
-                        xytext=(3, -12 - 11 * (len(shown) - 1)), textcoords="offset points",
-                        fontsize=8, color=colour,
-                        weight="bold" if SEVERITY_RANK[finding.severity] == 2 else "normal")
+            ax.annotate(
+                label,
+                xy=(finding.steps[0], 1.0),
+                xycoords=("data", "axes fraction"),
+                xytext=(3, -12 - 11 * (len(shown) - 1)),
+                textcoords="offset points",
+                fontsize=8,
+                color=colour,
+                weight="bold" if SEVERITY_RANK[finding.severity] == 2 else "normal",
+            )
 
 
 def _plot_lower(ax, train) -> None:

@@ -12,8 +12,14 @@ from typing import Any
 from tunepilot.health.findings import SEVERITY_RANK, Change, Finding
 from tunepilot.health.series import sig
 
-_INTEGER_KEYS = {"lora_rank", "gradient_accumulation_steps", "max_steps", "early_stopping_patience",
-                 "logging_steps", "eval_steps"}
+_INTEGER_KEYS = {
+    "lora_rank",
+    "gradient_accumulation_steps",
+    "max_steps",
+    "early_stopping_patience",
+    "logging_steps",
+    "eval_steps",
+}
 
 
 def recommendations(findings: list[Finding], verdict: str, config: dict[str, Any]) -> list[dict[str, Any]]:

@@ -23,7 +23,7 @@ def finite(x: float | None) -> bool:
 
 
 def trailing_median(values: Sequence[float], window: int) -> list[float]:
-    return [median(values[max(0, i - window + 1): i + 1]) for i in range(len(values))]
+    return [median(values[max(0, i - window + 1) : i + 1]) for i in range(len(values))]
 
 
 def auto_window(n: int, setting: int = 0) -> int:
@@ -59,10 +59,18 @@ class RunView:
         if meta.get("learning_rate") is None:
             logged = [r.lr for r in train if finite(r.lr)]
             meta["learning_rate"] = max(logged) if logged else None
-        return cls(train=train, steps=[r.step for r in good], losses=losses,
-                   trend=trailing_median(losses, window), evals=evals,
-                   eval_steps=[e.step for e in good_evals], eval_losses=[e.eval_loss for e in good_evals],
-                   window=window, settings=settings, **meta)
+        return cls(
+            train=train,
+            steps=[r.step for r in good],
+            losses=losses,
+            trend=trailing_median(losses, window),
+            evals=evals,
+            eval_steps=[e.step for e in good_evals],
+            eval_losses=[e.eval_loss for e in good_evals],
+            window=window,
+            settings=settings,
+            **meta,
+        )
 
     @property
     def n(self) -> int:
@@ -74,7 +82,7 @@ class RunView:
         return median(self.losses[:3])
 
     def end_level(self) -> float:
-        return median(self.losses[-self.window:])
+        return median(self.losses[-self.window :])
 
     def train_level_at(self, step: int) -> float | None:
         """Smoothed train loss at a step: the last trend value at or before it (the first one when the

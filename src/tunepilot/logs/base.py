@@ -43,12 +43,21 @@ class RunLog:
 
     def meta(self) -> dict[str, Any]:
         """JSON-safe description of the run, for reports and the --json envelope."""
-        return {"path": str(self.path), "source": self.source, "method": self.method,
-                "learning_rate": self.learning_rate, "lora_rank": self.lora_rank,
-                "lora_alpha": self.lora_alpha,
-                "num_params": self.num_params, "model": self.model, "planned_steps": self.planned_steps,
-                "train_points": len(self.train_steps), "eval_points": len(self.eval_points),
-                "config": self.config, "notes": self.notes}
+        return {
+            "path": str(self.path),
+            "source": self.source,
+            "method": self.method,
+            "learning_rate": self.learning_rate,
+            "lora_rank": self.lora_rank,
+            "lora_alpha": self.lora_alpha,
+            "num_params": self.num_params,
+            "model": self.model,
+            "planned_steps": self.planned_steps,
+            "train_points": len(self.train_steps),
+            "eval_points": len(self.eval_points),
+            "config": self.config,
+            "notes": self.notes,
+        }
 
 
 @dataclass(frozen=True)
@@ -60,8 +69,10 @@ class Reader:
 
 READERS: dict[str, Reader] = {}
 
-EXPECTED = ("a tunepilot metrics.jsonl, an HF Trainer trainer_state.json (or a run directory or a directory "
-            "of checkpoint-* folders holding one), or a LLaMA-Factory trainer_log.jsonl")
+EXPECTED = (
+    "a tunepilot metrics.jsonl, an HF Trainer trainer_state.json (or a run directory or a directory "
+    "of checkpoint-* folders holding one), or a LLaMA-Factory trainer_log.jsonl"
+)
 
 
 def register_log_reader(name: str, detect: Callable[[Path], Path | None], read: Callable[[Path], RunLog]) -> None:

@@ -32,8 +32,9 @@ def detect(path: Path) -> Path | None:
         return path / NAME
     if (path / "trainer_log.jsonl").is_file():
         return None  # a LLaMA-Factory run still in progress: its trainer_log.jsonl is the complete one
-    checkpoints = [(int(m.group(1)), p) for p in path.iterdir()
-                   if (m := _CHECKPOINT.match(p.name)) and (p / NAME).is_file()]
+    checkpoints = [
+        (int(m.group(1)), p) for p in path.iterdir() if (m := _CHECKPOINT.match(p.name)) and (p / NAME).is_file()
+    ]
     return max(checkpoints)[1] / NAME if checkpoints else None
 
 
@@ -62,9 +63,15 @@ def read(path: Path) -> RunLog:
     log.extra["last_step"] = to_step(state.get("global_step"))
     control = ((state.get("stateful_callbacks") or {}).get("TrainerControl") or {}).get("args") or {}
     log.extra["stopped"] = control.get("should_training_stop") is True  # ended by the Trainer (early stopping)
-    log.config.update(flatten({"num_train_epochs": state.get("num_train_epochs"),
-                               "per_device_train_batch_size": state.get("train_batch_size"),
-                               "logging_steps": state.get("logging_steps")}))
+    log.config.update(
+        flatten(
+            {
+                "num_train_epochs": state.get("num_train_epochs"),
+                "per_device_train_batch_size": state.get("train_batch_size"),
+                "logging_steps": state.get("logging_steps"),
+            }
+        )
+    )
     apply_siblings(log, path.parent)
     return log
 
@@ -84,20 +91,24 @@ def _records(history: list[Any], logging_steps: int, log: RunLog) -> list[Record
         if record is not None:
             records.append(record)
     if inferred:
-        log.notes.append(f"{inferred} entr(ies) without 'step': placed {logging_steps} step(s) "
-                         "after the previous one")
+        log.notes.append(f"{inferred} entr(ies) without 'step': placed {logging_steps} step(s) after the previous one")
     return records
 
 
 def _record(entry: dict[str, Any], step: int, log: RunLog) -> Record | None:
     epoch = to_float(entry.get("epoch"))
     if "loss" in entry:
-        return TrainStep(step=step, loss=to_float(entry["loss"]),
-                         lr=to_float(entry.get("learning_rate", entry.get("lr"))),
-                         grad_norm=to_float(entry.get("grad_norm")), epoch=epoch,
-                         tokens=to_int(entry.get("num_input_tokens_seen")) or None)
-    metrics = {key[5:]: value for key, value in entry.items()
-               if key.startswith("eval_") and key[5:] not in _EVAL_BOOKKEEPING}
+        return TrainStep(
+            step=step,
+            loss=to_float(entry["loss"]),
+            lr=to_float(entry.get("learning_rate", entry.get("lr"))),
+            grad_norm=to_float(entry.get("grad_norm")),
+            epoch=epoch,
+            tokens=to_int(entry.get("num_input_tokens_seen")) or None,
+        )
+    metrics = {
+        key[5:]: value for key, value in entry.items() if key.startswith("eval_") and key[5:] not in _EVAL_BOOKKEEPING
+    }
     if metrics:
         numbers = {k: v for k, v in ((k, to_float(v)) for k, v in metrics.items()) if v is not None}
         loss = numbers.pop("loss", None)
@@ -105,4 +116,3 @@ def _record(entry: dict[str, Any], step: int, log: RunLog) -> Record | None:
     if "train_loss" in entry:
         log.extra["final_train_loss"] = to_float(entry["train_loss"])
     return None
-

@@ -53,8 +53,7 @@ def read(path: Path) -> RunLog:
         log.notes.append(f"{inferred} line(s) without a step: placed after the previous line")
     log.records, dropped = sort_and_dedupe(records)
     if dropped:
-        log.notes.append(f"{dropped} repeated line(s) dropped (multi-process logging or a resume; "
-                         "kept the last)")
+        log.notes.append(f"{dropped} repeated line(s) dropped (multi-process logging or a resume; kept the last)")
     apply_siblings(log, path.parent)
     return log
 
@@ -76,14 +75,21 @@ def _record(row: dict[str, Any], step: int) -> Record | None:
     if "loss" in row:
         tokens = to_int(row.get("total_tokens"))
         lr = to_float(row.get("lr", row.get("learning_rate")))
-        return TrainStep(step=step, loss=to_float(row["loss"]), lr=lr,
-                         grad_norm=to_float(row.get("grad_norm")), epoch=epoch, seconds=seconds,
-                         tokens=tokens or None)
-    metrics = {key[5:]: to_float(value) for key, value in row.items()
-               if key.startswith("eval_") and key[5:] not in _BOOKKEEPING}
+        return TrainStep(
+            step=step,
+            loss=to_float(row["loss"]),
+            lr=lr,
+            grad_norm=to_float(row.get("grad_norm")),
+            epoch=epoch,
+            seconds=seconds,
+            tokens=tokens or None,
+        )
+    metrics = {
+        key[5:]: to_float(value)
+        for key, value in row.items()
+        if key.startswith("eval_") and key[5:] not in _BOOKKEEPING
+    }
     if metrics:
         numbers = {k: v for k, v in metrics.items() if v is not None}
-        return EvalPoint(step=step, eval_loss=numbers.pop("loss", None), metrics=numbers, epoch=epoch,
-                         seconds=seconds)
+        return EvalPoint(step=step, eval_loss=numbers.pop("loss", None), metrics=numbers, epoch=epoch, seconds=seconds)
     return None
-

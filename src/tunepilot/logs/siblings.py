@@ -20,23 +20,55 @@ from tunepilot.logs.values import read_text, to_float, to_int
 
 # Flat keys worth knowing, with the names other tools give them.
 _KEYS = {
-    "learning_rate": "learning_rate", "lr": "learning_rate", "lora_rank": "lora_rank", "r": "lora_rank",
-    "lora_r": "lora_rank", "lora_alpha": "lora_alpha", "lora_dropout": "lora_dropout",
-    "num_train_epochs": "num_train_epochs", "max_steps": "max_steps", "warmup_ratio": "warmup_ratio",
-    "warmup_steps": "warmup_steps", "per_device_train_batch_size": "per_device_train_batch_size",
-    "gradient_accumulation_steps": "gradient_accumulation_steps", "lr_scheduler_type": "lr_scheduler_type",
-    "weight_decay": "weight_decay", "max_grad_norm": "max_grad_norm", "val_size": "val_size",
-    "eval_steps": "eval_steps", "early_stopping_patience": "early_stopping_patience",
-    "finetuning_type": "finetuning_type", "model_name_or_path": "model_name_or_path",
-    "name_or_path": "model_name_or_path", "base_model_name_or_path": "model_name_or_path",
-    "quantization_bit": "quantization_bit", "logging_steps": "logging_steps", "do_predict": "do_predict",
+    "learning_rate": "learning_rate",
+    "lr": "learning_rate",
+    "lora_rank": "lora_rank",
+    "r": "lora_rank",
+    "lora_r": "lora_rank",
+    "lora_alpha": "lora_alpha",
+    "lora_dropout": "lora_dropout",
+    "num_train_epochs": "num_train_epochs",
+    "max_steps": "max_steps",
+    "warmup_ratio": "warmup_ratio",
+    "warmup_steps": "warmup_steps",
+    "per_device_train_batch_size": "per_device_train_batch_size",
+    "gradient_accumulation_steps": "gradient_accumulation_steps",
+    "lr_scheduler_type": "lr_scheduler_type",
+    "weight_decay": "weight_decay",
+    "max_grad_norm": "max_grad_norm",
+    "val_size": "val_size",
+    "eval_steps": "eval_steps",
+    "early_stopping_patience": "early_stopping_patience",
+    "finetuning_type": "finetuning_type",
+    "model_name_or_path": "model_name_or_path",
+    "name_or_path": "model_name_or_path",
+    "base_model_name_or_path": "model_name_or_path",
+    "quantization_bit": "quantization_bit",
+    "logging_steps": "logging_steps",
+    "do_predict": "do_predict",
     "do_train": "do_train",
 }
-_NUMERIC = {"learning_rate", "lora_alpha", "lora_dropout", "num_train_epochs", "warmup_ratio", "weight_decay",
-            "max_grad_norm", "val_size"}
-_INTEGER = {"lora_rank", "max_steps", "warmup_steps", "per_device_train_batch_size",
-            "gradient_accumulation_steps", "eval_steps", "early_stopping_patience", "quantization_bit",
-            "logging_steps"}
+_NUMERIC = {
+    "learning_rate",
+    "lora_alpha",
+    "lora_dropout",
+    "num_train_epochs",
+    "warmup_ratio",
+    "weight_decay",
+    "max_grad_norm",
+    "val_size",
+}
+_INTEGER = {
+    "lora_rank",
+    "max_steps",
+    "warmup_steps",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "eval_steps",
+    "early_stopping_patience",
+    "quantization_bit",
+    "logging_steps",
+}
 
 
 def flatten(raw: dict[str, Any]) -> dict[str, Any]:

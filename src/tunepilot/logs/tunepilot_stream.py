@@ -35,4 +35,3 @@ def read(path: Path) -> RunLog:
                 log.num_params = to_int(parameters.get("total"))
     apply_siblings(log, path.parent)
     return log
-

@@ -58,11 +58,7 @@ def learning_curves(study: optuna.Study, metric: str) -> Any:
         dash, label = STYLE[t.state]
         steps = sorted(t.intermediate_values)
         values = [t.intermediate_values[s] for s in steps]
-        end = (
-            "x"
-            if t.state == TrialState.PRUNED
-            else ("circle" if t.state == TrialState.COMPLETE else "square")
-        )
+        end = "x" if t.state == TrialState.PRUNED else ("circle" if t.state == TrialState.COMPLETE else "square")
         fig.add_trace(
             go.Scatter(
                 x=steps,

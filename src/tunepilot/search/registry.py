@@ -77,11 +77,14 @@ def _replay_curve(spec, opts: dict[str, Any]) -> dict[str, Any]:
         return {}
     names = _curve_names(Path(opts["curves"]))
     if metric not in names:
-        raise UserError(f"objective.metric: {metric!r} is not a curve of {opts['curves']}; "
-                        f"its curves: {', '.join(names)}")
+        raise UserError(
+            f"objective.metric: {metric!r} is not a curve of {opts['curves']}; its curves: {', '.join(names)}"
+        )
     if curve is not None and curve != metric:
-        raise UserError(f"objective.metric {metric!r} and engine.curve {curve!r} differ; the replay engine "
-                        "optimises the curve it replays: make them the same or drop engine.curve")
+        raise UserError(
+            f"objective.metric {metric!r} and engine.curve {curve!r} differ; the replay engine "
+            "optimises the curve it replays: make them the same or drop engine.curve"
+        )
     return {"curve": metric}
 
 
@@ -141,8 +144,10 @@ def _who_can(name: str, metric: str, engine) -> str:
         return f"it replays one curve of its file ({curves}): set engine.curve, or leave objective.metric out"
     if name != "standard" and supports_task_metric(metric):
         return f"the standard engine scores {metric} by generation at every report point: use engine: standard"
-    return ("a training engine reports eval_loss or a task metric (exact_match, numeric_match, accuracy, "
-            "token_f1, field_f1, or module:function)")
+    return (
+        "a training engine reports eval_loss or a task metric (exact_match, numeric_match, accuracy, "
+        "token_f1, field_f1, or module:function)"
+    )
 
 
 def engine_gpus(base: RunConfig | None) -> float:

@@ -84,8 +84,10 @@ def check_space(spec: SweepSpec, base: RunConfig | None) -> None:
     problems = []
     if "lora_alpha_multiplier" in spec.space and "lora_rank" not in spec.space:
         # config_updates needs the trial's rank: without it every trial would fail at its start
-        problems.append("space.lora_alpha_multiplier: sets lora_alpha = multiplier x lora_rank, so lora_rank must be "
-                        "searched too; add lora_rank to the space (a list of one rank is fine), or search lora_alpha")
+        problems.append(
+            "space.lora_alpha_multiplier: sets lora_alpha = multiplier x lora_rank, so lora_rank must be "
+            "searched too; add lora_rank to the space (a list of one rank is fine), or search lora_alpha"
+        )
     for key, dist in spec.space.items():
         values = dist if isinstance(dist, list) else [dist.low, dist.high]
         for value in values:

@@ -169,9 +169,7 @@ def _enqueue_first(study: optuna.Study, spec: SweepSpec) -> None:
         study.enqueue_trial(params, user_attrs={"enqueued": True}, skip_if_exists=True)
 
 
-def _spec_maker(
-    base: RunConfig | None, sweep_dir: Path, eval_points: int = 10
-) -> Callable[[optuna.Trial], TrialSpec]:
+def _spec_maker(base: RunConfig | None, sweep_dir: Path, eval_points: int = 10) -> Callable[[optuna.Trial], TrialSpec]:
     fractions = tuple(round((i + 1) / eval_points, 6) for i in range(eval_points))
 
     def make(trial: optuna.Trial) -> TrialSpec:

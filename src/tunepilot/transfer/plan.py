@@ -31,9 +31,7 @@ class TransferResult:
     def target_config(self) -> dict[str, Any]:
         v = self.target_values
         out = {k: v[k] for k in ("learning_rate", "method", *BATCH_KEYS)}
-        out["effective_batch"] = (
-            v["per_device_train_batch_size"] * v["gradient_accumulation_steps"] * v["gpus"]
-        )
+        out["effective_batch"] = v["per_device_train_batch_size"] * v["gradient_accumulation_steps"] * v["gpus"]
         if v["method"] != "full":
             out.update({k: v[k] for k in ("lora_rank", "lora_alpha", "use_rslora")})
         return out

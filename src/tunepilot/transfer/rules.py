@@ -154,13 +154,9 @@ class AlphaRule:
         if r_p == r_t:
             return _lr_step(self, ctx, 1.0, f"rank unchanged: alpha {alpha:g} and the LR stay")
         if ctx.values.get("use_rslora"):
-            return _lr_step(
-                self, ctx, 1.0, f"rsLoRA: alpha {alpha:g} kept; scale alpha/sqrt(r) is rank-stable"
-            )
+            return _lr_step(self, ctx, 1.0, f"rsLoRA: alpha {alpha:g} kept; scale alpha/sqrt(r) is rank-stable")
         if s.alpha_policy == "keep_alpha":
-            return _lr_step(
-                self, ctx, 1.0, f"alpha {alpha:g} kept: with alpha/r scaling the LR is ~rank independent"
-            )
+            return _lr_step(self, ctx, 1.0, f"alpha {alpha:g} kept: with alpha/r scaling the LR is ~rank independent")
         new_alpha = alpha * r_t / r_p
         ctx.values["lora_alpha"] = new_alpha
         factor = (alpha / new_alpha) ** s.rank_lr_exponent
@@ -197,16 +193,12 @@ class WidthRule:
 
 class DepthRule:
     name = "depth"
-    source = (
-        "setting depth_exponent (default 0: the width fits were measured on series whose depth grows too)"
-    )
+    source = "setting depth_exponent (default 0: the width fits were measured on series whose depth grows too)"
 
     def apply(self, ctx: TransferContext, s: TransferSettings) -> Step:
         lp, lt = ctx.proxy.num_layers, ctx.target.num_layers
         factor = (lp / lt) ** s.depth_exponent
-        return _lr_step(
-            self, ctx, factor, f"layers {lp} -> {lt}, exponent {s.depth_exponent:g}: LR x{factor:.3g}"
-        )
+        return _lr_step(self, ctx, factor, f"layers {lp} -> {lt}, exponent {s.depth_exponent:g}: LR x{factor:.3g}")
 
 
 class GpuRule:
@@ -218,9 +210,7 @@ class GpuRule:
         before = {k: v[k] for k in ("gpus", "per_device_train_batch_size", "gradient_accumulation_steps")}
         target_batch = ctx.effective_batch
         v["gpus"] = req.get("gpus", v["gpus"])
-        v["per_device_train_batch_size"] = req.get(
-            "per_device_train_batch_size", v["per_device_train_batch_size"]
-        )
+        v["per_device_train_batch_size"] = req.get("per_device_train_batch_size", v["per_device_train_batch_size"])
         if "gradient_accumulation_steps" in req:
             v["gradient_accumulation_steps"] = req["gradient_accumulation_steps"]
             why = "batch layout given on the command line"
@@ -231,9 +221,7 @@ class GpuRule:
         else:
             why = "accumulation kept; the effective batch follows the GPU count"
         changed = {k: (before[k], v[k]) for k in before if before[k] != v[k]}
-        return Step(
-            self.name, changed, f"{why}: effective batch {target_batch} -> {ctx.effective_batch}", self.source
-        )
+        return Step(self.name, changed, f"{why}: effective batch {target_batch} -> {ctx.effective_batch}", self.source)
 
 
 class BatchRule:
@@ -258,9 +246,7 @@ class BatchRule:
 RULES: list[ScalingRule] = [MethodRule(), RankRule(), AlphaRule(), WidthRule(), DepthRule(), GpuRule(), BatchRule()]
 
 
-def apply_rules(
-    ctx: TransferContext, settings: TransferSettings, rules: list[ScalingRule] | None = None
-) -> list[Step]:
+def apply_rules(ctx: TransferContext, settings: TransferSettings, rules: list[ScalingRule] | None = None) -> list[Step]:
     """Run the registry in order; the LR is the product of the rules' factors."""
     skip = {"rank", "alpha"} if ctx.requested.get("method", ctx.values["method"]) == "full" else set()
     return [rule.apply(ctx, settings) for rule in (rules or RULES) if rule.name not in skip]

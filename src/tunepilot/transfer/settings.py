@@ -53,9 +53,7 @@ class TransferSettings(BaseModel):
     # ~rank independent at fixed alpha (LoRA Without Regret, 2025); keeping alpha/r instead multiplies
     # alpha by the rank ratio, so the LR moves by its inverse.
     rank_lr_exponent: float = Field(1.0, ge=0, description="LR ~ (alpha_proxy / alpha_target)^exponent.")
-    pilot_factors: tuple[float, ...] = Field(
-        (0.5, 1.0, 2.0), description="Pilot grid around the transferred LR."
-    )
+    pilot_factors: tuple[float, ...] = Field((0.5, 1.0, 2.0), description="Pilot grid around the transferred LR.")
     pilot_fraction: float = Field(0.08, gt=0, le=0.5, description="Share of the planned steps per pilot.")
 
     def width_exponent(self, family: str) -> float:

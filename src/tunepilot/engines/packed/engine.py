@@ -46,10 +46,21 @@ class PackedEngine:
     name = "packed"
     default_metric = "eval_loss"
 
-    def __init__(self, config: Any, slots: int | str = "auto", *, model: torch.nn.Module | None = None,
-                 pad_id: int | None = None, data: DataFn | None = None, chunk_rows: int = 2048,
-                 memory_budget: int | None = None, clock: Callable[[], float] = time.monotonic,
-                 compile: bool | str = False, fuse_norms: bool | None = None, observers: Callable | None = None):
+    def __init__(
+        self,
+        config: Any,
+        slots: int | str = "auto",
+        *,
+        model: torch.nn.Module | None = None,
+        pad_id: int | None = None,
+        data: DataFn | None = None,
+        chunk_rows: int = 2048,
+        memory_budget: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        compile: bool | str = False,
+        fuse_norms: bool | None = None,
+        observers: Callable | None = None,
+    ):
         """`config`: the sweep's base RunConfig (model, data, shapes); model/data injectable for tests.
         `compile`: torch.compile the decoder layers and the loss chunk (see `Pack._compile`); a
         string is the decoder layers' torch.compile mode. `fuse_norms`: eager RMSNorm as one
@@ -58,8 +69,9 @@ class PackedEngine:
         if slots != "auto" and (not isinstance(slots, int) or isinstance(slots, bool) or slots < 1):
             raise UserError(f"engine.slots: {slots!r} is not a positive number of trials or auto")
         if not isinstance(compile, bool) and compile not in COMPILE_MODES:
-            raise UserError(f"engine.compile: {compile!r} is not true, false or a torch.compile mode "
-                            f"({', '.join(COMPILE_MODES)})")
+            raise UserError(
+                f"engine.compile: {compile!r} is not true, false or a torch.compile mode ({', '.join(COMPILE_MODES)})"
+            )
         self.config, self.clock = config, clock
         self._observers = observers or (lambda cfg: [])
         # where the engine's wall time went (host clock; the GPU catches up at each report's sync)
@@ -67,16 +79,24 @@ class PackedEngine:
         if model is None:
             with self._timed("load"):
                 model, pad_id = _load(config)
-        self.pack = Pack(model, pad_id if pad_id is not None else 0, chunk_rows,
-                         gradient_checkpointing=config.model.gradient_checkpointing, compile=compile,
-                         fuse_norms=fuse_norms)
+        self.pack = Pack(
+            model,
+            pad_id if pad_id is not None else 0,
+            chunk_rows,
+            gradient_checkpointing=config.model.gradient_checkpointing,
+            compile=compile,
+            fuse_norms=fuse_norms,
+        )
         self._data = data or _prepared_data(config)
         self.shape = memory.Shape.of(model)
         self._num_params = sum(p.numel() for p in model.parameters())  # the base model's size, for health rules
         self.budget = memory_budget if memory_budget is not None else memory.memory_budget(self.pack.device)
         self.shared = memory.shared_bytes(self.shape, chunk_rows)
-        k = slots if isinstance(slots, int) else memory.slots_that_fit(
-            self.budget, self._estimate(config, config.method.lora_rank), self.shared)
+        k = (
+            slots
+            if isinstance(slots, int)
+            else memory.slots_that_fit(self.budget, self._estimate(config, config.method.lora_rank), self.shared)
+        )
         self._slots: list[TrialState | None] = [None] * k
         self._extra: dict[int, dict[str, Any]] = {}  # per slot: recorder, targets, start time, run dir
         self._pending: list[Progress] = []
@@ -141,8 +161,10 @@ class PackedEngine:
         half the micro-batch and twice the accumulation), and the engine keeps one slot fewer."""
         packed = len(self.active)  # before the flush, which may end some of them
         keep = max(1, packed - 1)
-        reason = (f"out of memory in a packed pass of {packed} trial(s): {message}; "
-                  f"the packed engine holds at most {keep} slot(s) from now on")
+        reason = (
+            f"out of memory in a packed pass of {packed} trial(s): {message}; "
+            f"the packed engine holds at most {keep} slot(s) from now on"
+        )
         out = self._flush()  # the step before the failed one finished: its records are written
         for t in self._trials():
             out.append(self._finish(t, "failed", None, reason, FailureKind.OOM))
@@ -176,24 +198,34 @@ class PackedEngine:
         if not train:
             raise UserError(f"trial {spec.number}: no training examples")
         if not evals:
-            raise UserError(f"trial {spec.number}: no eval examples, so no eval loss to judge the trial by; "
-                            "give data.eval_file or val_size")
+            raise UserError(
+                f"trial {spec.number}: no eval examples, so no eval loss to judge the trial by; "
+                "give data.eval_file or val_size"
+            )
         m = cfg.method
         relayout = reserve(self.pack.wrapped, self.slots, m.lora_rank)
         if relayout is not None:  # a larger rank than any before: the bank moved, and so must the moments
             for t in self._slots:
                 if t is not None:
                     t.rebind(self.pack.bank.row(t.slot), relayout)
-        add_adapters(self.pack.wrapped, targets, slot, m.lora_rank, m.alpha, m.use_rslora, m.lora_dropout,
-                     seed=cfg.train.seed)
+        add_adapters(
+            self.pack.wrapped, targets, slot, m.lora_rank, m.alpha, m.use_rslora, m.lora_dropout, seed=cfg.train.seed
+        )
         row = self.pack.bank.row(slot)
         trial = TrialState(spec.number, slot, cfg, row, train, evals, spec.report_fractions)
         run_dir = Path(spec.run_dir) if spec.run_dir else None
         if run_dir is not None:  # a rerun trial in the same directory starts afresh
             prepare_run_dir(run_dir, cfg, overwrite=True)
-        recorder = RunRecorder(cfg, run_dir, engine=self.name, planned_steps=trial.steps,
-                               observers=self._observers(cfg), num_params=self._num_params, trial=spec.number,
-                               params=spec.params)
+        recorder = RunRecorder(
+            cfg,
+            run_dir,
+            engine=self.name,
+            planned_steps=trial.steps,
+            observers=self._observers(cfg),
+            num_params=self._num_params,
+            trial=spec.number,
+            params=spec.params,
+        )
         recorder.start()
         self._slots[slot] = trial
         self._extra[slot] = {"targets": targets, "t0": self.clock(), "run_dir": run_dir, "recorder": recorder}
@@ -210,18 +242,27 @@ class PackedEngine:
 
     def _check_compatible(self, cfg: Any) -> None:
         if cfg.method.finetuning_type != "lora" or cfg.model.quantization_bit is not None:
-            raise UserError("the packed engine trains LoRA on an unquantized base; use engine: standard "
-                            "for full fine-tuning or QLoRA")
+            raise UserError(
+                "the packed engine trains LoRA on an unquantized base; use engine: standard "
+                "for full fine-tuning or QLoRA"
+            )
         if cfg.model.name_or_path != self.config.model.name_or_path:
-            raise UserError(f"model.name_or_path {cfg.model.name_or_path!r} differs from the packed base "
-                            f"{self.config.model.name_or_path!r}; all packed trials share one base model")
+            raise UserError(
+                f"model.name_or_path {cfg.model.name_or_path!r} differs from the packed base "
+                f"{self.config.model.name_or_path!r}; all packed trials share one base model"
+            )
 
     def _estimate(self, cfg: Any, rank: int) -> int:
         """A trial's bytes: its bank row (all wrapped layers at the bank's rank `rank`, padding
         included: weights, gradient and AdamW moments) and the activations of its micro-batch."""
         weights = rank * sum(layer.in_features + layer.out_features for layer in self.pack.wrapped.values())
-        return memory.trial_bytes(self.shape, weights, cfg.train.per_device_train_batch_size,
-                                  cfg.data.cutoff_len, self.pack.gradient_checkpointing)
+        return memory.trial_bytes(
+            self.shape,
+            weights,
+            cfg.train.per_device_train_batch_size,
+            cfg.data.cutoff_len,
+            self.pack.gradient_checkpointing,
+        )
 
     def _check_fits(self, cfg: Any) -> None:
         if self.budget is None:
@@ -230,10 +271,12 @@ class PackedEngine:
         need = self._estimate(cfg, rank)
         used = sum(self._estimate(t.config, rank) for t in self._slots if t)
         if used + need + self.shared > self.budget:
-            raise UserError(f"does not fit: needs ~{need / memory.GIB:.1f} GiB next to {len(self.active)} "
-                            f"active trial(s) using ~{used / memory.GIB:.1f} GiB of "
-                            f"{self.budget / memory.GIB:.1f} GiB; lower per_device_train_batch_size or "
-                            "cutoff_len, or enable gradient_checkpointing")
+            raise UserError(
+                f"does not fit: needs ~{need / memory.GIB:.1f} GiB next to {len(self.active)} "
+                f"active trial(s) using ~{used / memory.GIB:.1f} GiB of "
+                f"{self.budget / memory.GIB:.1f} GiB; lower per_device_train_batch_size or "
+                "cutoff_len, or enable gradient_checkpointing"
+            )
 
     # -- training --------------------------------------------------------------------------------
     def _step(self) -> list[Progress]:
@@ -269,10 +312,20 @@ class PackedEngine:
             t.last_loss = loss
             recorder = self._extra[t.slot]["recorder"]
             recorder.state.step, recorder.state.tokens = log["step"], log["tokens"]
-            stopped = self._write(t, TrainStep(step=log["step"], loss=loss, lr=log["lr"], grad_norm=norm,
-                                               epoch=log["epoch"], tokens=log["tokens"],
-                                               input_tokens=log["input_tokens"], seconds=self._seconds(t),
-                                               memory_mb=_memory_mb(self.pack.device)))
+            stopped = self._write(
+                t,
+                TrainStep(
+                    step=log["step"],
+                    loss=loss,
+                    lr=log["lr"],
+                    grad_norm=norm,
+                    epoch=log["epoch"],
+                    tokens=log["tokens"],
+                    input_tokens=log["input_tokens"],
+                    seconds=self._seconds(t),
+                    memory_mb=_memory_mb(self.pack.device),
+                ),
+            )
             out += [stopped] if stopped is not None else []
         return out
 
@@ -286,8 +339,7 @@ class PackedEngine:
         """Token-mean eval loss of each trial on its own eval set; trials' batches share forwards.
 
         The sums stay on the device until all batches are queued: one host sync for the whole eval."""
-        batches = {t.slot: _chunks(t.eval_examples, t.config.train.per_device_eval_batch_size)
-                   for t in trials}
+        batches = {t.slot: _chunks(t.eval_examples, t.config.train.per_device_eval_batch_size) for t in trials}
         totals: dict[int, list] = {t.slot: [] for t in trials}
         counts = {t.slot: 0 for t in trials}
         for i in range(max((len(b) for b in batches.values()), default=0)):
@@ -313,8 +365,9 @@ class PackedEngine:
                 out.append(stopped)
                 continue
             if not math.isfinite(value):
-                out.append(self._finish(t, "failed", None, f"eval loss is {value} at step {t.step}",
-                                        FailureKind.NON_FINITE))
+                out.append(
+                    self._finish(t, "failed", None, f"eval loss is {value} at step {t.step}", FailureKind.NON_FINITE)
+                )
                 continue
             improved = recorder.track_eval(point, value)
             if improved and t.config.train.load_best_model_at_end:
@@ -325,8 +378,14 @@ class PackedEngine:
                 out.append(self._finish(t, "complete", recorder.state.best_eval, reason))
         return out
 
-    def _finish(self, t: TrialState, state: str, value: float | None, reason: str | None = None,
-                failure: FailureKind | None = None) -> Outcome:
+    def _finish(
+        self,
+        t: TrialState,
+        state: str,
+        value: float | None,
+        reason: str | None = None,
+        failure: FailureKind | None = None,
+    ) -> Outcome:
         extra = self._extra[t.slot]
         recorder: RunRecorder = extra["recorder"]
         adapter = None
@@ -334,23 +393,45 @@ class PackedEngine:
             # the adapter of the best eval when load_best_model_at_end (as the standard engine does)
             started = time.perf_counter()
             with self._timed("export"):
-                adapter = export_adapter(extra["run_dir"] / "adapter", self.pack.wrapped, t.slot, extra["targets"],
-                                         t.config.method, self.config.model.name_or_path, extra.get("best_state"))
+                adapter = export_adapter(
+                    extra["run_dir"] / "adapter",
+                    self.pack.wrapped,
+                    t.slot,
+                    extra["targets"],
+                    t.config.method,
+                    self.config.model.name_or_path,
+                    extra.get("best_state"),
+                )
             self._charge([t], time.perf_counter() - started)
-        status = {"complete": None, "pruned": "pruned"}.get(state, "interrupted" if failure ==
-                                                              FailureKind.INTERRUPTED else "failed")
-        summary = recorder.finish(status=status, failure=failure, reason=reason, adapter=adapter,
-                                  restored_best="best_state" in extra, device=str(self.pack.device),
-                                  peak_memory_mb=_memory_mb(self.pack.device),
-                                  parameters={"total": self._num_params, "trainable": t.params[0].numel()},
-                                  plan=t.plan.as_dict(), data={"train": len(t.train_examples),
-                                                               "eval": len(t.eval_examples)})
+        status = {"complete": None, "pruned": "pruned"}.get(
+            state, "interrupted" if failure == FailureKind.INTERRUPTED else "failed"
+        )
+        summary = recorder.finish(
+            status=status,
+            failure=failure,
+            reason=reason,
+            adapter=adapter,
+            restored_best="best_state" in extra,
+            device=str(self.pack.device),
+            peak_memory_mb=_memory_mb(self.pack.device),
+            parameters={"total": self._num_params, "trainable": t.params[0].numel()},
+            plan=t.plan.as_dict(),
+            data={"train": len(t.train_examples), "eval": len(t.eval_examples)},
+        )
         if state == "complete" and not summary.ok:  # stopped by the health monitor on its last record
             state, failure, reason = "failed", summary.failure, summary.stop_reason.code
         self._extra.pop(t.slot)
-        outcome = Outcome(t.number, state, value=value if state != "failed" else None, reason=reason,
-                          failure=failure if state == "failed" else None, steps=t.step, seconds=summary.seconds,
-                          tokens=t.tokens, extra={"engine": self.name, "slot": t.slot})
+        outcome = Outcome(
+            t.number,
+            state,
+            value=value if state != "failed" else None,
+            reason=reason,
+            failure=failure if state == "failed" else None,
+            steps=t.step,
+            seconds=summary.seconds,
+            tokens=t.tokens,
+            extra={"engine": self.name, "slot": t.slot},
+        )
         remove_adapters(self.pack.wrapped, t.slot)  # zeroes its weights and gradients in the stacks
         self._slots[t.slot] = None
         return outcome
@@ -402,8 +483,9 @@ class Readback:
 
     def __init__(self, entries: list[tuple[TrialState, dict[str, Any]]], device: torch.device):
         self.entries = entries
-        values = torch.stack([torch.stack([log["loss"].float(), log["grad_norm"].detach().float()])
-                              for _, log in entries])
+        values = torch.stack(
+            [torch.stack([log["loss"].float(), log["grad_norm"].detach().float()]) for _, log in entries]
+        )
         self.event = None
         if device.type == "cuda":
             self.host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
@@ -420,7 +502,7 @@ class Readback:
 
 
 def _chunks(items: list, size: int) -> list[list]:
-    return [items[i:i + size] for i in range(0, len(items), size)]
+    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 def _memory_mb(device: torch.device) -> float | None:

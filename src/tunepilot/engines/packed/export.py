@@ -16,16 +16,23 @@ from tunepilot.engines.packed.inject import adapter_state
 from tunepilot.io import atomic_write_dir
 
 
-def export_adapter(path: str | Path, wrapped: dict, slot: int, targets: list[str], method,
-                   base_model: str, state: dict | None = None) -> Path:
+def export_adapter(
+    path: str | Path, wrapped: dict, slot: int, targets: list[str], method, base_model: str, state: dict | None = None
+) -> Path:
     """Write slot's adapter (or `state`, a saved copy of it) to `path` atomically; `method` is the
     trial's MethodSettings."""
     leaves = sorted({n.rpartition(".")[2] for n in targets})
     if set(targets) != {n for n in wrapped if n.rpartition(".")[2] in leaves}:
         leaves = list(targets)  # only some layers of a kind: name each one, so PEFT adapts exactly those
-    config = LoraConfig(r=method.lora_rank, lora_alpha=method.alpha, lora_dropout=method.lora_dropout,
-                        target_modules=leaves, use_rslora=method.use_rslora, task_type="CAUSAL_LM",
-                        base_model_name_or_path=base_model)
+    config = LoraConfig(
+        r=method.lora_rank,
+        lora_alpha=method.alpha,
+        lora_dropout=method.lora_dropout,
+        target_modules=leaves,
+        use_rslora=method.use_rslora,
+        task_type="CAUSAL_LM",
+        base_model_name_or_path=base_model,
+    )
     state = state if state is not None else adapter_state(wrapped, slot)
 
     def fill(tmp: Path) -> None:

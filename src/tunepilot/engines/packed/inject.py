@@ -50,13 +50,23 @@ def match_targets(wrapped: dict[str, MultiLoraLinear], targets: list[str]) -> li
         chosen.extend(h for h in hits if h not in chosen)
     if unmatched:
         leaves = sorted({n.rpartition(".")[2] for n in wrapped})
-        raise UserError(f"method.lora_target: {', '.join(unmatched)} match no linear layer of the model; "
-                        f"use all-linear or some of: {', '.join(leaves)}")
+        raise UserError(
+            f"method.lora_target: {', '.join(unmatched)} match no linear layer of the model; "
+            f"use all-linear or some of: {', '.join(leaves)}"
+        )
     return [n for n in wrapped if n in chosen]  # model order: the init draws follow it
 
 
-def add_adapters(wrapped: dict[str, MultiLoraLinear], names: list[str], slot: int, rank: int,
-                 alpha: float, use_rslora: bool, dropout: float, seed: int) -> None:
+def add_adapters(
+    wrapped: dict[str, MultiLoraLinear],
+    names: list[str],
+    slot: int,
+    rank: int,
+    alpha: float,
+    use_rslora: bool,
+    dropout: float,
+    seed: int,
+) -> None:
     """Fresh adapters for `slot` in the named layers, initialised from the trial's own seed. The bank
     makes room first; a caller with optimizer state on the bank calls `reserve` before."""
     reserve(wrapped, slot + 1, rank)

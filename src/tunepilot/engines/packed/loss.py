@@ -22,8 +22,9 @@ import torch.nn.functional as F
 IGNORE_INDEX = -100
 
 
-def ce_chunk(h: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-             want_grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+def ce_chunk(
+    h: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, want_grad: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Token losses of one chunk of rows [rows] (fp32), and d (their sum) / d h (softmax - onehot, times the head)."""
     # dtype=float32 upcasts inside the kernel (the same math as .float() first, without writing
     # and re-reading an fp32 copy of the [rows, vocab] logits)
@@ -36,8 +37,9 @@ def ce_chunk(h: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, bias: torch
     return losses, probs.to(h.dtype) @ weight
 
 
-def ce_chunk_fused(h: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                   want_grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+def ce_chunk_fused(
+    h: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, want_grad: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """`ce_chunk`'s result, written for torch.compile: the fp32 upcast, logsumexp, softmax, one-hot
     subtraction and bf16 cast become one reduction and one pointwise kernel over the low-precision
     logits (eager, this would write fp32 copies of the logits; use `ce_chunk` there)."""
@@ -97,16 +99,24 @@ def trained_positions(labels: torch.Tensor) -> torch.Tensor:
     return t[:, 0] * length + t[:, 1]
 
 
-def chunked_ce_sum(hidden: torch.Tensor, labels: torch.Tensor, head: torch.nn.Module,
-                   chunk_rows: int = 4096, chunk_fn=ce_chunk) -> torch.Tensor:
+def chunked_ce_sum(
+    hidden: torch.Tensor, labels: torch.Tensor, head: torch.nn.Module, chunk_rows: int = 4096, chunk_fn=ce_chunk
+) -> torch.Tensor:
     """Sum of token losses (fp32 scalar) over rows of `hidden` [n, H] with targets `labels` [n]."""
     owner = torch.zeros(hidden.shape[0], dtype=torch.long, device=hidden.device)
     return chunked_ce_sums(hidden, labels, owner, 1, head, chunk_rows, chunk_fn)[0]
 
 
-def chunked_ce_sums(hidden: torch.Tensor, labels: torch.Tensor, owner: torch.Tensor, segments: int,
-                    head: torch.nn.Module, chunk_rows: int = 4096, chunk_fn=ce_chunk,
-                    fixed: bool = False) -> torch.Tensor:
+def chunked_ce_sums(
+    hidden: torch.Tensor,
+    labels: torch.Tensor,
+    owner: torch.Tensor,
+    segments: int,
+    head: torch.nn.Module,
+    chunk_rows: int = 4096,
+    chunk_fn=ce_chunk,
+    fixed: bool = False,
+) -> torch.Tensor:
     """Per-segment sums of token losses ([segments], fp32): row i of `hidden` [n, H] with target
     `labels[i]` belongs to segment `owner[i]`.
 
@@ -115,5 +125,6 @@ def chunked_ce_sums(hidden: torch.Tensor, labels: torch.Tensor, owner: torch.Ten
     trained tokens (the padding rows go to a bucket that is dropped)."""
     if head.weight.requires_grad:
         raise ValueError("chunked_ce_sums computes no lm_head weight gradient; the head must be frozen")
-    return _LinearCrossEntropy.apply(hidden, labels, owner, segments, head.weight, getattr(head, "bias", None),
-                                     chunk_rows, chunk_fn, fixed)
+    return _LinearCrossEntropy.apply(
+        hidden, labels, owner, segments, head.weight, getattr(head, "bias", None), chunk_rows, chunk_fn, fixed
+    )

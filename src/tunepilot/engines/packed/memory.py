@@ -33,8 +33,13 @@ class Shape:
     def of(cls, model: torch.nn.Module) -> Shape:
         c = model.config
         dtype = next(model.parameters()).dtype
-        return cls(c.hidden_size, getattr(c, "intermediate_size", 4 * c.hidden_size),
-                   c.num_hidden_layers, c.vocab_size, torch.finfo(dtype).bits // 8)
+        return cls(
+            c.hidden_size,
+            getattr(c, "intermediate_size", 4 * c.hidden_size),
+            c.num_hidden_layers,
+            c.vocab_size,
+            torch.finfo(dtype).bits // 8,
+        )
 
 
 def activation_bytes(shape: Shape, tokens: int, checkpointing: bool) -> int:
@@ -62,8 +67,7 @@ def memory_budget(device: torch.device, fraction: float = 0.92) -> int | None:
     return int(min(free, total * fraction - torch.cuda.memory_allocated(device)))
 
 
-def slots_that_fit(budget: int | None, per_trial: int, shared: int, cap: int = 16,
-                   cpu_default: int = 4) -> int:
+def slots_that_fit(budget: int | None, per_trial: int, shared: int, cap: int = 16, cpu_default: int = 4) -> int:
     """K chosen from memory: as many trials of this shape as fit, at least 1, at most `cap`."""
     if budget is None:
         return cpu_default

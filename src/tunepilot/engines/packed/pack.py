@@ -36,12 +36,20 @@ class Batch:
 
 
 class Pack:
-    def __init__(self, model: nn.Module, pad_id: int, chunk_rows: int = 4096,
-                 gradient_checkpointing: bool = False, compile: bool | str = False,
-                 fuse_norms: bool | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        pad_id: int,
+        chunk_rows: int = 4096,
+        gradient_checkpointing: bool = False,
+        compile: bool | str = False,
+        fuse_norms: bool | None = None,
+    ):
         if getattr(model.config, "final_logit_softcapping", None) or getattr(model.config, "logit_scale", None):
-            raise UserError(f"{model.config.model_type}: logits are soft-capped or scaled after lm_head; the "
-                            "packed engine's fused loss does not do that; use engine: standard")
+            raise UserError(
+                f"{model.config.model_type}: logits are soft-capped or scaled after lm_head; the "
+                "packed engine's fused loss does not do that; use engine: standard"
+            )
         self.model = model
         self.pad_id = pad_id
         self.chunk_rows = chunk_rows
@@ -98,9 +106,14 @@ class Pack:
         if not self.mask_free and any(0 in m for m in mask):
             inputs["attention_mask"] = torch.tensor(mask)
         send = self._to_device
-        return Batch({k: send(v) for k, v in inputs.items()}, segments, send(keep),
-                     send(host_labels.reshape(-1)[keep + 1]), send(owner),
-                     torch.bincount(owner, minlength=len(segments)).tolist())
+        return Batch(
+            {k: send(v) for k, v in inputs.items()},
+            segments,
+            send(keep),
+            send(host_labels.reshape(-1)[keep + 1]),
+            send(owner),
+            torch.bincount(owner, minlength=len(segments)).tolist(),
+        )
 
     def _to_device(self, t: torch.Tensor) -> torch.Tensor:
         """Host tensor to the model's device without making the host wait for the GPU (pinned memory,
@@ -109,8 +122,9 @@ class Pack:
             return t.to(self.device)
         return t.pin_memory().to(self.device, non_blocking=True)
 
-    def losses(self, micro: dict[int, list[Example]], training: bool,
-               seeds: dict[int, int] | None = None) -> dict[int, tuple[torch.Tensor, int]]:
+    def losses(
+        self, micro: dict[int, list[Example]], training: bool, seeds: dict[int, int] | None = None
+    ) -> dict[int, tuple[torch.Tensor, int]]:
         """Per slot: (sum of token losses, number of trained tokens) of one packed forward pass.
 
         Nothing here waits for the GPU: the sums stay on the device until the caller reads them."""
@@ -121,11 +135,20 @@ class Pack:
         ctx.widths = {s: max(len(e["input_ids"]) for e in exs) for s, exs in micro.items()}
         self._prepare(b.segments, b.inputs["input_ids"].shape[0])
         self.model.train(training and self.gradient_checkpointing)  # HF checkpoints only in train mode
-        hidden = self.decoder(input_ids=b.inputs["input_ids"], attention_mask=b.inputs.get("attention_mask"),
-                              use_cache=False).last_hidden_state
+        hidden = self.decoder(
+            input_ids=b.inputs["input_ids"], attention_mask=b.inputs.get("attention_mask"), use_cache=False
+        ).last_hidden_state
         h = hidden.reshape(-1, hidden.shape[-1]).index_select(0, b.keep)
-        totals = chunked_ce_sums(h, b.targets, b.owner, len(b.segments), self.head, self.chunk_rows,
-                                 self.chunk_fn, fixed=self.chunk_fn is not ce_chunk)
+        totals = chunked_ce_sums(
+            h,
+            b.targets,
+            b.owner,
+            len(b.segments),
+            self.head,
+            self.chunk_rows,
+            self.chunk_fn,
+            fixed=self.chunk_fn is not ce_chunk,
+        )
         return {slot: (totals[i], b.counts[i]) for i, (slot, _, _) in enumerate(b.segments)}
 
     def _prepare(self, segments: list, rows: int) -> None:
@@ -153,8 +176,14 @@ class Pack:
 MASK_FREE = "tunepilot_causal_sdpa"
 
 
-def _causal_sdpa(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                 attention_mask: torch.Tensor | None, **kwargs: Any) -> tuple[torch.Tensor, None]:
+def _causal_sdpa(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
     """transformers' SDPA attention, causal through `is_causal`, never with a mask tensor."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
@@ -174,8 +203,12 @@ def _mask_free_attention(model: nn.Module, decoder: nn.Module) -> bool:
     from transformers import AttentionInterface
 
     config = model.config
-    if (config._attn_implementation != "sdpa" or getattr(config, "sliding_window", None)
-            or getattr(decoder, "has_sliding_layers", False) or config.is_encoder_decoder):
+    if (
+        config._attn_implementation != "sdpa"
+        or getattr(config, "sliding_window", None)
+        or getattr(decoder, "has_sliding_layers", False)
+        or config.is_encoder_decoder
+    ):
         return False
     AttentionInterface.register(MASK_FREE, _causal_sdpa)
     model.set_attn_implementation(MASK_FREE)

@@ -63,8 +63,10 @@ class LoraBank:
         rank = self.rank if rank is None else rank
         pieces = flat.split([n for i, o in self.shapes for n in (rank * i, rank * o)], dim=1)
         rows = flat.shape[0]
-        return [(pieces[2 * k].view(rows, rank, i), pieces[2 * k + 1].view(rows, rank, o))
-                for k, (i, o) in enumerate(self.shapes)]
+        return [
+            (pieces[2 * k].view(rows, rank, i), pieces[2 * k + 1].view(rows, rank, o))
+            for k, (i, o) in enumerate(self.shapes)
+        ]
 
     def views(self, dtype: torch.dtype) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Every layer's A and B^T in `dtype` for one forward pass: one cast and one split of the bank,
@@ -104,7 +106,7 @@ class LoraBank:
 
         weights = torch.zeros(slots, new_width, device=self.weights.device)
         grads = torch.zeros_like(weights)
-        weights[:self.slots], grads[:self.slots] = relayout(self.weights.data), relayout(self.weights.grad)
+        weights[: self.slots], grads[: self.slots] = relayout(self.weights.data), relayout(self.weights.grad)
         self.slots, self.rank = slots, rank
         self._set(weights, grads)
         return relayout
@@ -139,7 +141,7 @@ class LoraStack:
         from `generator` on CPU, so every device gets the same init, and B zero, PEFT's default init."""
         init = torch.empty(adapter.rank, self.bank.shapes[self.index][0])
         nn.init.kaiming_uniform_(init, a=math.sqrt(5), generator=generator)
-        self.A[slot, :adapter.rank].copy_(init)
+        self.A[slot, : adapter.rank].copy_(init)
         self.adapters[slot] = adapter
         self.bind(slot)
 
@@ -152,8 +154,11 @@ class LoraStack:
         """Point the slot's adapter views at the bank (again, after a re-layout)."""
         ad, r = self.adapters[slot], self.adapters[slot].rank
         (a, bt), (ga, gbt) = self.bank.data_blocks[self.index], self.bank.grad_blocks[self.index]
-        views = {"lora_A": (a[slot, :r], ga[slot, :r]), "lora_Bt": (bt[slot, :r], gbt[slot, :r]),
-                 "lora_B": (bt[slot, :r].t(), gbt[slot, :r].t())}
+        views = {
+            "lora_A": (a[slot, :r], ga[slot, :r]),
+            "lora_Bt": (bt[slot, :r], gbt[slot, :r]),
+            "lora_B": (bt[slot, :r].t(), gbt[slot, :r].t()),
+        }
         for name, (data, grad) in views.items():
             param = nn.Parameter(data)  # an alias of the slice, not a copy
             param.grad = grad
@@ -173,8 +178,9 @@ class LoraStack:
         r = self.adapters[slot].rank
         return a[slot, :r], bt[slot, :r]
 
-    def select(self, slots: tuple[int, ...], dtype: torch.dtype, device: torch.device
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def select(
+        self, slots: tuple[int, ...], dtype: torch.dtype, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The given slots' A [k, r, in], B^T [k, r, out] and scalings [k, 1, 1], in `dtype`.
 
         All slots in order take the stacks as they are; a run of consecutive slots a narrow view;
@@ -186,7 +192,7 @@ class LoraStack:
         if index is not None:
             a, bt = a.index_select(0, index), bt.index_select(0, index)
         elif len(slots) != a.shape[0]:
-            a, bt = a[slots[0]:slots[-1] + 1], bt[slots[0]:slots[-1] + 1]
+            a, bt = a[slots[0] : slots[-1] + 1], bt[slots[0] : slots[-1] + 1]
         if r < a.shape[1]:
             a, bt = a[:, :r], bt[:, :r]
         return a, bt, scales

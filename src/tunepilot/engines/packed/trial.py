@@ -37,8 +37,16 @@ class TrialState:
     batch would. Only the order in which the micro-batches run differs: one per packed step.
     """
 
-    def __init__(self, number: int, slot: int, config: Any, row: torch.nn.Parameter,
-                 train_examples: list, eval_examples: list, fractions: tuple[float, ...]):
+    def __init__(
+        self,
+        number: int,
+        slot: int,
+        config: Any,
+        row: torch.nn.Parameter,
+        train_examples: list,
+        eval_examples: list,
+        fractions: tuple[float, ...],
+    ):
         """`row`: the trial's slot of the LoRA bank, all its weights in one tensor (`LoraBank.row`)."""
         t = config.train
         self.number, self.slot, self.config = number, slot, config
@@ -69,8 +77,9 @@ class TrialState:
         state = self.optimizer.state.pop(old, {})
         self.params[0] = row
         self.optimizer.param_groups[0]["params"] = [row]
-        self.optimizer.state[row] = {k: relayout(v) if torch.is_tensor(v) and v.shape == old.shape else v
-                                     for k, v in state.items()}
+        self.optimizer.state[row] = {
+            k: relayout(v) if torch.is_tensor(v) and v.shape == old.shape else v for k, v in state.items()
+        }
 
     def next_micro(self) -> list:
         if not self.window:
@@ -102,8 +111,15 @@ class TrialState:
         self.step += 1
         self.tokens += self.window_tokens
         self.input_tokens += self.window_inputs
-        log = {"step": self.step, "loss": self.loss_sum / self.window_tokens, "grad_norm": norm, "lr": lr,
-               "epoch": self.epoch, "tokens": self.tokens, "input_tokens": self.input_tokens}
+        log = {
+            "step": self.step,
+            "loss": self.loss_sum / self.window_tokens,
+            "grad_norm": norm,
+            "lr": lr,
+            "epoch": self.epoch,
+            "tokens": self.tokens,
+            "input_tokens": self.input_tokens,
+        }
         self.loss_sum = None
         return log
 

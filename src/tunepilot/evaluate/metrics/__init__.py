@@ -19,7 +19,18 @@ from tunepilot.evaluate.metrics._labels import LabelMatcher
 from tunepilot.evaluate.metrics._token_f1 import token_f1
 
 __all__ = [
-    "BadReference", "CustomMetricError", "Direction", "LabelMatcher", "Metric", "MetricContext", "Scored",
-    "build_metric", "canonical_name", "extract_number", "find_json_object", "metric_names",
-    "register_metric", "token_f1",
+    "BadReference",
+    "CustomMetricError",
+    "Direction",
+    "LabelMatcher",
+    "Metric",
+    "MetricContext",
+    "Scored",
+    "build_metric",
+    "canonical_name",
+    "extract_number",
+    "find_json_object",
+    "metric_names",
+    "register_metric",
+    "token_f1",
 ]

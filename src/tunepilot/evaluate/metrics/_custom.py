@@ -37,8 +37,7 @@ def _import(module: str, spec_text: str):
         return importlib.import_module(module)
     except Exception as e:
         hint = "; if it is a file, write it as path/to/file.py:function" if isinstance(e, ImportError) else ""
-        raise UserError(f"metric {spec_text!r}: cannot import module {module!r} "
-                        f"({type(e).__name__}: {e}){hint}") from e
+        raise UserError(f"metric {spec_text!r}: cannot import module {module!r} ({type(e).__name__}: {e}){hint}") from e
 
 
 def load_callable(spec_text: str) -> Callable[[str, str], float]:

@@ -24,8 +24,10 @@ class ExactMatch(Metric):
 # A number: optional sign (not when glued to a word or digit, so "16-3" is 16 and 3), optional "$",
 # digits with thousands commas ("1,234") or plain, optional decimals. "1,2,3" reads as 1, 2 and 3
 # because a thousands group has exactly three digits.
-_NUMBER = re.compile(r"(?:(?<![\w)])(?P<sign>[-\u2212]))?\s?\$?\s?"
-                     r"(?P<num>(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?)")
+_NUMBER = re.compile(
+    r"(?:(?<![\w)])(?P<sign>[-\u2212]))?\s?\$?\s?"
+    r"(?P<num>(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?)"
+)
 # Where an answer is announced, in order of trust: GSM8K's "#### N", LaTeX "\boxed{N}", "answer is N".
 _MARKERS = (re.compile(r"####"), re.compile(r"\\boxed\{"), re.compile(r"answer(?:\s+is)?\s*[:=]?", re.I))
 

@@ -93,8 +93,7 @@ class FieldF1(Metric):
         obj = find_json_object(prediction)
         if obj is None:
             counts = {"tp": 0, "fp": 0, "fn": sum(ref.values()), "invalid_json": 1}
-            return Scored(_prf(0, 0, counts["fn"])[2], note="invalid JSON: no object could be parsed",
-                          counts=counts)
+            return Scored(_prf(0, 0, counts["fn"])[2], note="invalid JSON: no object could be parsed", counts=counts)
         pred = field_pairs(obj)
         tp = sum((pred & ref).values())
         counts = {"tp": tp, "fp": sum(pred.values()) - tp, "fn": sum(ref.values()) - tp, "invalid_json": 0}
@@ -107,6 +106,10 @@ class FieldF1(Metric):
             total.update(s.counts)
         precision, recall, f1 = _prf(total["tp"], total["fp"], total["fn"])
         exact = sum(1 for s in scored if not s.counts["invalid_json"] and not s.counts["fp"] + s.counts["fn"])
-        return {"field_f1": f1, "field_precision": precision, "field_recall": recall,
-                "json_exact": exact / len(scored) if scored else 0.0,
-                "invalid_json": float(total["invalid_json"])}
+        return {
+            "field_f1": f1,
+            "field_precision": precision,
+            "field_recall": recall,
+            "json_exact": exact / len(scored) if scored else 0.0,
+            "invalid_json": float(total["invalid_json"]),
+        }

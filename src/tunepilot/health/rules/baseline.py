@@ -40,11 +40,17 @@ def worse_than_untrained_rule(view: RunView) -> list[Finding]:
     best, last = min(later), later[-1]
     stop = s.stop_on_divergence and last > baseline * s.baseline_stop_factor
     steps = [st for st in view.eval_steps if st > 0]
-    return [Finding(
-        "worse_than_untrained", "error",
-        f"diverged: the best eval loss after training, {sig(best)}, is worse than the untrained model's "
-        f"{sig(baseline)} (step 0); the latest is {sig(last)}",
-        steps=[0, steps[-1]], evidence={"baseline_eval_loss": sig(baseline), "best_eval_loss": sig(best),
-                                        "last_eval_loss": sig(last)},
-        changes=[lower_lr(0.1, "training made the model worse than where it started", lr_ceiling(view))],
-        verdict="diverged", stop=stop, instance=0)]
+    return [
+        Finding(
+            "worse_than_untrained",
+            "error",
+            f"diverged: the best eval loss after training, {sig(best)}, is worse than the untrained model's "
+            f"{sig(baseline)} (step 0); the latest is {sig(last)}",
+            steps=[0, steps[-1]],
+            evidence={"baseline_eval_loss": sig(baseline), "best_eval_loss": sig(best), "last_eval_loss": sig(last)},
+            changes=[lower_lr(0.1, "training made the model worse than where it started", lr_ceiling(view))],
+            verdict="diverged",
+            stop=stop,
+            instance=0,
+        )
+    ]

@@ -52,12 +52,24 @@ def lr_out_of_range(view: RunView) -> list[Finding]:
     above = lr > high
     suggestion = high / 2 if above else low * 2
     size = f", {size_text(view.num_params)} parameters" if view.num_params else ""
-    return [Finding(
-        "lr_range", "warning",
-        f"learning rate {sig(lr)} is {'above' if above else 'below'} the usual range {sig(low, 2)} .. "
-        f"{sig(high, 2)} for {method}{size}",
-        evidence={"learning_rate": lr, "low": sig(low, 2), "high": sig(high, 2), "method": method,
-                  "num_params": view.num_params},
-        changes=[Change("learning_rate", "move into the usual range (then confirm with lr-find)",
-                        value=sig(suggestion, 2))],
-        instance=0)]
+    return [
+        Finding(
+            "lr_range",
+            "warning",
+            f"learning rate {sig(lr)} is {'above' if above else 'below'} the usual range {sig(low, 2)} .. "
+            f"{sig(high, 2)} for {method}{size}",
+            evidence={
+                "learning_rate": lr,
+                "low": sig(low, 2),
+                "high": sig(high, 2),
+                "method": method,
+                "num_params": view.num_params,
+            },
+            changes=[
+                Change(
+                    "learning_rate", "move into the usual range (then confirm with lr-find)", value=sig(suggestion, 2)
+                )
+            ],
+            instance=0,
+        )
+    ]

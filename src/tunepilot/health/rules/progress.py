@@ -35,10 +35,16 @@ def no_training_data(view: RunView) -> list[Finding]:
     logging = view.config.get("logging_steps")
     if view.planned_steps and isinstance(logging, int) and logging > view.planned_steps:
         why += f"; logging_steps {logging} is larger than the {view.planned_steps} steps of the run"
-    return [Finding("no_training_data", "error", why + ": nothing to judge", verdict="no-training-data",
-                    evidence={"eval_points": len(view.evals)},
-                    changes=[Change("logging_steps", "log the loss often enough to see the curve",
-                                    maximum=10)])]
+    return [
+        Finding(
+            "no_training_data",
+            "error",
+            why + ": nothing to judge",
+            verdict="no-training-data",
+            evidence={"eval_points": len(view.evals)},
+            changes=[Change("logging_steps", "log the loss often enough to see the curve", maximum=10)],
+        )
+    ]
 
 
 @rule("too_few_points", live=False)
@@ -50,23 +56,50 @@ def too_few_points(view: RunView) -> list[Finding]:
     share = f"{sig(100 * last / planned, 2)}%" if planned else ""
     evidence = {"last_step": last, "planned_steps": planned}
     if planned and last < 0.1 * planned:
-        return [Finding("cut_off", "warning", f"the run stopped at step {last} of its planned {planned} "
-                        f"({share}): too early to judge", verdict="too-short", steps=[last], evidence=evidence)]
+        return [
+            Finding(
+                "cut_off",
+                "warning",
+                f"the run stopped at step {last} of its planned {planned} ({share}): too early to judge",
+                verdict="too-short",
+                steps=[last],
+                evidence=evidence,
+            )
+        ]
     few = len(view.train) < view.settings.min_points
     if few and len(view.eval_losses) >= 3:
         # sparse train logging (per epoch, or logging_steps 100 on a short run) but an eval curve: judge it
-        return [Finding("few_train_points", "info",
-                        f"only {len(view.train)} logged train point(s); the {len(view.eval_losses)} eval "
-                        "losses carry the judgement", evidence={"points": len(view.train)})]
+        return [
+            Finding(
+                "few_train_points",
+                "info",
+                f"only {len(view.train)} logged train point(s); the {len(view.eval_losses)} eval "
+                "losses carry the judgement",
+                evidence={"points": len(view.train)},
+            )
+        ]
     if few:
-        return [Finding("too_few_points", "warning",
-                        f"only {len(view.train)} logged train point(s) (fewer than "
-                        f"{view.settings.min_points}): too few to judge the curve", verdict="too-short",
-                        evidence={"points": len(view.train), "min_points": view.settings.min_points},
-                        changes=[Change("logging_steps", "log the loss more often", maximum=10)])]
+        return [
+            Finding(
+                "too_few_points",
+                "warning",
+                f"only {len(view.train)} logged train point(s) (fewer than "
+                f"{view.settings.min_points}): too few to judge the curve",
+                verdict="too-short",
+                evidence={"points": len(view.train), "min_points": view.settings.min_points},
+                changes=[Change("logging_steps", "log the loss more often", maximum=10)],
+            )
+        ]
     if planned and last < 0.9 * planned:
-        return [Finding("cut_off", "info", f"the run stopped at step {last} of its planned {planned} ({share})",
-                        steps=[last], evidence=evidence)]
+        return [
+            Finding(
+                "cut_off",
+                "info",
+                f"the run stopped at step {last} of its planned {planned} ({share})",
+                steps=[last],
+                evidence=evidence,
+            )
+        ]
     return []
 
 
@@ -79,9 +112,9 @@ def stalled(view: RunView) -> list[Finding]:
     start = view.start_level()
     if start < 0:
         return []  # a loss that can be negative (some preference losses): no relative gain to judge
-    best = min(view.trend[min(view.window, view.n) - 1:])
+    best = min(view.trend[min(view.window, view.n) - 1 :])
     gain = -rel(best, start) if start > 1e-8 else 0.0
-    half = view.trend[view.n // 2:]
+    half = view.trend[view.n // 2 :]
     half_gain = -rel(min(half), half[0]) if half[0] > 1e-8 else 0.0
     # A converged run is flat too, but only after a real drop; a flat second half after a small
     # gain is a run that stopped learning early (LR far too high or low, dead adapter, bad labels).
@@ -90,15 +123,29 @@ def stalled(view: RunView) -> list[Finding]:
         return []
     lrs = [r.lr for r in view.train if finite(r.lr)]
     lr_note = "; the logged learning rate is 0 throughout" if lrs and max(lrs) <= 0 else ""
-    what = (f"the smoothed train loss went from {sig(start)} to at best {sig(best)} ({sig(100 * gain, 2)}%)"
-            + (" and has been flat over the second half of the run" if plateau else "") + lr_note)
-    return [Finding(
-        "stalled", "warning", f"no real improvement: {what}",
-        steps=[view.steps[0], view.steps[view.n // 2], view.steps[-1]],
-        evidence={"start": sig(start), "best": sig(best), "improvement": sig(gain, 2),
-                  "second_half_improvement": sig(half_gain, 2), "checks": STALL_CHECKS},
-        changes=_stall_lr_change(view, plateau),
-        verdict="stalled", instance=0)]
+    what = (
+        f"the smoothed train loss went from {sig(start)} to at best {sig(best)} ({sig(100 * gain, 2)}%)"
+        + (" and has been flat over the second half of the run" if plateau else "")
+        + lr_note
+    )
+    return [
+        Finding(
+            "stalled",
+            "warning",
+            f"no real improvement: {what}",
+            steps=[view.steps[0], view.steps[view.n // 2], view.steps[-1]],
+            evidence={
+                "start": sig(start),
+                "best": sig(best),
+                "improvement": sig(gain, 2),
+                "second_half_improvement": sig(half_gain, 2),
+                "checks": STALL_CHECKS,
+            },
+            changes=_stall_lr_change(view, plateau),
+            verdict="stalled",
+            instance=0,
+        )
+    ]
 
 
 def _stall_lr_change(view: RunView, plateau: bool) -> list[Change]:
@@ -107,12 +154,16 @@ def _stall_lr_change(view: RunView, plateau: bool) -> list[Change]:
     lr, method = view.learning_rate, view.method if view.method in ("lora", "full") else "lora"
     low, high = lr_range(method, view.num_params)
     if lr and lr > high:
-        return [Change("learning_rate", "far above the usual range: the loss froze after the first steps",
-                       value=sig(high / 2, 2))]
+        return [
+            Change(
+                "learning_rate",
+                "far above the usual range: the loss froze after the first steps",
+                value=sig(high / 2, 2),
+            )
+        ]
     if plateau and not (lr and lr < low):
         return []
-    return [Change("learning_rate", "if the pipeline checks pass, the LR is too low to move the loss",
-                   factor=3.0)]
+    return [Change("learning_rate", "if the pipeline checks pass, the LR is too low to move the loss", factor=3.0)]
 
 
 @rule("underfitting", live=False)
@@ -121,7 +172,7 @@ def underfitting(view: RunView) -> list[Finding]:
     s = view.settings
     if view.n < max(8, s.min_points):
         return []
-    tail = view.losses[-max(6, math.ceil(s.underfit_tail_share * view.n)):]
+    tail = view.losses[-max(6, math.ceil(s.underfit_tail_share * view.n)) :]
     third = max(2, len(tail) // 3)
     before, after = median(tail[:third]), median(tail[-third:])
     drop = -rel(after, before)
@@ -141,16 +192,30 @@ def underfitting(view: RunView) -> list[Finding]:
             drop = 0.0
     if drop < s.underfit_min_drop and eval_drop < s.underfit_min_drop:
         return []
-    what = (f"the train loss fell {sig(100 * drop, 2)}% over the last {len(tail)} points"
-            if drop >= s.underfit_min_drop else
-            f"the last evaluation beat the best before it by {sig(100 * eval_drop, 2)}%")
-    return [Finding(
-        "underfitting", "warning", f"still learning at the end: {what}; a longer run would likely do better",
-        steps=[view.steps[-len(tail)], view.steps[-1]],
-        evidence={"tail_points": len(tail), "tail_drop": sig(drop, 2), "tail_pace": sig(pace, 2),
-                  "last_eval_drop": sig(eval_drop, 2),
-                  "end_loss": sig(view.end_level())},
-        changes=[Change("num_train_epochs", "the loss had not levelled off", factor=2.0),
-                 Change("learning_rate", "or reach the plateau sooner with a larger LR", factor=1.5),
-                 Change("lora_rank", "more adapter capacity if a longer run still underfits", factor=2)],
-        verdict="underfitting", instance=0)]
+    what = (
+        f"the train loss fell {sig(100 * drop, 2)}% over the last {len(tail)} points"
+        if drop >= s.underfit_min_drop
+        else f"the last evaluation beat the best before it by {sig(100 * eval_drop, 2)}%"
+    )
+    return [
+        Finding(
+            "underfitting",
+            "warning",
+            f"still learning at the end: {what}; a longer run would likely do better",
+            steps=[view.steps[-len(tail)], view.steps[-1]],
+            evidence={
+                "tail_points": len(tail),
+                "tail_drop": sig(drop, 2),
+                "tail_pace": sig(pace, 2),
+                "last_eval_drop": sig(eval_drop, 2),
+                "end_loss": sig(view.end_level()),
+            },
+            changes=[
+                Change("num_train_epochs", "the loss had not levelled off", factor=2.0),
+                Change("learning_rate", "or reach the plateau sooner with a larger LR", factor=1.5),
+                Change("lora_rank", "more adapter capacity if a longer run still underfits", factor=2),
+            ],
+            verdict="underfitting",
+            instance=0,
+        )
+    ]

@@ -45,25 +45,47 @@ def divergence(view: RunView) -> list[Finding]:
         return []
     begin, end, min_i = stretch
     ongoing = end == view.n - 1
-    evidence = {"min_step": view.steps[min_i], "min_loss": sig(view.trend[min_i]),
-                "from_step": view.steps[begin], "loss": sig(view.trend[end]),
-                "ratio_to_min": sig(view.trend[end] / view.trend[min_i]) if view.trend[min_i] else None}
-    changes = [lower_lr(0.3, "the loss ran away from its minimum: the steps are too large", lr_ceiling(view)),
-               more_warmup(0.05), clip_gradients()]
+    evidence = {
+        "min_step": view.steps[min_i],
+        "min_loss": sig(view.trend[min_i]),
+        "from_step": view.steps[begin],
+        "loss": sig(view.trend[end]),
+        "ratio_to_min": sig(view.trend[end] / view.trend[min_i]) if view.trend[min_i] else None,
+    }
+    changes = [
+        lower_lr(0.3, "the loss ran away from its minimum: the steps are too large", lr_ceiling(view)),
+        more_warmup(0.05),
+        clip_gradients(),
+    ]
     if ongoing:
-        return [Finding(
-            "divergence", "error",
-            f"diverged: smoothed loss {sig(view.trend[end])} at step {view.steps[end]} is "
-            f"{evidence['ratio_to_min']}x its minimum {sig(view.trend[min_i])} (step {view.steps[min_i]}), "
-            f"rising since step {view.steps[begin]}",
-            steps=[view.steps[min_i], view.steps[begin], view.steps[end]], evidence=evidence, changes=changes,
-            verdict="diverged", stop=view.settings.stop_on_divergence, instance=view.steps[begin])]
-    return [Finding(
-        "divergence_recovered", "warning",
-        f"the loss ran away between steps {view.steps[begin]} and {view.steps[end]} "
-        f"(up to {evidence['ratio_to_min']}x its minimum) and then recovered",
-        steps=[view.steps[begin], view.steps[end]], evidence=evidence, changes=changes,
-        verdict="unstable", instance=view.steps[begin])]
+        return [
+            Finding(
+                "divergence",
+                "error",
+                f"diverged: smoothed loss {sig(view.trend[end])} at step {view.steps[end]} is "
+                f"{evidence['ratio_to_min']}x its minimum {sig(view.trend[min_i])} (step {view.steps[min_i]}), "
+                f"rising since step {view.steps[begin]}",
+                steps=[view.steps[min_i], view.steps[begin], view.steps[end]],
+                evidence=evidence,
+                changes=changes,
+                verdict="diverged",
+                stop=view.settings.stop_on_divergence,
+                instance=view.steps[begin],
+            )
+        ]
+    return [
+        Finding(
+            "divergence_recovered",
+            "warning",
+            f"the loss ran away between steps {view.steps[begin]} and {view.steps[end]} "
+            f"(up to {evidence['ratio_to_min']}x its minimum) and then recovered",
+            steps=[view.steps[begin], view.steps[end]],
+            evidence=evidence,
+            changes=changes,
+            verdict="unstable",
+            instance=view.steps[begin],
+        )
+    ]
 
 
 # Below these a "spike" is rounding (losses logged to 4 decimals: 0.0001 -> 0.0003 is 3x) or harmless
@@ -76,7 +98,7 @@ def _spikes(values: list[float], window: int, factor: float, floor: float = 0.0)
     """Indices where a value exceeds factor x the median of the window before it (and the floor)."""
     out = []
     for i in range(window, len(values)):
-        base = median(values[i - window: i])
+        base = median(values[i - window : i])
         if base > 0 and values[i] > factor * base and values[i] > floor:
             out.append(i)
     return out
@@ -90,29 +112,45 @@ def _unstable(count: int, n: int, share: float) -> bool:
 def loss_spikes(view: RunView) -> list[Finding]:
     """Loss spikes: a point above spike_factor x the median of the points before it."""
     s = view.settings
-    idx = [i for i in _spikes(view.losses, view.window, s.spike_factor)
-           if view.losses[i] - median(view.losses[i - view.window: i]) >= LOSS_SPIKE_MIN_JUMP]
+    idx = [
+        i
+        for i in _spikes(view.losses, view.window, s.spike_factor)
+        if view.losses[i] - median(view.losses[i - view.window : i]) >= LOSS_SPIKE_MIN_JUMP
+    ]
     if not idx:
         return []
     steps = [view.steps[i] for i in idx]
-    worst = max(idx, key=lambda i: view.losses[i] / max(median(view.losses[i - view.window: i]), 1e-12))
+    worst = max(idx, key=lambda i: view.losses[i] / max(median(view.losses[i - view.window : i]), 1e-12))
     many = _unstable(len(idx), view.n, s.unstable_share)
-    return [Finding(
-        "loss_spikes", "warning",
-        f"{len(idx)} loss spike(s) above {s.spike_factor}x the recent median (worst at step "
-        f"{view.steps[worst]}: {sig(view.losses[worst])})" + ("; too many for a stable run" if many else ""),
-        steps=steps[:50], evidence={"count": len(idx), "share": sig(len(idx) / view.n),
-                                    "worst_step": view.steps[worst], "worst_loss": sig(view.losses[worst])},
-        changes=[lower_lr(0.5, "spikes are updates that overshoot", lr_ceiling(view)), clip_gradients(),
-                 more_warmup(0.05)],
-        verdict="unstable" if many else None, instance=steps[-1])]
+    return [
+        Finding(
+            "loss_spikes",
+            "warning",
+            f"{len(idx)} loss spike(s) above {s.spike_factor}x the recent median (worst at step "
+            f"{view.steps[worst]}: {sig(view.losses[worst])})" + ("; too many for a stable run" if many else ""),
+            steps=steps[:50],
+            evidence={
+                "count": len(idx),
+                "share": sig(len(idx) / view.n),
+                "worst_step": view.steps[worst],
+                "worst_loss": sig(view.losses[worst]),
+            },
+            changes=[
+                lower_lr(0.5, "spikes are updates that overshoot", lr_ceiling(view)),
+                clip_gradients(),
+                more_warmup(0.05),
+            ],
+            verdict="unstable" if many else None,
+            instance=steps[-1],
+        )
+    ]
 
 
 def _zigzag(values: list[float], window: int) -> float:
     """Lag-1 autocorrelation of the residuals around a centred median: about 0 for batch noise,
     strongly negative when each step overshoots the last (the loss bounces up, down, up)."""
     half = window // 2
-    resid = [v - median(values[max(0, i - half): i + half + 1]) for i, v in enumerate(values)]
+    resid = [v - median(values[max(0, i - half) : i + half + 1]) for i, v in enumerate(values)]
     mean = sum(resid) / len(resid)
     dev = [r - mean for r in resid]
     var = sum(d * d for d in dev)
@@ -123,7 +161,7 @@ def _zigzag(values: list[float], window: int) -> float:
 def oscillation(view: RunView) -> list[Finding]:
     """Oscillation: the typical step-to-step jump is large relative to the smoothed loss level."""
     s = view.settings
-    half = view.losses[view.n // 2:]
+    half = view.losses[view.n // 2 :]
     if view.n < max(12, 3 * view.window) or len(half) < 6:
         return []
     jump = median(abs(b - a) for a, b in zip(half, half[1:], strict=False))
@@ -134,17 +172,28 @@ def oscillation(view: RunView) -> list[Finding]:
     # Small batches make a per-step loss noisy without anything being wrong: that is a warning.
     # A bouncing loss (each step overshooting the last) or an extreme jump is an unstable run.
     unstable = zigzag < -0.25 or ratio > 2 * s.oscillation_ratio
-    return [Finding(
-        "oscillation", "warning",
-        f"the loss jumps by {sig(100 * ratio, 2)}% of its level from one logged point to the next over the "
-        f"second half of the run (median jump {sig(jump)} at level {sig(level)})"
-        + (": it bounces, the LR is too high for this batch size" if unstable
-           else ": noisy batches (a larger batch or gradient accumulation would smooth it)"),
-        steps=[view.steps[view.n // 2], view.steps[-1]],
-        evidence={"median_jump": sig(jump), "level": sig(level), "ratio": sig(ratio), "zigzag": sig(zigzag, 2)},
-        changes=[lower_lr(0.4, "smaller steps stop the bouncing", lr_ceiling(view)), more_warmup(0.1),
-                 Change("gradient_accumulation_steps", "a larger batch averages the noise out", factor=2)],
-        verdict="unstable" if unstable else None, instance=view.steps[view.n // 2])]
+    return [
+        Finding(
+            "oscillation",
+            "warning",
+            f"the loss jumps by {sig(100 * ratio, 2)}% of its level from one logged point to the next over the "
+            f"second half of the run (median jump {sig(jump)} at level {sig(level)})"
+            + (
+                ": it bounces, the LR is too high for this batch size"
+                if unstable
+                else ": noisy batches (a larger batch or gradient accumulation would smooth it)"
+            ),
+            steps=[view.steps[view.n // 2], view.steps[-1]],
+            evidence={"median_jump": sig(jump), "level": sig(level), "ratio": sig(ratio), "zigzag": sig(zigzag, 2)},
+            changes=[
+                lower_lr(0.4, "smaller steps stop the bouncing", lr_ceiling(view)),
+                more_warmup(0.1),
+                Change("gradient_accumulation_steps", "a larger batch averages the noise out", factor=2),
+            ],
+            verdict="unstable" if unstable else None,
+            instance=view.steps[view.n // 2],
+        )
+    ]
 
 
 @rule("grad_norm")
@@ -156,7 +205,7 @@ def grad_norm(view: RunView) -> list[Finding]:
         return []
     norms = [g for _, g in pairs]
     idx = _spikes(norms, view.window, s.grad_norm_factor, floor=GRAD_SPIKE_MIN_NORM)
-    early, late = median(norms[: max(3, len(norms) // 4)]), median(norms[-max(3, len(norms) // 4):])
+    early, late = median(norms[: max(3, len(norms) // 4)]), median(norms[-max(3, len(norms) // 4) :])
     growing = len(norms) >= 12 and early > 0 and late > max(s.grad_norm_factor * early, GRAD_SPIKE_MIN_NORM)
     if not idx and not growing:
         return []
@@ -165,11 +214,25 @@ def grad_norm(view: RunView) -> list[Finding]:
     what = f"{len(idx)} grad-norm explosion(s) above {s.grad_norm_factor}x the recent median" if idx else ""
     if growing:
         what += ("; " if what else "") + f"grad norm grew {sig(late / early, 2)}x from the start to the end"
-    return [Finding(
-        "grad_norm", "warning", what, steps=steps[:50],
-        evidence={"count": len(idx), "early_median": sig(early), "late_median": sig(late),
-                  "max": sig(max(norms)), "max_step": pairs[norms.index(max(norms))][0],
-                  "growth": sig(rel(late, early) + 1, 2)},
-        changes=[clip_gradients(),
-                 lower_lr(0.5, "large gradients times a large LR are the instability", lr_ceiling(view))],
-        verdict="unstable" if many else None, instance=steps[-1] if steps else 0)]
+    return [
+        Finding(
+            "grad_norm",
+            "warning",
+            what,
+            steps=steps[:50],
+            evidence={
+                "count": len(idx),
+                "early_median": sig(early),
+                "late_median": sig(late),
+                "max": sig(max(norms)),
+                "max_step": pairs[norms.index(max(norms))][0],
+                "growth": sig(rel(late, early) + 1, 2),
+            },
+            changes=[
+                clip_gradients(),
+                lower_lr(0.5, "large gradients times a large LR are the instability", lr_ceiling(view)),
+            ],
+            verdict="unstable" if many else None,
+            instance=steps[-1] if steps else 0,
+        )
+    ]
