@@ -290,8 +290,9 @@ def test_lr_range_scales_with_model_size():
 
 
 def test_too_few_points_and_cut_off_runs_are_too_short():
-    [few] = run_rule("too_few_points", train_curve(healthy_train, n=5))
-    assert few.verdict == "too-short" and few.evidence["points"] == 5
+    [few] = run_rule("too_few_points", train_curve(healthy_train, n=4))
+    assert few.verdict == "too-short" and few.evidence["points"] == 4
+    assert run_rule("too_few_points", train_curve(healthy_train, n=5)) == []  # 5 points: judged (low confidence)
     [cut] = run_rule("too_few_points", train_curve(healthy_train, n=50), planned_steps=1000)
     assert cut.code == "cut_off" and cut.verdict == "too-short"
     [late] = run_rule("too_few_points", train_curve(healthy_train, n=500), planned_steps=1000)

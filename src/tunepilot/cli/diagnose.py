@@ -70,6 +70,9 @@ def _render(console: Console, d: dict[str, Any]) -> None:
         f"[bold {_STYLE[d['verdict']]}]{d['verdict']}[/]  {escape(run['path'])} ({run['source']}, "
         f"{run['train_points']} train / {run['eval_points']} eval points)"
     )
+    planned = f" of {run['planned_steps']} planned steps" if run.get("planned_steps") else ""
+    stage = "a mid-run checkpoint: judged as the run stands, not as it ended" if d.get("mid_run") else "the run's end"
+    console.print(f"  confidence {d.get('confidence', 'medium')}; {stage}{planned if d.get('mid_run') else ''}")
     for f in d["findings"]:
         colour = _SEVERITY[f["severity"]]
         console.print(f"  [{colour}]{f['severity']:7}[/] {f['code']}: {escape(f['message'])}")

@@ -96,10 +96,11 @@ def mid_run(log: RunLog) -> bool | None:
 
 
 def confidence(view: RunView) -> str:
-    """What the evidence supports: points logged, and an eval curve beside the train loss."""
+    """What the evidence supports: train points logged, and an eval curve beside them. A curve of a
+    few dozen points without eval loss supports a guess at most (low); high needs both."""
     evals = len(view.eval_losses)
-    if view.n >= 4 * view.settings.min_points and evals >= 3:
+    if (view.n >= 50 and evals >= 3) or view.n >= 200:
         return "high"
-    if view.n >= view.settings.min_points and (evals >= 2 or view.n >= 2 * view.settings.min_points):
+    if view.n >= 30 or (view.n >= 10 and evals >= 3):
         return "medium"
     return "low"

@@ -22,7 +22,9 @@ class HealthSettings(BaseModel):
     divergence_patience: int = Field(5, gt=0, description="Logged points the divergence must last before stopping.")
     spike_factor: float = Field(2.5, gt=1, description="Spike: a step's loss above this x the recent median.")
     grad_norm_factor: float = Field(10.0, gt=1, description="Grad-norm alert: above this x its recent median.")
-    min_points: int = Field(8, gt=0, description="Fewer train steps than this are too few to judge.")
+    # 5: both corpus labellers judged 5-7 point logs (dev half, bench/diagnose_corpus.py); a verdict on
+    # so few points comes with low confidence (health.diagnose.confidence)
+    min_points: int = Field(5, gt=0, description="Fewer train steps than this are too few to judge.")
     smooth_window: int = Field(
         0, ge=0, description="Median smoothing window in points; 0 = auto (a tenth of the points, 3..25)."
     )
@@ -35,8 +37,19 @@ class HealthSettings(BaseModel):
     stall_min_improvement: float = Field(
         0.03, ge=0, lt=1, description="Stalled: smoothed loss never fell this share below its start."
     )
+    stall_min_epochs: float = Field(
+        2.0, ge=0, description="Stalled too: flat over the second half of a run of this many epochs or more..."
+    )
+    stall_high_share: float = Field(0.5, gt=0, lt=1, description="... while above this share of its start loss.")
     stall_plateau_gain: float = Field(
         0.06, ge=0, lt=1, description="Stalled too: flat over the second half after gaining less than this."
+    )
+    underfit_eval_min_drop: float = Field(
+        0.05, gt=0, lt=1, description="Underfitting: the last eval beat the best before it by this share..."
+    )
+    underfit_eval_min_nats: float = Field(0.02, ge=0, description="... and by this many nats.")
+    underfit_slow_gain: float = Field(
+        0.10, gt=0, lt=1, description="Underfitting too: eval loss at its best at the end, gained under this share."
     )
     underfit_tail_share: float = Field(
         0.25, gt=0, lt=1, description="Underfitting: share of the run, at its end, that is checked."
