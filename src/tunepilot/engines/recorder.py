@@ -77,7 +77,9 @@ class RunRecorder:
         self.evals: list[tuple[int, float]] = []
         self.stop_event: Event | None = None
         self.writer: MetricsWriter | None = None
-        self.observers = [*observers, *(_health(config, num_params, planned_steps) if watch else [])]
+        # the caller's observers, the experiment trackers of `report_to`, then the health monitor
+        trackers = _trackers(config) if watch else []
+        self.observers = [*observers, *trackers, *(_health(config, num_params, planned_steps) if watch else [])]
 
     def start(self, resumed_from: int = 0) -> None:
         """Open the stream (records past `resumed_from` are dropped: a resumed run redoes them),
@@ -253,6 +255,14 @@ def prepare_run_dir(run_dir: Path, config: Any, resume: bool = False, overwrite:
             target = run_dir / name
             shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
     run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _trackers(config: Any) -> list[Observer]:
+    if not getattr(getattr(config, "tracking", None), "report_to", None):
+        return []
+    from tunepilot.tracking import observers_for
+
+    return observers_for(config)
 
 
 def _health(config: Any, num_params: int | None, planned_steps: int) -> list[Observer]:
