@@ -37,7 +37,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from tunepilot.config import build_config  # noqa: E402
-from tunepilot.engines.base import TrialSpec  # noqa: E402
+from tunepilot.engines.base import Outcome, TrialSpec  # noqa: E402
 from tunepilot.engines.packed import PackedEngine  # noqa: E402
 from tunepilot.engines.packed import memory as pmem  # noqa: E402
 
@@ -266,7 +266,14 @@ def run_packed(
         base = build_config({**raw, "gradient_checkpointing": True}, check_paths=False)[0]
     mode = (compiled if isinstance(compiled, str) else args.compile_mode[0]) if compiled else False
     engine = PackedEngine(
-        base, k, model=model, pad_id=0, data=lambda cfg: (train, []), compile=mode, fuse_norms=fuse_norms
+        # one eval example: the engine judges trials by eval loss (none: refused), at a negligible cost
+        base,
+        k,
+        model=model,
+        pad_id=0,
+        data=lambda cfg: (train, train[:1]),
+        compile=mode,
+        fuse_norms=fuse_norms,
     )
     for i in range(k):
         params = {"learning_rate": 1e-4 * (1 + i), "seed": i}
@@ -283,6 +290,7 @@ def run_packed(
     seconds = time.perf_counter() - t0
     if prof is not None:
         _print_profile(prof, seconds)
+    outcomes = [o for o in outcomes if isinstance(o, Outcome)]  # each trial's last Report comes first
     assert len(outcomes) == k and all(o.state == "complete" for o in outcomes), outcomes
     tokens = k * args.steps * args.micro * (args.seq - 1)  # trained (shifted) tokens
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
