@@ -149,3 +149,28 @@ def test_sigkill_of_the_job_then_resume_continues_exactly(tmp_path, tiny_model, 
 
 def _steps(path) -> list[tuple[int, float]]:
     return [(r.step, r.loss) for r in read_stream(path) if isinstance(r, TrainStep)]
+
+
+def test_lr_find_on_two_processes_ramps_like_one(tmp_path, tiny_model):
+    """lr-find runs through the engine, so --nproc N ramps the same global batches as one process."""
+    path = _config(tmp_path, tiny_model, "ramp")
+    _edit(path, max_steps=30)
+    args = ("--steps", "12", "--start", "1e-5", "--end", "1")
+    one = _lrfind(path, "--run-dir", str(tmp_path / "r1"), *args)
+    two = _lrfind(path, "--run-dir", str(tmp_path / "r2"), "--nproc", "2", *args)
+    assert len(one["lrs"]) == len(two["lrs"]) > 0 and two["lrs"] == pytest.approx(one["lrs"])
+    assert two["losses"] == pytest.approx(one["losses"], abs=1e-4)
+    assert two["suggestion"] == pytest.approx(one["suggestion"])
+
+
+def _lrfind(config: str, *extra: str) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "tunepilot.cli.app", "lr-find", config, "--json", *extra],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    return json.loads(done.stdout[done.stdout.index("{") :])

@@ -55,7 +55,10 @@ for _name in COMMANDS:
 
 def main() -> None:
     _quiet_libraries()
-    app()
+    from tunepilot.cli.launch import launched_argv
+
+    argv = launched_argv()  # one of the N processes `--nproc N` started: its command line
+    app(args=argv) if argv is not None else app()
 
 
 def _quiet_libraries() -> None:

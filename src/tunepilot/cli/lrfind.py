@@ -10,7 +10,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from tunepilot.cli.output import Result, run_command
+from tunepilot.cli.launch import launch, launched, rank, run_ranked
+from tunepilot.cli.output import Result
 from tunepilot.config import load_config
 from tunepilot.io import atomic_write_json
 
@@ -32,6 +33,8 @@ def lrfind_command(
     run_dir = run_dir or Path(config.output.output_dir + "-lrfind")
     result = find_lr(config, settings, run_dir)
     data = {"settings": asdict(settings), **result.to_dict(), "run_dir": str(run_dir)}
+    if rank() != 0:  # several processes ran the ramp (--nproc); rank 0's observer saw the one stream
+        return Result("lr-find", data, render=_render, warnings=warnings)
     if plot_path is not None:
         plot(result, plot_path)
         data["plot"] = str(plot_path)
@@ -65,8 +68,13 @@ def register(app: typer.Typer) -> None:
             None, "--run-dir", help="Where the ramp's metrics go (default <output_dir>-lrfind)."
         ),
         json_: bool = typer.Option(False, "--json", help="Print a JSON envelope instead of text."),
+        nproc: int = typer.Option(1, "--nproc", min=1, help="Data-parallel processes (GPUs); started with torchrun."),
     ) -> None:
         """Learning-rate range test: exponential ramp, smoothed loss, stop on divergence, suggested LR."""
-        raise typer.Exit(
-            run_command("lr-find", json_, lambda: lrfind_command(config, set_, start, end, steps, plot_path, run_dir))
-        )
+        if nproc > 1 and not launched():
+            argv = ["lr-find", str(config), *(a for kv in set_ for a in ("--set", kv))]
+            argv += ["--start", str(start), "--end", str(end), "--steps", str(steps)]
+            argv += ["--plot", str(plot_path)] * (plot_path is not None) + ["--run-dir", str(run_dir)] * bool(run_dir)
+            raise typer.Exit(launch(nproc, argv + ["--json"] * json_))
+        command = lambda progress: lrfind_command(config, set_, start, end, steps, plot_path, run_dir)  # noqa: E731
+        raise typer.Exit(run_ranked("lr-find", json_, command))

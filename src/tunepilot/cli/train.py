@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import contextlib
-import os
-import sys
 from pathlib import Path
 from typing import Any
 
 import typer
 from rich.console import Console
 
-from tunepilot.cli.output import Result, print_warnings, run_command
+from tunepilot.cli.launch import launch, launched, rank, run_ranked
+from tunepilot.cli.output import Result, print_warnings
 from tunepilot.cli.progress import TrainProgress
 from tunepilot.config import RunConfig, load_config, resume_conflicts
-from tunepilot.errors import ExitCode, UserError
+from tunepilot.errors import UserError
 from tunepilot.io import RunDirLock
 
 
@@ -24,30 +23,10 @@ def train_command(config_path: Path, overrides: list[str], resume: bool, show_pr
         print_warnings(warnings)  # ignored keys are named now, before training, not after it
     run_dir = Path(config.output.output_dir)
     # one job per run directory: a second `train` here exits 2 (rank 0 holds it for all N processes)
-    with RunDirLock(run_dir) if _rank() == 0 else contextlib.nullcontext():
+    with RunDirLock(run_dir) if rank() == 0 else contextlib.nullcontext():
         if resume:
             check_resume(config, run_dir)
         return _train(config, resume, show_progress, warnings)
-
-
-def _rank() -> int:
-    return int(os.environ.get("RANK", "0"))
-
-
-def launch(nproc: int, argv: list[str]) -> int:
-    """`train --nproc N`: start N processes of this same command through torchrun (torch's own
-    launcher), as LLaMA-Factory does when it sees several GPUs; rank 0 prints the result."""
-    from torch.distributed.run import main as torchrun
-
-    args = ["--standalone", f"--nproc_per_node={nproc}", "-m", "tunepilot.cli.app", "train", *argv]
-    try:
-        torchrun(args)
-    except SystemExit as e:
-        return int(e.code or 0)
-    except Exception as e:  # torchrun's ChildFailedError: a rank failed; its own output said why
-        print(f"train --nproc {nproc}: a process failed ({type(e).__name__}); see its output above", file=sys.stderr)
-        return int(ExitCode.FINDINGS)
-    return 0
 
 
 def check_resume(config: RunConfig, run_dir: Path) -> None:
@@ -147,10 +126,7 @@ def register(app: typer.Typer) -> None:
         nproc: int = typer.Option(1, "--nproc", min=1, help="Data-parallel processes (GPUs); started with torchrun."),
     ) -> None:
         """Train one run (LoRA, QLoRA or full) with a live health monitor; writes metrics, adapter, summary."""
-        if nproc > 1 and "WORLD_SIZE" not in os.environ:
-            argv = [str(config), *(a for kv in set_ for a in ("--set", kv))]
+        if nproc > 1 and not launched():
+            argv = ["train", str(config), *(a for kv in set_ for a in ("--set", kv))]
             raise typer.Exit(launch(nproc, argv + ["--resume"] * resume + ["--json"] * json_))
-        if _rank() != 0:  # the other ranks train in silence; rank 0 prints the one result
-            with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
-                raise typer.Exit(run_command("train", True, lambda: train_command(config, set_, resume, False)))
-        raise typer.Exit(run_command("train", json_, lambda: train_command(config, set_, resume, not json_)))
+        raise typer.Exit(run_ranked("train", json_, lambda progress: train_command(config, set_, resume, progress)))
