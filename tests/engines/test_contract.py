@@ -150,6 +150,22 @@ def test_a_packed_trial_directory_is_a_standard_run_directory(tiny_config, tmp_p
         for d in (standard, packed)
     ]
     assert set(evaluated[0]) == set(evaluated[1]) and evaluated[1]["ok"]
+    assert set(s["data"]["train"]) == set(p["data"]["train"]) and p["data"]["train"]["records"] > 0
+    exported = CliRunner().invoke(
+        app,
+        [
+            "export",
+            str(tmp_path / "sw"),
+            "--trial",
+            "best",
+            "--adapter-only",
+            "-o",
+            str(tmp_path / "exported"),
+            "--json",
+        ],
+    )
+    assert exported.exit_code == 0, exported.output[-2000:]
+    assert "## Data" in (tmp_path / "exported" / "README.md").read_text()  # the model card reads its summary
 
 
 def _json(args: list[str]) -> dict:

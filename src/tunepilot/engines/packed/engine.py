@@ -416,7 +416,7 @@ class PackedEngine:
             peak_memory_mb=_memory_mb(self.pack.device),
             parameters={"total": self._num_params, "trainable": t.params[0].numel()},
             plan=t.plan.as_dict(),
-            data={"train": len(t.train_examples), "eval": len(t.eval_examples)},
+            data=self._stats(t),
         )
         if state == "complete" and not summary.ok:  # stopped by the health monitor on its last record
             state, failure, reason = "failed", summary.failure, summary.stop_reason.code
@@ -446,6 +446,13 @@ class PackedEngine:
         if stop is None or stop.code == "early_stopping":
             return None
         return self._finish(t, "failed", None, stop.code, FailureKind.HEALTH_STOP)
+
+    def _stats(self, t: TrialState) -> dict:
+        """The trial's data statistics as the standard engine writes them (records only when the
+        data came from an injected function)."""
+        if isinstance(self._data, PreparedData):
+            return self._data.stats(t.config)
+        return {"train": {"records": len(t.train_examples)}, "eval": {"records": len(t.eval_examples)}}
 
     def _trials(self) -> list[TrialState]:
         return [t for t in self._slots if t is not None]
@@ -516,18 +523,31 @@ def _load(config: Any) -> tuple[torch.nn.Module, int]:
     return load_model(config.model, resolve_device(config.train.device)), tokenizer.pad_token_id
 
 
-def _prepared_data(config: Any) -> DataFn:
-    """Datasets through tunepilot.data, prepared once per distinct data settings and seed."""
-    from tunepilot.data import prepare_datasets
-    from tunepilot.models import load_tokenizer
+class PreparedData:
+    """Datasets through tunepilot.data, prepared once per distinct data settings and seed; keeps
+    each one's statistics for the trial's summary.json (the standard engine's `data` block)."""
 
-    tokenizer, cache = load_tokenizer(config.model), {}
+    def __init__(self, config: Any):
+        from tunepilot.models import load_tokenizer
 
-    def data(cfg: Any) -> tuple[list, list]:
+        self.tokenizer, self.cache = load_tokenizer(config.model), {}
+
+    def _prepared(self, cfg: Any) -> tuple[list, list, dict]:
+        from tunepilot.data import prepare_datasets
+
         key = (cfg.data.model_dump_json(), cfg.train.seed)
-        if key not in cache:
-            ds = prepare_datasets(cfg.data, tokenizer, cfg.train.seed)
-            cache[key] = (list(ds.train), list(ds.eval or []))
-        return cache[key]
+        if key not in self.cache:
+            ds = prepare_datasets(cfg.data, self.tokenizer, cfg.train.seed)
+            self.cache[key] = (list(ds.train), list(ds.eval or []), ds.stats)
+        return self.cache[key]
 
-    return data
+    def __call__(self, cfg: Any) -> tuple[list, list]:
+        train, evals, _ = self._prepared(cfg)
+        return train, evals
+
+    def stats(self, cfg: Any) -> dict:
+        return self._prepared(cfg)[2]
+
+
+def _prepared_data(config: Any) -> DataFn:
+    return PreparedData(config)
