@@ -84,7 +84,7 @@ def _data(source) -> list[str]:
     for split, where, s in rows:
         if where is None:
             continue
-        s = s or {}
+        s = s if isinstance(s, dict) else {"records": s} if isinstance(s, int) else {}  # older summaries: a count
         out.append(
             f"| {split} | `{where}` | {s.get('records', '?')} | {s.get('tokens', '?')} | "
             f"{s.get('trainable_tokens', '?')} | {s.get('truncated', '?')} |"
