@@ -14,7 +14,8 @@ from tunepilot.testing import tiny_model_dir, write_arithmetic_chat
 mlflow = pytest.importorskip("mlflow")
 
 
-def test_a_real_sweep_reports_its_trials_to_mlflow(tmp_path):
+@pytest.mark.parametrize("engine", ["standard", {"name": "packed", "slots": 2}])
+def test_a_real_sweep_reports_its_trials_to_mlflow(tmp_path, engine):
     model = tiny_model_dir(tmp_path / "tiny")
     sweep = {
         "base": {
@@ -32,7 +33,7 @@ def test_a_real_sweep_reports_its_trials_to_mlflow(tmp_path):
         "sampler": {"name": "random", "seed": 0},
         "pruner": "none",
         "budget": {"n_trials": 2},
-        "engine": "standard",
+        "engine": engine,
     }
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(sweep))
@@ -44,8 +45,11 @@ def test_a_real_sweep_reports_its_trials_to_mlflow(tmp_path):
     (parent,) = [r for r in runs if r.data.tags.get("tunepilot.kind") == "sweep"]
     assert parent.info.run_name == "sweep" and parent.info.status == "FINISHED"
     assert parent.data.tags["tunepilot.best_trial"] == str(body["best"]["number"])
-    trials = {r.data.tags["tunepilot.trial"]: r for r in runs if r.data.tags.get("mlflow.parentRunId")}
-    assert sorted(trials) == ["0", "1"]
+    nested = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
+    trials = {r.data.tags["tunepilot.trial"]: r for r in nested}
+    assert sorted(trials) == ["0", "1"] and len(nested) == 2  # one run per trial, its stream logged in it
+    assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in nested)
+    assert all(len(client.get_metric_history(r.info.run_id, "train/loss")) == 3 for r in nested)
     for number, run in trials.items():
         row = next(r for r in body["leaderboard"] if str(r["number"]) == number)
         assert run.data.tags["tunepilot.trial_state"] == row["state"] == "complete"
