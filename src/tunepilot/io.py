@@ -211,10 +211,17 @@ class RunDirLock:
     Used as a context manager; released (and the file removed) on exit, by its holder only.
     """
 
-    def __init__(self, directory: str | Path, name: str = "run.lock", what: str = "tunepilot train"):
+    def __init__(
+        self,
+        directory: str | Path,
+        name: str = "run.lock",
+        what: str = "tunepilot train",
+        hint: str = "wait for it to finish, or choose another output_dir",
+    ):
         self.dir = Path(directory)
         self.path = self.dir / name
         self.what = what
+        self.hint = hint
         self._fd: int | None = None
 
     def __enter__(self) -> RunDirLock:
@@ -232,8 +239,7 @@ class RunDirLock:
                 holder = _read_pid(fd)
                 os.close(fd)
                 raise UserError(
-                    f"{self.dir}: another {self.what} (pid {holder or 'unknown'}) is using this directory; "
-                    "wait for it to finish, or choose another output_dir",
+                    f"{self.dir}: another {self.what} (pid {holder or 'unknown'}) is using this directory; {self.hint}",
                     ExitCode.USAGE,
                 ) from None
             if _same_file(fd, self.path):

@@ -134,6 +134,8 @@ def read_model_info(path: str | Path) -> ModelInfo:
 
 
 def from_config_dict(raw: dict[str, Any], name: str = "model", source: str = "config.json") -> ModelInfo:
+    if not isinstance(raw, dict):
+        raise UserError(f"{source}: not a model config (a JSON object of hidden_size, num_hidden_layers, ...)")
     raw = raw.get("text_config", raw) if "hidden_size" not in raw else raw  # multimodal wrappers
     missing = [
         k
@@ -221,3 +223,31 @@ def _from_gguf(path: Path) -> ModelInfo:
         "torch_dtype": "bfloat16",
     }
     return from_config_dict(raw, name=path.stem, source=str(path))
+
+
+def check_rank_fits(model: str | Path, finetuning_type: str, targets: list[str], rank: int, key: str) -> None:
+    """Refuse a LoRA rank larger than a targeted layer can hold: min(in_features, out_features) of the
+    smallest decoder linear module that `targets` adapts. Only where the model is known locally (a
+    directory with config.json, or a .gguf); a hub id, an unreadable model or a module name outside
+    the decoder's seven linears is left to the model loader, which reports those itself."""
+    if finetuning_type != "lora" or not str(model) or not Path(model).exists():
+        return
+    try:
+        info = read_model_info(model)
+    except (UserError, OSError, ValueError, struct.error):
+        return
+    shapes = info.linear_shapes()
+    if not targets or "all-linear" in targets or "all" in targets:
+        names = list(LINEAR_NAMES)
+    else:
+        names = [t for t in dict.fromkeys(targets) if t in shapes]
+    too_small = [(n, shapes[n]) for n in names if rank > min(shapes[n])]
+    if not too_small:
+        return
+    limit = min(min(shape) for _, shape in too_small)
+    layers = ", ".join(f"{n} ({i} -> {o})" for n, (i, o) in too_small)
+    raise UserError(
+        f"{key}: {rank} is larger than the layers it adapts in {model} allow: {layers}; a LoRA rank "
+        f"cannot exceed min(in_features, out_features) of a layer; use {key.rsplit('.', 1)[-1]} <= {limit}"
+        + (" or leave those layers out of lora_target" if len(too_small) < len(names) else "")
+    )

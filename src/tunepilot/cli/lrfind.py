@@ -13,7 +13,7 @@ from rich.markup import escape
 from tunepilot.cli.launch import launch, launched, rank, run_ranked
 from tunepilot.cli.output import Result
 from tunepilot.config import load_config
-from tunepilot.io import atomic_write_json
+from tunepilot.io import atomic_write_json, ensure_dir
 
 
 def lrfind_command(
@@ -31,6 +31,7 @@ def lrfind_command(
     settings = LRFindSettings(start=start, end=end, steps=steps)
     settings.check()
     run_dir = run_dir or Path(config.output.output_dir + "-lrfind")
+    ensure_dir(run_dir, "--run-dir")
     result = find_lr(config, settings, run_dir)
     data = {"settings": asdict(settings), **result.to_dict(), "run_dir": str(run_dir)}
     if rank() != 0:  # several processes ran the ramp (--nproc); rank 0's observer saw the one stream

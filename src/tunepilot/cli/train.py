@@ -21,6 +21,10 @@ def train_command(config_path: Path, overrides: list[str], resume: bool, show_pr
     config, warnings = load_config(config_path, overrides)  # config mistakes first, before heavy imports
     if show_progress:
         print_warnings(warnings)  # ignored keys are named now, before training, not after it
+    from tunepilot.modelinfo import check_rank_fits
+
+    m = config.method
+    check_rank_fits(config.model.name_or_path, m.finetuning_type, m.lora_target, m.lora_rank, "method.lora_rank")
     run_dir = Path(config.output.output_dir)
     # one job per run directory: a second `train` here exits 2 (rank 0 holds it for all N processes)
     with RunDirLock(run_dir) if rank() == 0 else contextlib.nullcontext():

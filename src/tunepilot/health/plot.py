@@ -83,13 +83,24 @@ def _plot_lower(ax, train) -> None:
 
 def _save(fig, path: Path) -> Path:
     """Write the PNG atomically (temporary sibling, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
+    from tunepilot.errors import UserError
+    from tunepilot.io import ensure_dir, write_error
+
+    if path.is_dir():
+        raise UserError(f"{path}: is a directory; give the path of a PNG file to write (--plot)")
+    ensure_dir(path.parent, "directory for --plot")
+    tmp = ""
     try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
+        os.close(fd)
         fig.savefig(tmp, format="png")
         os.replace(tmp, path)
+    except OSError as e:
+        user = write_error(path, e)
+        if user is None:
+            raise
+        raise user from e
     finally:
-        if os.path.exists(tmp):
+        if tmp and os.path.exists(tmp):
             os.unlink(tmp)
     return path

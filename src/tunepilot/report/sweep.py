@@ -23,7 +23,16 @@ def load_sweep_study(sweep_dir: Path, storage: str | None = None) -> tuple[optun
     meta_path = sweep_dir / "sweep.json"
     if not meta_path.is_file():
         raise UserError(f"{sweep_dir}: not a sweep directory (no sweep.json); run `tunepilot sweep` first")
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    from tunepilot.io import read_text
+
+    try:
+        meta = json.loads(read_text(meta_path, "sweep.json"))
+    except json.JSONDecodeError as e:
+        raise UserError(
+            f"{meta_path}:{e.lineno}: invalid JSON ({e.msg}); re-run `tunepilot sweep` to rewrite it"
+        ) from e
+    if not isinstance(meta, dict) or not isinstance(meta.get("study_name"), str):
+        raise UserError(f"{meta_path}: not a sweep.json written by `tunepilot sweep` (no study_name)")
     url = storage or meta.get("storage")
     if url is None:
         raise UserError(f"{sweep_dir}: the study lives in a shared storage; pass it with --storage URL")

@@ -32,7 +32,25 @@ def check_before_start(spec: SweepSpec, base: RunConfig | None) -> None:
     if base is None:
         return
     _engine_keys(spec, base)
+    _rank(spec, base)
     _template(base)
+
+
+def _rank(spec: SweepSpec, base: RunConfig) -> None:
+    """A searched (or base) LoRA rank larger than the targeted layers allow stops the sweep here."""
+    from tunepilot.modelinfo import check_rank_fits
+    from tunepilot.search.spec import Range
+
+    m = base.method
+    dist = spec.space.get("lora_rank")
+    if dist is None:
+        ranks, key = [m.lora_rank], "base.method.lora_rank"
+    elif isinstance(dist, Range):
+        ranks, key = [dist.high], "space.lora_rank"
+    else:
+        ranks, key = [r for r in dist if isinstance(r, int) and not isinstance(r, bool)], "space.lora_rank"
+    if ranks:
+        check_rank_fits(base.model.name_or_path, m.finetuning_type, m.lora_target, int(max(ranks)), key)
 
 
 def _engine_keys(spec: SweepSpec, base: RunConfig) -> None:

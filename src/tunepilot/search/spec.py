@@ -19,6 +19,7 @@ Every mistake is reported at once, each with its key path (`space.lora_rank: ...
 from __future__ import annotations
 
 import difflib
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -49,6 +50,8 @@ class Range(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> Range:
+        if not (math.isfinite(self.low) and math.isfinite(self.high)):
+            raise ValueError(f"low ({self.low}) and high ({self.high}) must be finite numbers")
         if not self.low < self.high:
             raise ValueError(f"low ({self.low}) must be below high ({self.high})")
         if self.log and self.low <= 0:

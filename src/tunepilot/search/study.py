@@ -352,37 +352,26 @@ def enqueue_retry(
 
 
 class SweepLock:
-    """One worker per sweep directory: a lock file holding the pid; a dead holder's lock is taken over."""
+    """One sweep per sweep directory: `sweep.lock` under an exclusive flock (io.RunDirLock), so two
+    processes racing for the directory never both pass; a dead holder's lock is taken over at once
+    (the kernel drops a dead process's flock) and only the holder removes the file.
+
+    `tunepilot sweep --gpus` takes it in the parent for the directory's SQLite study; its workers
+    are started with `--worker N` (WorkerOptions.spawned) and do not take it (sweep.run_sweep), and
+    the lock's descriptor is not inherited by them (os.open is close-on-exec).
+    """
 
     def __init__(self, sweep_dir: Path):
-        self.path = sweep_dir / "sweep.lock"
+        from tunepilot.io import RunDirLock
+
+        self.path = Path(sweep_dir) / "sweep.lock"
+        self._lock = RunDirLock(
+            sweep_dir, "sweep.lock", "sweep", "wait for it, or join it from another directory with --storage"
+        )
 
     def __enter__(self) -> SweepLock:
-        if self.path.exists():
-            try:
-                pid = int(self.path.read_text().strip() or 0)
-            except ValueError:
-                pid = 0
-            if pid and pid != os.getpid() and _alive(pid):
-                raise UserError(
-                    f"{self.path.parent}: another sweep (pid {pid}) is running here; wait for it, "
-                    "or join it from another directory with --storage"
-                )
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text(str(os.getpid()))
+        self._lock.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
-        self.path.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # a zombie (killed, not yet reaped by its parent) still answers kill(0); /proc says it is dead
-    stat = Path(f"/proc/{pid}/stat")
-    return not (stat.exists() and ") Z" in stat.read_text())
+        self._lock.__exit__(*exc)
