@@ -42,12 +42,14 @@ from tunepilot.config import build_config  # noqa: E402
 from tunepilot.engines.base import Outcome, Report, TrialSpec  # noqa: E402
 from tunepilot.engines.packed import PackedEngine  # noqa: E402
 
+RANKS = [8, 16, 32]  # the searched LoRA ranks (the smoke run narrows them to its tiny shape)
+
 
 def sample(trial) -> dict:
     """The sweep's space, suggested in the order `tunepilot sweep` suggests it (so that TPE's seeded
     start-up draws give both sides the same first trials)."""
     lr = trial.suggest_float("learning_rate", 1e-5, 1e-3, log=True)
-    rank = trial.suggest_categorical("lora_rank", [8, 16, 32])
+    rank = trial.suggest_categorical("lora_rank", RANKS)
     warmup = trial.suggest_categorical("warmup_steps", [0, 2])
     return {"learning_rate": lr, "lora_rank": rank, "lora_alpha": 2 * rank, "warmup_steps": warmup}
 
@@ -193,7 +195,7 @@ def write_sweep_files(root: Path, model_dir: Path, tokenizer_dir: Path, data, ar
         "base": "base.yaml",
         "space": {
             "learning_rate": {"low": 1e-5, "high": 1e-3, "log": True},
-            "lora_rank": [8, 16, 32],
+            "lora_rank": list(RANKS),
             "warmup_steps": [0, 2],
         },  # lora_alpha defaults to 2 x rank, as in `sample`
         "objective": {"metric": "eval_loss", "direction": "minimize"},
@@ -352,6 +354,9 @@ def main() -> None:
     args = p.parse_args()
     if args.smoke:
         args.arch, args.trials, args.steps, args.seq, args.micro = "tiny-qwen2", 3, 2, 32, 2
+        # the tiny shape's k/v projections are 32 -> 16: ranks above 16 are refused (a LoRA rank cannot
+        # exceed a layer's smaller side), so the smoke run searches the ranks that fit
+        RANKS[:] = [4, 8, 16]
     device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     model_dir = Path(args.workdir) / f"random-{args.arch}"

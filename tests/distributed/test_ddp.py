@@ -49,10 +49,15 @@ def _edit(path: str, **keys) -> None:
 
 
 def _train(config: str, *extra: str) -> dict:
+    return _cli("train", config, *extra)
+
+
+def _cli(command: str, config: str, *extra: str) -> dict:
+    """`tunepilot COMMAND CONFIG --json ...` in a fresh process (not under a launcher); its envelope."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     env.pop("WORLD_SIZE", None)
     done = subprocess.run(
-        [sys.executable, "-m", "tunepilot.cli.app", "train", config, "--json", *extra],
+        [sys.executable, "-m", "tunepilot.cli.app", command, config, "--json", *extra],
         capture_output=True,
         text=True,
         env=env,
@@ -164,13 +169,4 @@ def test_lr_find_on_two_processes_ramps_like_one(tmp_path, tiny_model):
 
 
 def _lrfind(config: str, *extra: str) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run(
-        [sys.executable, "-m", "tunepilot.cli.app", "lr-find", config, "--json", *extra],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
-    return json.loads(done.stdout[done.stdout.index("{") :])
+    return _cli("lr-find", config, *extra)
