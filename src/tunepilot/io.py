@@ -260,12 +260,32 @@ class RunDirLock:
         self._fd = None
 
 
-def _read_pid(fd: int) -> int | None:
+def _read_pid(fd: int, wait_s: float = 1.0) -> int | None:
+    """The holder's pid from the lock file. A holder writes it just after taking the lock, so a
+    racer refused in between finds the file empty (or the dead holder's old pid being overwritten):
+    it reads again for up to `wait_s` (load on the machine can stretch that moment)."""
+    import time
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            text = os.pread(fd, 32, 0).decode("ascii", errors="replace").strip()
+            pid = int(text) if text else None
+        except (OSError, ValueError):
+            pid = None
+        if (pid is not None and _pid_alive(pid)) or time.monotonic() >= deadline:
+            return pid
+        time.sleep(0.02)
+
+
+def _pid_alive(pid: int) -> bool:
     try:
-        text = os.pread(fd, 32, 0).decode("ascii", errors="replace").strip()
-        return int(text) if text else None
-    except (OSError, ValueError):
-        return None
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _same_file(fd: int, path: Path) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -125,7 +126,6 @@ def load_file_(path):
 def test_sigkill_of_the_job_then_resume_continues_exactly(tmp_path, tiny_model, strategy):
     """Kill every process of a 2-process job mid-run; --resume continues from its last checkpoint
     (sharded for FSDP) and ends with the loss curve of an uninterrupted run, each step once."""
-    import signal
     import time
 
     def config(out: str) -> str:
@@ -142,7 +142,7 @@ def test_sigkill_of_the_job_then_resume_continues_exactly(tmp_path, tiny_model, 
     deadline = time.time() + 300
     while not (stream.exists() and len(_steps(stream)) >= 10) and time.time() < deadline:
         time.sleep(0.05)
-    os.killpg(job.pid, signal.SIGKILL)
+    _kill_tree(job.pid)  # the launcher and every rank (torchrun starts its workers in sessions of their own)
     job.wait()
     assert 10 <= len(_steps(stream)) < 30
     resumed = _train(path, "--nproc", "2", "--resume")
@@ -150,6 +150,43 @@ def test_sigkill_of_the_job_then_resume_continues_exactly(tmp_path, tiny_model, 
     killed, whole = _steps(stream), _steps(tmp_path / "whole" / "metrics.jsonl")
     assert [s for s, _ in killed] == list(range(1, 31))
     assert [v for _, v in killed] == pytest.approx([v for _, v in whole], abs=1e-4)
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL a process and all its descendants at once, as a scheduler ending the job's cgroup does."""
+    import signal
+    import time
+    from pathlib import Path
+
+    def children(parent: int) -> list[int]:
+        out = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == parent:
+                out.append(int(stat.parent.name))
+        return out
+
+    tree, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        todo += children(p)
+    for p in tree:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p, signal.SIGKILL)
+    deadline = time.time() + 30
+    while time.time() < deadline and any(Path(f"/proc/{p}").exists() and "Z" not in _state(p) for p in tree):
+        time.sleep(0.05)
+
+
+def _state(pid: int) -> str:
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "Z"
 
 
 def _steps(path) -> list[tuple[int, float]]:
