@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from tunepilot.search.results import COST_KEYS
 from tunepilot.search.study import enqueue_retry
 
 ERROR = FailureKind.ERROR
+WAIT_S = 0.2  # a worker with nothing to start polls the shared study this often while others' trials run
 
 
 @dataclass
@@ -77,8 +79,12 @@ class SlotLoop:
                 why = self._fill()
                 if not self.live:
                     if self.budget.others_running():  # shared study: a dead worker's trial may be retried here
+                        time.sleep(WAIT_S)
                         continue
-                    return why or "nothing left to run"
+                    why = self._fill() or why  # the others just ended: the budget as it stands now
+                    if not self.live:
+                        return why or "nothing left to run"
+                    continue
                 hard = self.budget.hard_limit()
                 if hard:
                     self._stop_all(hard)
