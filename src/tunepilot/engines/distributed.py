@@ -149,10 +149,14 @@ class Distributed:
         return load_checkpoint(path, model, optimizer, scheduler)
 
     def sum(self, value: float) -> float:
+        return self.sums(value)[0]
+
+    def sums(self, *values: float) -> list[float]:
+        """Each value summed over the ranks, in one all-reduce; the values themselves on one process."""
         if not self.accelerator:
-            return value
-        t = torch.tensor([float(value)], dtype=torch.float64, device=self.device)
-        return float(self.accelerator.reduce(t, "sum").item())
+            return list(values)
+        t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=self.device)
+        return self.accelerator.reduce(t, "sum").tolist()
 
     def from_main(self, obj: Any) -> Any:
         """Rank 0's `obj` on every rank (a stop decision, a task-metric score)."""

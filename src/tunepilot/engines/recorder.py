@@ -258,7 +258,7 @@ def prepare_run_dir(run_dir: Path, config: Any, resume: bool = False, overwrite:
 
 
 def _trackers(config: Any) -> list[Observer]:
-    if not getattr(getattr(config, "tracking", None), "report_to", None):
+    if not config.tracking.report_to:
         return []
     from tunepilot.tracking import observers_for
 

@@ -195,8 +195,9 @@ class TrainingRun:
             collate([self.data.train[i] for i in idx], self.tokenizer.pad_token_id)
             for idx in step_indices(plan, cfg.seed, step, self.dist.rank, self.dist.world)
         ]
-        n_tokens = int(self.dist.sum(sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)))
-        n_input = int(self.dist.sum(sum(int(b["attention_mask"].sum()) for b in batches)))  # prompts too
+        trained = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)
+        n_input = sum(int(b["attention_mask"].sum()) for b in batches)  # prompts too
+        n_tokens, n_input = (int(n) for n in self.dist.sums(trained, n_input))  # one all-reduce for both
         self.model.train()
         loss_sum, world = 0.0, self.dist.world
         for i, batch in enumerate(batches):
@@ -252,7 +253,8 @@ class TrainingRun:
             if not spare:
                 total += summed
                 count += int((batch["labels"][:, 1:] != -100).sum())
-        total, count = self.dist.sum(total), int(self.dist.sum(count))
+        total, count = self.dist.sums(total, count)
+        count = int(count)
         metrics = {}
         if self.objective is not None and task:  # the whole eval split at the last step, a fixed subset before
             metrics = self.dist.from_main(self._task_metrics(step) if self.dist.is_main else None)

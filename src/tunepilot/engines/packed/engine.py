@@ -457,11 +457,15 @@ class PackedEngine:
     def _trials(self) -> list[TrialState]:
         return [t for t in self._slots if t is not None]
 
-    def _charge(self, trials: list[TrialState], seconds: float) -> None:
-        """Each trial's share of a stretch of the engine's time: split evenly over those in it."""
+    def _charge(self, trials: list[TrialState], seconds: float, training: bool = False) -> None:
+        """Each trial's share of a stretch of the engine's time, split evenly over those still in it
+        (`training`: the stretch was optimizer steps, which tokens/s is measured over)."""
         live = [t for t in trials if t is not None and t.slot in self._extra and self._slots[t.slot] is t]
         for t in live:
-            self._extra[t.slot]["recorder"].state.seconds += seconds / len(live)
+            state = self._extra[t.slot]["recorder"].state
+            state.seconds += seconds / len(live)
+            if training:
+                state.train_seconds += seconds / len(live)
 
     @contextmanager
     def _timed(self, phase: str, trials: list[TrialState] | None = None) -> Iterator[None]:
@@ -473,11 +477,7 @@ class PackedEngine:
             spent = time.perf_counter() - start
             self.seconds[phase] += spent
             if trials:
-                self._charge(trials, spent)
-                if phase == "train":
-                    for t in trials:
-                        if t.slot in self._extra and self._slots[t.slot] is t:
-                            self._extra[t.slot]["recorder"].state.train_seconds += spent / len(trials)
+                self._charge(trials, spent, training=phase == "train")
 
     def _seconds(self, t: TrialState) -> float:
         """Wall-clock seconds since the trial started (the stream's `seconds`)."""
