@@ -100,6 +100,26 @@ class DataSettings(_Section):
     train_on_prompt: bool = Field(False, description="Also train on prompt tokens (default: responses only).")
     mask_history: bool = Field(False, description="Train only on the last assistant turn of a conversation.")
     packing: bool = Field(False, description="Pack several examples into one sequence of cutoff_len.")
+    mix: Literal["stacked", "phased"] = Field(
+        "stacked",
+        description="Several training datasets: stacked (mixed and shuffled together) or phased "
+        "(trained one after another, in the order named). Searchable in sweeps.",
+    )
+    mix_weights: list[float] | None = Field(
+        None,
+        description="stacked: each dataset's share of the mixed stream, one per dataset (normalised); "
+        "default: their sizes.",
+    )
+    phase_steps: list[int] | None = Field(
+        None,
+        description="phased: optimizer steps of each phase; default: num_train_epochs over each "
+        "dataset (or max_steps split by dataset size).",
+    )
+    phase_learning_rates: list[float] | None = Field(
+        None,
+        description="phased: peak learning rate of each phase (default train.learning_rate); every "
+        "phase has its own warmup and schedule.",
+    )
 
     @field_validator("template", mode="before")
     @classmethod
@@ -107,6 +127,29 @@ class DataSettings(_Section):
         from tunepilot.config_keys import template_name
 
         return template_name(v)
+
+    @field_validator("mix", mode="before")
+    @classmethod
+    def _mix_name(cls, v: Any) -> Any:
+        from tunepilot.config_keys import mix_name
+
+        return mix_name(v)
+
+    @field_validator("mix_weights", "phase_steps", "phase_learning_rates", mode="before")
+    @classmethod
+    def _number_list(cls, v: Any) -> Any:
+        from tunepilot.config_keys import number_list
+
+        return number_list(v)
+
+    @model_validator(mode="after")
+    def _check_mixture(self) -> DataSettings:
+        from tunepilot.config_keys import mixture_problems
+
+        problems = mixture_problems(self)
+        if problems:
+            raise ValueError("\n".join(problems))  # one problem a line: listed one by one
+        return self
 
 
 class MethodSettings(_Section):
@@ -263,6 +306,8 @@ ALIASES: dict[str, tuple[str, str]] = {
     "train_file": ("data", "train"),
     "eval_dataset": ("data", "eval"),
     "eval_file": ("data", "eval"),
+    "mix_strategy": ("data", "mix"),
+    "interleave_probs": ("data", "mix_weights"),
     "max_seq_length": ("data", "cutoff_len"),
     "max_length": ("data", "cutoff_len"),
     "formatting": ("data", "format"),
@@ -500,6 +545,8 @@ def _format_validation(e: ValidationError) -> list[str]:
         loc = ".".join(str(p) for p in err["loc"])
         if err["type"] == "missing":
             out.append(f"{loc}: required key is missing")
+        elif err["type"] == "value_error" and isinstance(err["input"], dict):  # a section's check: names its keys
+            out += str(err["ctx"]["error"]).splitlines()
         else:
             out.append(f"{loc}: {err['input']!r} is invalid ({err['msg']})")
     return out

@@ -167,6 +167,47 @@ def template_name(v: Any) -> Any:
     )
 
 
+# LLaMA-Factory's mix_strategy values: all mix the datasets into one shuffled stream (stacked); its
+# interleave_probs become data.mix_weights. One epoch is as many examples as the datasets hold.
+MIX_NAMES = {"concat": "stacked", "interleave_under": "stacked", "interleave_over": "stacked"}
+
+
+MIX_OF_LIST = {"mix_weights": "stacked", "phase_steps": "phased", "phase_learning_rates": "phased"}
+
+
+def mix_name(v: Any) -> Any:
+    return MIX_NAMES.get(v, v) if isinstance(v, str) else v
+
+
+def number_list(v: Any) -> Any:
+    """A list written as LLaMA-Factory writes interleave_probs: "0.7,0.3"."""
+    if isinstance(v, str):
+        return [part.strip() for part in v.split(",") if part.strip()]
+    return v
+
+
+def mixture_problems(data: Any) -> list[str]:
+    """What is wrong with data.mix and its lists, given the datasets named in data.train."""
+    from tunepilot.data.sources import split_names
+
+    n = len(split_names(data.train))
+    problems = []
+    lists = {key: getattr(data, key) for key in MIX_OF_LIST}
+    for key, values in lists.items():
+        if values is not None and len(values) != n:
+            problems.append(f"data.{key}: {len(values)} values for {n} dataset(s) in data.train; give one per dataset")
+        if values is not None and any(v <= 0 for v in values):
+            problems.append(f"data.{key}: {values} has a value <= 0; every value must be positive")
+    for key in (k for k, v in lists.items() if v is not None and MIX_OF_LIST[k] != data.mix):
+        problems.append(f"data.{key} applies to mix: {MIX_OF_LIST[key]}, but data.mix is {data.mix}; remove it")
+    if data.mix == "phased" and n < 2:
+        problems.append(
+            "data.mix: phased trains datasets one after another, but data.train names one; "
+            "name two or more (comma-separated) or use mix: stacked"
+        )
+    return problems
+
+
 # Keys of features tunepilot does not have: the value that means "off" is accepted (it changes
 # nothing); any other value is refused here, before work starts, with what to do instead.
 REFUSED: dict[str, tuple[tuple[Any, ...], str]] = {
@@ -190,10 +231,6 @@ REFUSED: dict[str, tuple[tuple[Any, ...], str]] = {
     "label_smoothing_factor": ((None, 0, 0.0), "label smoothing is not supported; remove it"),
     "rope_scaling": ((None,), "RoPE scaling is not supported; remove it (or set it in the model's config.json)"),
     "enable_liger_kernel": ((False, None), "Liger kernels are not used by tunepilot; remove it"),
-    "mix_strategy": (
-        ("concat", None),
-        "datasets are concatenated (mix_strategy: concat); interleaving is not supported",
-    ),
     "streaming": ((False, None), "streaming datasets are not supported; records are read from local files"),
     "group_by_length": ((False, None), "batches follow the seeded data order; group_by_length is not supported"),
     "additional_target": ((None,), "use lora_target (or full fine-tuning) instead of additional_target"),

@@ -72,3 +72,25 @@ def build_scheduler(optimizer: torch.optim.Optimizer, train: Any, warmup_steps: 
         num_training_steps=total_steps,
         scheduler_specific_kwargs=kwargs or None,
     )
+
+
+def build_plan_scheduler(optimizer: torch.optim.Optimizer, train: Any, plan: Any):
+    """The run's schedule: `build_scheduler` over the plan, or, for phased data, one schedule per
+    phase (its own warmup, decay and peak LR), joined into one LambdaLR by optimizer step."""
+    if not plan.phases:
+        return build_scheduler(optimizer, train, plan.warmup_steps, plan.total_steps)
+    factors = [_schedule_factor(train, p.warmup_steps, p.steps) for p in plan.phases]
+
+    def factor(index: int) -> float:  # LambdaLR's index: optimizer steps taken so far
+        phase = plan.phase_of(index + 1)
+        scale = phase.learning_rate / train.learning_rate
+        return scale * factors[phase.index](index + 1 - phase.first_step)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _schedule_factor(train: Any, warmup_steps: int, total_steps: int):
+    """transformers' multiplier function of one schedule (taken from a scheduler on a throwaway
+    optimizer, so the phase schedules are exactly the named ones)."""
+    probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    return build_scheduler(probe, train, warmup_steps, total_steps).lr_lambdas[0]

@@ -145,7 +145,7 @@ class Analyzer:
             self._after_tokens(conv, rendered, ex)
 
     def _after_tokens(self, conv: Conversation, rendered: Rendered, ex: Example) -> None:
-        ex.line, ex.source = conv.line, conv.source
+        ex.line, ex.source, ex.part = conv.line, conv.source, conv.part
         for info, check in TOKEN_CHECKS:
             for message in check(conv, rendered, ex, self._ctx):
                 self._emit(info.code, conv, message)

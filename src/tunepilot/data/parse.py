@@ -33,13 +33,15 @@ class ParseState:
 def iter_split(settings, which: str, state: ParseState, limit: int | None = None) -> Iterator[Conversation]:
     """The records of data.train or data.eval: one path, or each named dataset of dataset_info.json
     with its own format and columns (`limit` records of each, as LLaMA-Factory's max_samples)."""
-    for src in sources(settings, which):
+    for part, src in enumerate(sources(settings, which)):
         if src.fields is None:
             convs = iter_conversations(src.path, settings.format, settings.columns, settings.system, state)
         else:
             spec = FormatSpec(src.format, dict(src.fields), None, settings.system, dict(src.tags))
             convs = iter_conversations(src.path, src.format, {}, settings.system, state, spec=spec)
-        yield from islice(convs, limit)
+        for conv in islice(convs, limit):
+            conv.part = part
+            yield conv
 
 
 def iter_conversations(

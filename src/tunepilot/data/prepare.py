@@ -148,5 +148,15 @@ def prepare_datasets(settings, tokenizer, seed: int) -> PreparedData:
 
 
 def _rows(analyzer: Analyzer, pack_to: int | None) -> list[dict]:
-    rows = [{"input_ids": ex.input_ids, "labels": ex.labels} for ex in analyzer.examples]
-    return pack(rows, pack_to) if pack_to else rows
+    """One row per example, each tagged with its dataset (`part`) and grouped by it in the order
+    named (a mixture's data order needs each dataset's rows: `engines/plan.py`). Packing never joins
+    examples of two datasets."""
+    by_part: dict[int, list[dict]] = {}
+    for ex in analyzer.examples:
+        by_part.setdefault(ex.part, []).append({"input_ids": ex.input_ids, "labels": ex.labels, "part": ex.part})
+    groups = [by_part[p] for p in sorted(by_part)]
+    return [row for rows in groups for row in (_packed(rows, pack_to) if pack_to else rows)]
+
+
+def _packed(rows: list[dict], cutoff_len: int) -> list[dict]:
+    return [{**row, "part": rows[0]["part"]} for row in pack(rows, cutoff_len)]

@@ -53,6 +53,7 @@ class Conversation:
     messages: list[dict[str, str]]
     source: str = ""
     text: str | None = None  # set (and messages empty) for the plain-text format
+    part: int = 0  # which dataset of data.train (0-based, in the order named)
 
     @property
     def is_text(self) -> bool:
@@ -80,6 +81,7 @@ class Example:
     trainable: int = 0  # tokens whose label is not -100
     line: int = 0
     source: str = ""
+    part: int = 0  # which dataset of data.train (0-based, in the order named)
     truncated: bool = False
     full_length: int = 0  # tokens before cutoff_len truncation
     full_trainable: int = 0  # trainable tokens before truncation

@@ -33,13 +33,13 @@ from tunepilot.engines.checkpoint import (
 )
 from tunepilot.engines.distributed import Distributed
 from tunepilot.engines.observers import Observer
-from tunepilot.engines.plan import Plan, epoch_at, make_plan, step_indices
+from tunepilot.engines.plan import Plan, epoch_at, plan_for, step_indices
 from tunepilot.engines.recorder import ObjectiveSpec, RunRecorder, prepare_run_dir
 from tunepilot.engines.summary import RunSummary
 from tunepilot.errors import ExitCode, UserError
 from tunepilot.io import atomic_write_dir
 from tunepilot.models import apply_method, count_parameters, load_model, load_tokenizer, resolve_device
-from tunepilot.optimizers import build_optimizer, build_scheduler
+from tunepilot.optimizers import build_optimizer, build_plan_scheduler
 from tunepilot.stream import EvalPoint, Event, TrainStep
 
 
@@ -77,7 +77,7 @@ class TrainingRun:
         self.device = self.dist.device or resolve_device(cfg.train.device)
         self.tokenizer = load_tokenizer(cfg.model)
         self.data = prepare_datasets(cfg.data, self.tokenizer, seed=cfg.train.seed)
-        self.plan = make_plan(cfg.train, len(self.data.train))
+        self.plan = plan_for(cfg, self.data.train)
         torch.manual_seed(cfg.train.seed)  # adapter init
         base = self._base_model if self._base_model is not None else load_model(cfg.model, self.device)
         self.model = apply_method(base, cfg.method, cfg.model)
@@ -116,7 +116,7 @@ class TrainingRun:
         optimizer = build_optimizer(self.params_trained, t)
         if self._scheduler_factory is not None:
             return optimizer, self._scheduler_factory(optimizer, self.plan)
-        return optimizer, build_scheduler(optimizer, t, self.plan.warmup_steps, self.plan.total_steps)
+        return optimizer, build_plan_scheduler(optimizer, t, self.plan)
 
     def _make_objective(self):
         """A task metric scored by generation when `evaluate.objective` is set; else eval loss decides."""

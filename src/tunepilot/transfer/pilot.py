@@ -78,6 +78,8 @@ def planned_steps(config: RunConfig) -> int:
 
     if config.train.max_steps > 0:
         return config.train.max_steps
+    if config.data.phase_steps:
+        return sum(config.data.phase_steps)
     state = ParseState()
     n = sum(
         1

@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
-from tunepilot.engines.plan import epoch_at, make_plan, step_indices
-from tunepilot.optimizers import build_optimizer, build_scheduler
+from tunepilot.engines.plan import epoch_at, plan_for, step_indices
+from tunepilot.optimizers import build_optimizer, build_plan_scheduler
 
 
 def report_steps(fractions: tuple[float, ...], steps: int) -> list[int]:
@@ -52,14 +52,14 @@ class TrialState:
         self.number, self.slot, self.config = number, slot, config
         self.params = [row]
         self.train_examples, self.eval_examples = train_examples, eval_examples
-        self.plan = make_plan(t, len(train_examples))
+        self.plan = plan_for(config, train_examples)
         self.steps = self.plan.total_steps
         self.reports = report_steps(fractions, self.steps)
         self.max_grad_norm = t.max_grad_norm if t.max_grad_norm > 0 else float("inf")
         # The row holds only LoRA matrices (flattened), which the standard engine's decay group holds
         # too: all of it decays. fused: one kernel for the trial's whole row on CUDA.
         self.optimizer = build_optimizer(self.params, t, fused=row.device.type == "cuda", decay_all=True)
-        self.scheduler = build_scheduler(self.optimizer, t, self.plan.warmup_steps, self.steps)
+        self.scheduler = build_plan_scheduler(self.optimizer, t, self.plan)
         self.step = 0  # optimizer steps done
         self.micro = 0  # micro-batches done
         self.tokens = 0  # trained tokens of finished steps
