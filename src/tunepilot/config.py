@@ -531,7 +531,7 @@ def build_config(
     try:
         config = RunConfig.model_validate({k: v for k, v in nested.items() if v or k in ("model", "data")})
     except ValidationError as e:
-        problems.extend(_format_validation(e))
+        problems.extend(format_validation(e))
     if check_paths:
         problems.extend(path_problems)
     if problems:
@@ -539,7 +539,7 @@ def build_config(
     return config, warnings
 
 
-def _format_validation(e: ValidationError) -> list[str]:
+def format_validation(e: ValidationError) -> list[str]:
     out = []
     for err in e.errors():
         loc = ".".join(str(p) for p in err["loc"])

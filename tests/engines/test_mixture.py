@@ -8,6 +8,7 @@ train the same mixture.
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
@@ -181,3 +182,20 @@ def test_packed_mixture_trials_equal_themselves_alone(tiny_config, two_datasets,
         for g, w in zip(got[0], want[0], strict=True):
             assert g[0] == pytest.approx(w[0], abs=1e-5) and g[2:] == pytest.approx(w[2:], rel=1e-9)
         assert packed[number].value == pytest.approx(alone[number].value, abs=1e-5)
+
+
+def test_validate_reports_how_the_mix_uses_each_dataset(two_datasets, tiny_model, tmp_path):
+    from tunepilot.cli.validate import validate_command
+
+    dataset = ",".join(str(p) for p in two_datasets)
+    config = tmp_path / "mix.yaml"
+    config.write_text(f"model_name_or_path: {tiny_model}\ndataset: {dataset}\nmix_weights: [1, 3]\n")
+    body = validate_command(Path(dataset), config).data  # a Path of the comma list, as the CLI gives it
+    datasets = body["stats"]["train"]["datasets"]
+    assert [d["records"] for d in datasets] == [24, 12]
+    assert [d["share"] for d in datasets] == [0.25, 0.75]
+    assert datasets[1]["passes_per_epoch"] == pytest.approx(0.75 * 36 / 12, abs=1e-3)
+    config.write_text(f"model_name_or_path: {tiny_model}\ndataset: {dataset}\nmix_weights: [1, 3, 1]\n")
+    with pytest.raises(UserError, match="validate: invalid option") as e:
+        validate_command(Path(dataset), config)
+    assert "data.mix_weights: 3 values for 2 dataset" in str(e.value)

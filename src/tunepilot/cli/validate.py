@@ -22,7 +22,7 @@ FIRST_LINES = 5  # offending lines shown per code in the text summary
 def _data_settings(data: Path, config: Path | None, overrides: dict[str, Any]):
     from pydantic import ValidationError
 
-    from tunepilot.config import DataSettings, load_config
+    from tunepilot.config import DataSettings, format_validation, load_config
 
     base: dict[str, Any] = {}
     model = None
@@ -36,10 +36,7 @@ def _data_settings(data: Path, config: Path | None, overrides: dict[str, Any]):
     try:
         return DataSettings.model_validate(base), model
     except ValidationError as e:
-        problems = [
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['input']!r} is invalid ({err['msg']})" for err in e.errors()
-        ]
-        raise UserError("validate: invalid option", ExitCode.USAGE, problems) from e
+        raise UserError("validate: invalid option", ExitCode.USAGE, format_validation(e)) from e
 
 
 def _llamafactory_folder(data: Path) -> dict[str, Any]:
@@ -168,6 +165,13 @@ def _render_stats(console: Console, split: str, s: dict[str, Any]) -> None:
             f"({s['trainable_share']:.1%}), {s['truncated']} truncated, {s['dropped']} dropped"
         )
     console.print(line)
+    for ds in s.get("datasets") or []:
+        how = (
+            f"{ds['share']:.0%} of each epoch ({ds['passes_per_epoch']} passes over it)"
+            if s["mix"] == "stacked"
+            else f"phase {ds['phase']}" + (f", {ds['steps']} steps" if ds["steps"] else "")
+        )
+        console.print(f"    {s['mix']} {escape(ds['name'])}: {ds['records']} records, {how}")
     for key in ("length", "prompt_length", "answer_length"):
         p = s.get(key)
         if p:
