@@ -2,21 +2,28 @@
 
 Every strategy runs through the product's own code (tunepilot.search: the slot loop, the protocols,
 Optuna samplers and pruners) on the replay engine, in memory, one slot, with a budget in real
-training steps. Regret = best final accuracy in the file - best final accuracy of a trial the
-strategy ran to the end (what you would deploy). The search space is derived from the file
-(every hyperparameter column with the file's range, log scale where it spans >= 10x), so the
-benchmark runs unchanged on any curves file of the same format.
+training steps. Regret = how far the best final value of a trial the strategy ran to the end (what
+you would deploy) is from the best final value in the file (higher is better, or lower for a curve
+named *loss*, as in the product; --direction overrides). The search space is derived from the file
+(every hyperparameter column with the file's range, log scale where it spans >= 10x; seed, config_id,
+examples_seen, status and single-valued text columns are not searched), so the benchmark runs
+unchanged on any curves file of the same format. A file with a status column is replayed without its
+failed runs (status other than complete, or a non-finite value in the curve).
 
     python bench/search_efficiency.py                       # 50 seeds, all strategies, 2 processes
     python bench/search_efficiency.py --seeds 5 --strategies random,tpe_median
     python bench/search_efficiency.py --curves OTHER.jsonl --plot out.png --markdown out.md
     python bench/search_efficiency.py --seed-offset 100 --strategies tpe_median,ours   # held-out seeds
     python bench/search_efficiency.py --curve mismatched --half b                     # other landscapes
+    python bench/search_efficiency.py --curves bench/lora_curves/curves.jsonl --curve eval_loss \
+        --where task=gsm8k --budget 20000 --plot lora_gsm8k.png                     # the LoRA corpus, one task
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import math
 import os
 import statistics
@@ -52,15 +59,22 @@ STRATEGIES: dict[str, dict] = {
 }
 
 
+# columns of a curves file that describe a run, not a knob to search
+NOT_SEARCHED = {"seed", "config_id", "examples_seen", "status"}
+
+
 def file_space(table) -> dict:
     """Every hyperparameter column as a range (or choices) spanning what the file holds."""
     space = {}
     for col in table.columns:
         if col == "warmup_steps" and "warmup_ratio" in table.columns:
             continue  # the same knob twice; the ratio is comparable across schedule lengths
+        if col in NOT_SEARCHED:
+            continue
         values = [r.columns[col] for r in table.runs if col in r.columns]
         if any(isinstance(v, str) for v in values):
-            space[col] = sorted(set(map(str, values)))
+            if len(set(map(str, values))) > 1:
+                space[col] = sorted(set(map(str, values)))
             continue
         lo, hi = min(values), max(values)
         if lo == hi:
@@ -80,9 +94,35 @@ def half_file(curves: Path, half: str) -> Path:
     return out
 
 
+def usable_file(curves: Path, curve: str | None, where: list[str]) -> tuple[Path, int]:
+    """The runs of `curves` that match every COLUMN=VALUE of `where` and, where the file has a status
+    column, completed with a finite curve, in a temporary file; (path, runs dropped). The file itself
+    when nothing is dropped."""
+    wanted = dict(w.split("=", 1) for w in where)
+    lines = [line for line in curves.read_text(encoding="utf-8").splitlines() if line.strip()]
+    keep = [line for line in lines if _usable(json.loads(line), curve, wanted)]
+    if len(keep) == len(lines):
+        return curves, 0
+    if not keep:
+        raise SystemExit(f"{curves}: no complete run matches {where}")
+    tag = hashlib.sha1(repr((str(curves.resolve()), curve, where)).encode()).hexdigest()[:10]
+    out = Path(tempfile.gettempdir()) / f"{curves.stem}.usable-{tag}.jsonl"
+    out.write_text("\n".join(keep) + "\n", encoding="utf-8")
+    return out, len(lines) - len(keep)
+
+
+def _usable(row: dict, curve: str | None, wanted: dict[str, str]) -> bool:
+    if any(str(row.get(k)) != v for k, v in wanted.items()):
+        return False
+    if row.get("status", "complete") != "complete":
+        return False
+    points = row["learning_curves"][curve or next(iter(row["learning_curves"]))]
+    return bool(points) and all(math.isfinite(float(v)) for _, v in points)
+
+
 def run_one(args: tuple) -> list[tuple[int, float]]:
     """One strategy, one seed: [(cumulative training steps, regret after that trial)]."""
-    name, seed, curves, curve, budget_steps = args
+    name, seed, curves, curve, budget_steps, direction = args
     import optuna
 
     from tunepilot.engines.replay import ReplayEngine
@@ -94,7 +134,7 @@ def run_one(args: tuple) -> list[tuple[int, float]]:
     strategy = STRATEGIES[name]
     raw = {
         "space": file_space(table),
-        "objective": {"metric": table.curve, "direction": "maximize"},
+        "objective": {"metric": table.curve, "direction": direction},
         "budget": {"n_trials": 10_000, "train_steps": budget_steps},
         "engine": {"name": "replay", "curves": str(curves)},
         **strategy,
@@ -104,14 +144,15 @@ def run_one(args: tuple) -> list[tuple[int, float]]:
     # a fixed study name: Hyperband assigns trials to brackets by hashing it with the trial number
     study = optuna.create_study(
         study_name=f"{name}-{seed}",
-        direction="maximize",
+        direction=direction,
         sampler=make_sampler(spec, seed=seed),
         pruner=make_pruner(spec),
     )
     study.set_user_attr("seed", seed)
     engine = ReplayEngine(curves, table=table)
     build_loop(spec, study, engine, None, Path("/nonexistent")).run()
-    return trace(study, table.best_final, _worst(table))
+    sign = _sign(direction)
+    return trace(study, _best(table, sign), _best(table, -sign), sign)
 
 
 _TABLES: dict = {}
@@ -125,20 +166,26 @@ def _table(curves, curve=None):
     return _TABLES[curves, curve]
 
 
-def _worst(table) -> float:
-    return min(r.final for r in table.runs)
+def _sign(direction: str) -> int:
+    return 1 if direction == "maximize" else -1
 
 
-def trace(study, best_in_file: float, worst: float) -> list[tuple[int, float]]:
-    """Regret after each trial in the order trials ended (one slot: trial-number order)."""
+def _best(table, sign: int) -> float:
+    """The best final value in the file (sign +1: highest; -1: lowest)."""
+    return sign * max(sign * r.final for r in table.runs)
+
+
+def trace(study, best_in_file: float, worst: float, sign: int = 1) -> list[tuple[int, float]]:
+    """Regret after each trial in the order trials ended (one slot: trial-number order); sign -1 when
+    lower is better."""
     from optuna.trial import TrialState
 
     spent, best, out = 0, worst, []
     for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
         spent += int(t.user_attrs.get("steps", 0))
         if t.state == TrialState.COMPLETE and t.value is not None:
-            best = max(best, t.value)
-        out.append((spent, best_in_file - best))
+            best = sign * max(sign * best, sign * t.value)
+        out.append((spent, sign * (best_in_file - best)))
     return out
 
 
@@ -224,7 +271,7 @@ def budget_rows(grid, curves, reference: str, budgets: list[int]) -> list[dict]:
     return out
 
 
-def plot(grid, curves, path: Path, title: str) -> None:
+def plot(grid, curves, path: Path, title: str, ylabel: str = "regret (best accuracy in file - best found)") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -236,7 +283,7 @@ def plot(grid, curves, path: Path, title: str) -> None:
         ax.fill_between(grid / 1e3, q25, q75, color=line.get_color(), alpha=0.15)
     ax.set_yscale("symlog", linthresh=1e-3)
     ax.set_xlabel("compute spent (thousand real training steps)")
-    ax.set_ylabel("regret (best accuracy in file - best found)")
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
@@ -285,6 +332,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--curves", type=Path, default=DEFAULT_CURVES)
     p.add_argument("--curve", default=None, help="which learning curve of the file (default: the first)")
     p.add_argument(
+        "--direction",
+        choices=("auto", "maximize", "minimize"),
+        default="auto",
+        help="auto: minimize a curve whose name has 'loss' in it (eval_loss), maximize any other",
+    )
+    p.add_argument(
+        "--where",
+        action="append",
+        default=[],
+        metavar="COLUMN=VALUE",
+        help="replay only the runs with this column value (repeatable), e.g. --where task=gsm8k",
+    )
+    p.add_argument(
         "--half",
         choices=("a", "b"),
         default=None,
@@ -303,12 +363,17 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in names if n not in STRATEGIES]
     if unknown:
         p.error(f"unknown strategies {unknown}; known: {', '.join(STRATEGIES)}")
+    args.curves, dropped = usable_file(args.curves, args.curve, args.where)
+    if dropped:
+        print(f"replaying {args.curves}: {dropped} runs dropped (failed, non-finite, or outside {args.where})")
     if args.half:
         args.curves = half_file(args.curves, args.half)
     table = _table(args.curves, args.curve)
-    worst_regret = table.best_final - _worst(table)
+    direction = args.direction if args.direction != "auto" else ("minimize" if "loss" in table.curve else "maximize")
+    sign = _sign(direction)
+    worst_regret = sign * (_best(table, sign) - _best(table, -sign))
     seeds = range(args.seed_offset, args.seed_offset + args.seeds)
-    jobs = [(n, s, args.curves, args.curve, args.budget) for n in names for s in seeds]
+    jobs = [(n, s, args.curves, args.curve, args.budget, direction) for n in names for s in seeds]
     t0 = time.time()
     with ProcessPoolExecutor(args.workers) as pool:
         results = list(pool.map(run_one, jobs, chunksize=4))
@@ -318,10 +383,13 @@ def main(argv: list[str] | None = None) -> int:
         traces[name].append(tr)
     grid, curves = summarise(traces, args.budget, worst_regret)
     reference = "tpe_median" if "tpe_median" in curves else names[0]
-    print(f"curve {table.curve!r}, seeds {seeds.start}-{seeds.stop - 1}")
+    print(f"curve {table.curve!r} ({direction}), seeds {seeds.start}-{seeds.stop - 1}")
     target, ref_compute, rows = table_rows(grid, curves, traces, reference, worst_regret)
     title = f"{args.curves.stem}: regret vs compute, median and IQR over {args.seeds} seeds"
-    plot(grid, curves, args.plot, title)
+    if direction == "minimize":
+        plot(grid, curves, args.plot, title, f"regret (best found - best {table.curve} in file)")
+    else:
+        plot(grid, curves, args.plot, title)
     text = markdown(rows, target, ref_compute, args, seconds)
     budgets = [b for b in (50_000, 100_000, 150_000, 200_000, 300_000, 400_000, 600_000) if b <= args.budget]
     text += (
@@ -329,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
         "within a smaller budget (1.00x = as much as TPE + median):\n\n"
     )
     text += budget_markdown(budget_rows(grid, curves, reference, budgets), list(curves))
-    print(f"{len(table.runs)} configurations; best final {table.best_final:.4f}")
+    print(f"{len(table.runs)} configurations; best final {_best(table, sign):.4f}")
     print(text)
     if args.markdown:
         args.markdown.write_text(text + "\n")

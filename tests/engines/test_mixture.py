@@ -196,6 +196,6 @@ def test_validate_reports_how_the_mix_uses_each_dataset(two_datasets, tiny_model
     assert [d["share"] for d in datasets] == [0.25, 0.75]
     assert datasets[1]["passes_per_epoch"] == pytest.approx(0.75 * 36 / 12, abs=1e-3)
     config.write_text(f"model_name_or_path: {tiny_model}\ndataset: {dataset}\nmix_weights: [1, 3, 1]\n")
-    with pytest.raises(UserError, match="validate: invalid option") as e:
+    with pytest.raises(UserError, match="mix.yaml: 1 problem") as e:
         validate_command(Path(dataset), config)
     assert "data.mix_weights: 3 values for 2 dataset" in str(e.value)
