@@ -199,3 +199,38 @@ def test_validate_reports_how_the_mix_uses_each_dataset(two_datasets, tiny_model
     with pytest.raises(UserError, match="mix.yaml: 1 problem") as e:
         validate_command(Path(dataset), config)
     assert "data.mix_weights: 3 values for 2 dataset" in str(e.value)
+
+
+def test_the_mix_strategy_is_a_searchable_key_of_a_packed_sweep(tiny_model, tiny_data, two_datasets, tmp_path):
+    import json
+
+    import yaml
+    from typer.testing import CliRunner
+
+    from tunepilot.cli.app import app
+    from tunepilot.config import load_config
+
+    sweep = {
+        "base": {
+            "model_name_or_path": str(tiny_model),
+            "dataset": ",".join(str(p) for p in two_datasets),
+            "eval_dataset": str(tiny_data[1]),
+            "cutoff_len": 64,
+            "max_steps": 4,
+            "per_device_train_batch_size": 2,
+            "device": "cpu",
+        },
+        "space": {"mix": ["stacked", "phased"]},
+        "sampler": {"name": "grid"},
+        "pruner": "none",
+        "budget": {"n_trials": 2},
+        "engine": "packed",
+    }
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    result = CliRunner().invoke(app, ["sweep", str(path), "--dir", str(tmp_path / "sw"), "--json"])
+    assert result.exit_code == 0, result.output[-3000:]
+    body = json.loads(result.stdout[result.stdout.index("{") :])
+    assert sorted(r["state"] for r in body["leaderboard"]) == ["complete", "complete"]
+    mixes = sorted(load_config(d / "config.yaml")[0].data.mix for d in (tmp_path / "sw" / "trials").iterdir())
+    assert mixes == ["phased", "stacked"]
