@@ -228,6 +228,32 @@ def test_pack_losses_are_the_models_causal_lm_losses_per_slot(tiny_model):
     assert got[1][0].item() == pytest.approx(token[2:].sum().item(), rel=1e-5)
 
 
+def test_eval_scores_count_argmax_tokens_and_whole_answers_greedy_decoding_reproduces(tiny_model):
+    """Answers built from the model's own argmax predictions are reproduced by greedy decoding; the
+    same answers with one token changed are not. The scores must say which is which."""
+    from transformers import AutoModelForCausalLM
+
+    from tunepilot.engines.packed.pack import Pack
+
+    pack = Pack(AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32), pad_id=0, chunk_rows=3)
+    add_adapters(pack.wrapped, list(pack.wrapped), 0, 2, 4.0, False, 0.0, seed=0)
+    vocab = pack.head.weight.shape[0]
+    rows = []
+    for i, prompt in enumerate(torch.randint(3, vocab, (4, 5), generator=torch.Generator().manual_seed(1))):
+        ids = prompt.tolist()
+        for _ in range(3):  # greedy decoding, one token at a time
+            ids.append(int(pack.logits(0, torch.tensor([ids]))[0, -1].argmax()))
+        if i % 2:  # change the last answer token: that example is no longer reproduced
+            ids[-1] = (ids[-1] + 1) % vocab
+        rows.append({"input_ids": ids, "labels": [-100] * 5 + ids[5:]})
+    loss, tokens, correct, exact, examples = pack.eval_scores({0: rows})[0].tolist()
+    assert (tokens, examples, exact) == (12, 4, 2)
+    assert correct == 10  # 3 + 2 + 3 + 2
+    logits = torch.cat([pack.logits(0, torch.tensor([r["input_ids"]]))[0, 4:-1] for r in rows])
+    targets = torch.tensor([t for r in rows for t in r["input_ids"][5:]])
+    assert loss == pytest.approx(F.cross_entropy(logits, targets, reduction="sum").item(), rel=1e-5)
+
+
 def test_a_bad_slots_or_compile_option_is_a_user_error(tiny_model):
     from tunepilot.errors import UserError
 

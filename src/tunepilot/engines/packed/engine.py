@@ -22,6 +22,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -237,7 +238,7 @@ class PackedEngine:
         (B starts at 0), so it is the base model's, computed once per eval set."""
         key = id(trial.eval_examples)  # the data function returns one list per data settings
         if key not in self._baselines:
-            self._baselines[key] = (trial.eval_examples, self.evaluate([trial])[trial.number])
+            self._baselines[key] = (trial.eval_examples, self.evaluate([trial])[trial.number].eval_loss)
         return self._baselines[key][1]
 
     def _check_compatible(self, cfg: Any) -> None:
@@ -335,31 +336,33 @@ class PackedEngine:
         return self._read(pending)
 
     @torch.no_grad()
-    def evaluate(self, trials: list[TrialState]) -> dict[int, float | None]:
-        """Token-mean eval loss of each trial on its own eval set; trials' batches share forwards.
+    def evaluate(self, trials: list[TrialState]) -> dict[int, EvalScores | None]:
+        """Each trial's scores on its own eval set (token-mean eval loss, and the teacher-forced task
+        metrics of `Pack.eval_scores`); trials' batches share forwards.
 
         The sums stay on the device until all batches are queued: one host sync for the whole eval."""
         batches = {t.slot: _chunks(t.eval_examples, t.config.train.per_device_eval_batch_size) for t in trials}
         totals: dict[int, list] = {t.slot: [] for t in trials}
-        counts = {t.slot: 0 for t in trials}
         for i in range(max((len(b) for b in batches.values()), default=0)):
             micro = {s: b[i] for s, b in batches.items() if i < len(b)}
-            for s, (total, n) in self.pack.losses(micro, training=False).items():
-                totals[s].append(total)
-                counts[s] += n
-        slots = [t.slot for t in trials if counts[t.slot]]
-        sums = torch.stack([torch.stack(totals[s]).sum() for s in slots]).tolist() if slots else []
-        means = {s: v / counts[s] for s, v in zip(slots, sums, strict=True)}
-        return {t.number: means.get(t.slot) for t in trials}
+            for s, scores in self.pack.eval_scores(micro).items():
+                totals[s].append(scores)
+        slots = [t.slot for t in trials if totals[t.slot]]
+        sums = torch.stack([torch.stack(totals[s]).sum(0) for s in slots]).tolist() if slots else []
+        scores = {s: EvalScores.of(v) for s, v in zip(slots, sums, strict=True) if v[1] > 0}  # v[1]: tokens
+        return {t.number: scores.get(t.slot) for t in trials}
 
     def _report(self, ready: list[TrialState]) -> list[Progress]:
         with self._timed("eval", ready):
             evals = self.evaluate(ready)
         out: list[Progress] = []
         for t in ready:
-            value, recorder = evals[t.number], self._extra[t.slot]["recorder"]
+            scores, recorder = evals[t.number], self._extra[t.slot]["recorder"]
+            value = scores.eval_loss
             t.evaluated_at = t.step
-            point = EvalPoint(step=t.step, eval_loss=value, epoch=t.epoch, seconds=self._seconds(t))
+            point = EvalPoint(
+                step=t.step, eval_loss=value, epoch=t.epoch, seconds=self._seconds(t), metrics=scores.metrics
+            )
             stopped = self._write(t, point)
             if stopped is not None:  # the health monitor ended the trial on this evaluation
                 out.append(stopped)
@@ -506,6 +509,24 @@ class Readback:
         if self.event is not None:
             self.event.synchronize()
         return self.host.tolist()
+
+
+@dataclass(frozen=True)
+class EvalScores:
+    """One trial's eval: token-mean loss, and the teacher-forced task metrics (`Pack.eval_scores`)."""
+
+    eval_loss: float
+    token_accuracy: float
+    greedy_match: float
+
+    @classmethod
+    def of(cls, sums: list[float]) -> EvalScores:
+        loss, tokens, correct, exact, examples = sums
+        return cls(loss / tokens, correct / tokens, exact / examples)
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        return {"token_accuracy": round(self.token_accuracy, 6), "greedy_match": round(self.greedy_match, 6)}
 
 
 def _chunks(items: list, size: int) -> list[list]:

@@ -128,3 +128,20 @@ def chunked_ce_sums(
     return _LinearCrossEntropy.apply(
         hidden, labels, owner, segments, head.weight, getattr(head, "bias", None), chunk_rows, chunk_fn, fixed
     )
+
+
+def token_scores(
+    hidden: torch.Tensor, labels: torch.Tensor, head: torch.nn.Module, chunk_rows: int = 4096
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token losses [n] (fp32) and whether each target is the argmax [n] (bool), chunk by chunk
+    (eval only: no gradient)."""
+    losses, correct = [], []
+    bias = getattr(head, "bias", None)
+    for start in range(0, hidden.shape[0], chunk_rows):
+        logits = F.linear(hidden[start : start + chunk_rows], head.weight, bias).float()
+        y = labels[start : start + chunk_rows]
+        losses.append(torch.logsumexp(logits, -1) - logits.gather(1, y[:, None]).squeeze(1))
+        correct.append(logits.argmax(-1) == y)
+    if not losses:
+        return hidden.new_zeros(0, dtype=torch.float32), torch.zeros(0, dtype=torch.bool, device=hidden.device)
+    return torch.cat(losses), torch.cat(correct)

@@ -16,7 +16,14 @@ from torch import nn
 
 from tunepilot.engines.packed.inject import wrap_linears
 from tunepilot.engines.packed.lora import PackContext, _mix_seed
-from tunepilot.engines.packed.loss import IGNORE_INDEX, ce_chunk, ce_chunk_fused, chunked_ce_sums, trained_positions
+from tunepilot.engines.packed.loss import (
+    IGNORE_INDEX,
+    ce_chunk,
+    ce_chunk_fused,
+    chunked_ce_sums,
+    token_scores,
+    trained_positions,
+)
 from tunepilot.engines.packed.norms import fuse_rms_norms
 from tunepilot.errors import UserError
 
@@ -129,15 +136,8 @@ class Pack:
 
         Nothing here waits for the GPU: the sums stay on the device until the caller reads them."""
         b = self.batch(micro)
-        ctx = self.context
-        ctx.segments, ctx.training = b.segments, training
-        ctx.dropout_seeds = {s: _mix_seed(*k) for s, k in (seeds or {}).items()}
-        ctx.widths = {s: max(len(e["input_ids"]) for e in exs) for s, exs in micro.items()}
-        self._prepare(b.segments, b.inputs["input_ids"].shape[0])
-        self.model.train(training and self.gradient_checkpointing)  # HF checkpoints only in train mode
-        hidden = self.decoder(
-            input_ids=b.inputs["input_ids"], attention_mask=b.inputs.get("attention_mask"), use_cache=False
-        ).last_hidden_state
+        self.context.dropout_seeds = {s: _mix_seed(*k) for s, k in (seeds or {}).items()}
+        hidden = self._hidden(b, micro, training)
         h = hidden.reshape(-1, hidden.shape[-1]).index_select(0, b.keep)
         totals = chunked_ce_sums(
             h,
@@ -150,6 +150,47 @@ class Pack:
             fixed=self.chunk_fn is not ce_chunk,
         )
         return {slot: (totals[i], b.counts[i]) for i, (slot, _, _) in enumerate(b.segments)}
+
+    @torch.no_grad()
+    def eval_scores(self, micro: dict[int, list[Example]]) -> dict[int, torch.Tensor]:
+        """Per slot, one device vector of one eval forward pass: [sum of token losses, trained
+        tokens, tokens predicted exactly (argmax), examples whose every answer token is the argmax,
+        examples]. An example all of whose answer tokens are the argmax given the tokens before is
+        one that greedy decoding reproduces exactly (under teacher forcing the two are the same
+        test), so `greedy_match` is exact-match accuracy of greedy generation, from one pass."""
+        b = self.batch(micro)
+        hidden = self._hidden(b, micro, training=False)
+        h = hidden.reshape(-1, hidden.shape[-1]).index_select(0, b.keep)
+        losses, correct = token_scores(h, b.targets, self.head, self.chunk_rows)
+        length = b.inputs["input_ids"].shape[1]
+        example = b.keep // length  # the row (example) of each trained position
+        rows = b.inputs["input_ids"].shape[0]
+        wrong = torch.zeros(rows, device=h.device).index_add_(0, example, (~correct).float())
+        trained = torch.zeros(rows, device=h.device).index_add_(0, example, torch.ones_like(losses))
+        exact = (wrong == 0) & (trained > 0)
+        out = {}
+        for i, (slot, first, end) in enumerate(b.segments):
+            mine = b.owner == i
+            out[slot] = torch.stack(
+                [
+                    losses[mine].sum(),
+                    mine.sum().float(),
+                    correct[mine].sum().float(),
+                    exact[first:end].sum().float(),
+                    (trained[first:end] > 0).sum().float(),
+                ]
+            )
+        return out
+
+    def _hidden(self, b: Batch, micro: dict[int, list[Example]], training: bool) -> torch.Tensor:
+        ctx = self.context
+        ctx.segments, ctx.training = b.segments, training
+        ctx.widths = {s: max(len(e["input_ids"]) for e in exs) for s, exs in micro.items()}
+        self._prepare(b.segments, b.inputs["input_ids"].shape[0])
+        self.model.train(training and self.gradient_checkpointing)  # HF checkpoints only in train mode
+        return self.decoder(
+            input_ids=b.inputs["input_ids"], attention_mask=b.inputs.get("attention_mask"), use_cache=False
+        ).last_hidden_state
 
     def _prepare(self, segments: list, rows: int) -> None:
         """Before a forward pass: cast the LoRA bank once and hand each layer its views, and fill each
