@@ -1,0 +1,332 @@
+"""A corpus of real LoRA learning curves: SmolLM2-135M-Instruct on GSM8K, BANKING77 and their mix,
+trained by the packed engine, written as a replay-engine curves file.
+
+    python bench/lora_corpus.py --model SmolLM2-135M-Instruct.Q4_1.gguf --shared ../shared/data \
+        --out bench/lora_curves/curves.jsonl --configs 192 --repeats 24 --steps 300 --deadline 540
+    python bench/lora_corpus.py --smoke --out /tmp/curves.jsonl      # CPU, tiny random model, seconds
+
+Each configuration is drawn at random (seeded) from the space below; `--repeats` of them are run
+again with seeds 1 and 2 (same `config_id`), to measure seed noise. Every trial trains `--steps`
+optimizer steps at micro-batch 4 (the effective batch through gradient accumulation) and is
+evaluated at 10 points of its schedule on its task's held-out set: eval loss, and the teacher-forced
+task metrics of the packed engine (`token_accuracy`, `greedy_match`: the share of answers greedy
+decoding reproduces exactly). Task "mix" trains on GSM8K and BANKING77 together, stacked or phased
+(`data.mix`), and is evaluated on both halves.
+
+Each finished trial is appended to `--out` as one JSON line at once, so a run cut short by
+`--deadline` (no new trial starts after it) or by the machine keeps what it finished. Lines:
+hyperparameter columns, `total_model_steps`, `examples_seen`, `status`, and `learning_curves`
+{train_loss, grad_norm (every step), eval_loss, token_accuracy, greedy_match (each eval)}.
+
+The data are read from `--shared` (never copied into the repository): the first `--train-records`
+of GSM8K train; a seeded sample of BANKING77 train; the first `--eval-records` of each test split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tunepilot.config import build_config
+from tunepilot.engines.base import Outcome, TrialSpec
+from tunepilot.engines.observers import Observer, RunInfo
+from tunepilot.engines.packed import PackedEngine
+from tunepilot.stream import EvalPoint, TrainStep
+
+RANKS = (4, 8, 16, 32, 64, 128)
+ALPHA_RATIOS = (0.5, 1.0, 2.0, 4.0)
+WARMUPS = (0.0, 0.03, 0.1)
+SCHEDULES = ("constant", "cosine", "linear")
+TASKS = ("gsm8k", "banking77", "mix")
+MICRO_BATCH = 4
+EVAL_FRACTIONS = tuple(round(0.1 * i, 1) for i in range(1, 11))
+
+
+@dataclass
+class TrialPlan:
+    number: int
+    config_id: int
+    seed: int
+    task: str
+    mix: str  # none | stacked | phased
+    learning_rate: float
+    lora_rank: int
+    alpha_ratio: float
+    effective_batch: int
+    warmup_ratio: float
+    lr_scheduler_type: str
+
+    def columns(self) -> dict[str, Any]:
+        return {
+            "task": self.task,
+            "learning_rate": self.learning_rate,
+            "lora_rank": self.lora_rank,
+            "alpha_ratio": self.alpha_ratio,
+            "lora_alpha": self.lora_rank * self.alpha_ratio,
+            "effective_batch": self.effective_batch,
+            "warmup_ratio": self.warmup_ratio,
+            "lr_scheduler_type": self.lr_scheduler_type,
+            "mix": self.mix,
+            "seed": self.seed,
+            "config_id": self.config_id,
+        }
+
+
+def sample_plans(
+    configs: int, repeats: int, batches: tuple[int, ...], seed: int = 0, block: int = 16
+) -> list[TrialPlan]:
+    """`configs` random configurations (seed 0), then seeds 1 and 2 of the first `repeats`; shuffled
+    so that what a deadline cuts off is a random subset, not one region of the space."""
+    rng = random.Random(seed)
+    plans = [_draw(rng, i, batches) for i in range(configs)]
+    for base in plans[:repeats]:
+        for s in (1, 2):
+            plans.append(TrialPlan(**{**base.__dict__, "number": len(plans), "seed": s}))
+    rng.shuffle(plans)
+    return _task_blocks(plans, block)
+
+
+def _task_blocks(plans: list[TrialPlan], block: int) -> list[TrialPlan]:
+    """Runs of `block` trials of one task, the tasks in turn: a pack pads every row to its longest
+    one, so GSM8K answers (~250 tokens) packed with BANKING77 labels (~60) would waste most of
+    the banking rows."""
+    queues = {task: [p for p in plans if p.task == task] for task in TASKS}
+    out = []
+    while any(queues.values()):
+        for task in TASKS:
+            out += queues[task][:block]
+            queues[task] = queues[task][block:]
+    return out
+
+
+def _draw(rng: random.Random, i: int, batches: tuple[int, ...]) -> TrialPlan:
+    task = TASKS[i % len(TASKS)]
+    return TrialPlan(
+        number=i,
+        config_id=i,
+        seed=0,
+        task=task,
+        mix=rng.choice(("stacked", "phased")) if task == "mix" else "none",
+        learning_rate=float(f"{math.exp(rng.uniform(math.log(1e-5), math.log(3e-3))):.3g}"),
+        lora_rank=rng.choice(RANKS),
+        alpha_ratio=rng.choice(ALPHA_RATIOS),
+        effective_batch=rng.choice(batches),
+        warmup_ratio=rng.choice(WARMUPS),
+        lr_scheduler_type=rng.choice(SCHEDULES),
+    )
+
+
+def write_tasks(shared: Path, work: Path, train_records: int, eval_records: int) -> dict[str, tuple[str, str]]:
+    """Alpaca JSONL files of each task in `work`: {task: (train, eval)}; mix trains on both."""
+    work.mkdir(parents=True, exist_ok=True)
+    gsm = [json.loads(line) for line in (shared / "gsm8k" / "train.jsonl").open()][:train_records]
+    gsm_eval = [json.loads(line) for line in (shared / "gsm8k" / "test.jsonl").open()][:eval_records]
+    bank = _banking(shared / "banking77" / "train.csv", train_records, seed=0)
+    bank_eval = _banking(shared / "banking77" / "test.csv", eval_records, seed=1)
+    files = {
+        "gsm8k_train": [_alpaca(r["question"], r["answer"]) for r in gsm],
+        "gsm8k_eval": [_alpaca(r["question"], r["answer"]) for r in gsm_eval],
+        "banking77_train": bank,
+        "banking77_eval": bank_eval,
+        "mix_eval": [*[_alpaca(r["question"], r["answer"]) for r in gsm_eval[::2]], *bank_eval[::2]],
+    }
+    for name, rows in files.items():
+        (work / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    path = {name: str(work / f"{name}.jsonl") for name in files}
+    return {
+        "gsm8k": (path["gsm8k_train"], path["gsm8k_eval"]),
+        "banking77": (path["banking77_train"], path["banking77_eval"]),
+        "mix": (f"{path['gsm8k_train']},{path['banking77_train']}", path["mix_eval"]),
+    }
+
+
+def _alpaca(prompt: str, answer: str) -> dict[str, str]:
+    return {"instruction": prompt, "output": answer}
+
+
+def _banking(path: Path, n: int, seed: int) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    random.Random(seed).shuffle(rows)
+    return [_alpaca(r["text"], r["category"]) for r in rows[:n]]
+
+
+def trial_config(base: dict[str, Any], plan: TrialPlan, tasks: dict[str, tuple[str, str]], steps: int):
+    train, evals = tasks[plan.task]
+    raw = {
+        **base,
+        "dataset": train,
+        "eval_dataset": evals,
+        "max_steps": steps,
+        "learning_rate": plan.learning_rate,
+        "lora_rank": plan.lora_rank,
+        "lora_alpha": plan.lora_rank * plan.alpha_ratio,
+        "per_device_train_batch_size": MICRO_BATCH,
+        "gradient_accumulation_steps": max(1, plan.effective_batch // MICRO_BATCH),
+        "warmup_ratio": plan.warmup_ratio,
+        "lr_scheduler_type": plan.lr_scheduler_type,
+        "seed": plan.seed,
+        "output_dir": f"corpus/t{plan.number}",
+    }
+    if plan.task == "mix":
+        raw["mix"] = plan.mix
+    return build_config(raw, check_paths=False)[0]
+
+
+class CurveWriter(Observer):
+    """Collects one trial's metrics stream and appends its corpus line when the run ends."""
+
+    def __init__(self, plans: dict[int, TrialPlan], out, steps: int):
+        self.plans, self.out, self.steps = plans, out, steps
+        self.trial: int | None = None
+        self.train: list[TrainStep] = []
+        self.evals: list[EvalPoint] = []
+
+    def on_start(self, info: RunInfo) -> None:
+        self.trial = info.trial
+
+    def on_record(self, record, control) -> None:
+        if isinstance(record, TrainStep):
+            self.train.append(record)
+        elif isinstance(record, EvalPoint) and record.step > 0:
+            self.evals.append(record)
+
+    def on_end(self, summary) -> None:
+        plan = self.plans[self.trial]
+        finite = all(math.isfinite(v) for v in self._values())
+        line = {
+            **plan.columns(),
+            "total_model_steps": self.steps,
+            "examples_seen": len(self.train) * plan.effective_batch,
+            "status": "complete" if summary.ok and len(self.train) == self.steps and finite else "failed",
+            "learning_curves": self._curves(),
+        }
+        self.out.write(json.dumps(line) + "\n")
+        self.out.flush()
+
+    def _values(self):
+        yield from (t.loss for t in self.train)
+        yield from (e.eval_loss for e in self.evals)
+
+    def _curves(self) -> dict[str, list]:
+        curves = {
+            "train_loss": [[t.step, _round(t.loss)] for t in self.train],
+            "grad_norm": [[t.step, _round(t.grad_norm)] for t in self.train],
+            "eval_loss": [[e.step, _round(e.eval_loss)] for e in self.evals],
+        }
+        for name in ("token_accuracy", "greedy_match"):
+            curves[name] = [[e.step, e.metrics[name]] for e in self.evals if name in e.metrics]
+        return curves
+
+
+def _round(v: float | None) -> float | None:
+    return None if v is None else round(v, 5) if math.isfinite(v) else v
+
+
+def run(args: argparse.Namespace, base: dict[str, Any], tasks: dict, plans: list[TrialPlan]) -> dict[str, Any]:
+    by_number = {p.number: p for p in plans}
+    started = time.perf_counter()
+    configs = {p.number: trial_config(base, p, tasks, args.steps) for p in plans}
+    with open(args.out, "a") as out:
+        engine = PackedEngine(
+            configs[plans[0].number],
+            args.slots,
+            observers=lambda cfg: [CurveWriter(by_number, out, args.steps)],
+            compile=args.compile,
+        )
+        done = _drive(engine, plans, configs, started + args.deadline)
+        engine.close()
+    seconds = time.perf_counter() - started
+    return {
+        "trials": len(done),
+        "complete": sum(o.state == "complete" for o in done),
+        "seconds": round(seconds, 1),
+        "trained_tokens": sum(o.tokens or 0 for o in done),
+        "engine_seconds": {k: round(v, 1) for k, v in engine.seconds.items()},
+        "slots": engine.slots,
+    }
+
+
+def _drive(engine: PackedEngine, plans: list[TrialPlan], configs: dict, deadline: float) -> list[Outcome]:
+    queue, done = list(plans), []
+    while queue or engine.active:
+        while queue and len(engine.active) < engine.slots and time.perf_counter() < deadline:
+            plan = queue.pop(0)
+            engine.start(TrialSpec(plan.number, {}, configs[plan.number], report_fractions=EVAL_FRACTIONS))
+        if not engine.active:
+            break
+        finished = [p for p in engine.advance() if isinstance(p, Outcome)]
+        done += finished
+        for o in finished:
+            print(f"trial {o.number}: {o.state} {o.value}", file=sys.stderr, flush=True)
+        if finished:
+            print(f"{len(done)} done, {len(queue)} queued", file=sys.stderr, flush=True)
+    return done
+
+
+def base_settings(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "model_name_or_path": str(args.model),
+        "format": "alpaca",
+        "cutoff_len": args.cutoff_len,
+        "lora_target": "all-linear",
+        "lora_dropout": 0.0,
+        "per_device_eval_batch_size": 16,
+        "load_best_model_at_end": False,
+        "device": args.device,
+        "health": {"enabled": False},  # every curve runs its whole schedule: divergence is data here
+    }
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", type=Path, help="SmolLM2 .gguf file or a model directory")
+    p.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--configs", type=int, default=192)
+    p.add_argument("--repeats", type=int, default=24)
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--batches", default="8,16,32", help="effective batches to draw from")
+    p.add_argument("--slots", type=int, default=16)
+    p.add_argument("--train-records", type=int, default=2000)
+    p.add_argument("--eval-records", type=int, default=48)
+    p.add_argument("--cutoff-len", type=int, default=320)
+    p.add_argument("--deadline", type=float, default=math.inf, help="seconds after which no trial starts")
+    p.add_argument("--skip", type=int, default=0, help="skip the first N trials of the order (a second call)")
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--work", type=Path, default=Path("/tmp/lora_corpus"))
+    p.add_argument("--smoke", action="store_true", help="tiny random model on CPU: the mechanics only")
+    args = p.parse_args(argv)
+    if args.smoke:
+        from tunepilot.testing import tiny_model_dir
+
+        args.model = tiny_model_dir(args.work / "tiny-model")
+        args.configs, args.repeats, args.steps, args.slots = 4, 1, 4, 3
+        args.train_records, args.eval_records, args.cutoff_len, args.device = 24, 4, 384, "cpu"
+    if args.model is None:
+        p.error("--model is required (or --smoke)")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse(argv)
+    tasks = write_tasks(args.shared, args.work / "data", args.train_records, args.eval_records)
+    batches = tuple(int(b) for b in args.batches.split(","))
+    plans = sample_plans(args.configs, args.repeats, batches, block=args.slots)[args.skip :]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    result = run(args, base_settings(args), tasks, plans)
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
