@@ -95,6 +95,15 @@ class RunRecorder:
         )
         for observer in self.observers:
             observer.on_start(info)
+        if not resumed_from:  # what a reader of the stream alone needs to place each step in the run
+            self.record(
+                Event(
+                    step=0,
+                    code="run_start",
+                    message=f"{self.engine} run of {self.planned_steps} planned steps",
+                    data={"planned_steps": self.planned_steps, "engine": self.engine},
+                )
+            )
         if resumed_from:
             self.record(Event(step=resumed_from, code="resumed", message=f"resumed from step {resumed_from}"))
 

@@ -305,6 +305,7 @@ class TrainingRun:
             restored_best=restored,
             peak_memory_mb=self._peak_memory_mb(),
             device=str(self.device),
+            processes=self.dist.world,
             parameters={"total": total, "trainable": trainable},
             plan=self.plan.as_dict(),
             data=self.data.stats,

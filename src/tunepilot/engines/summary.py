@@ -67,6 +67,7 @@ class RunSummary(BaseModel):
     restored_best: bool = False
     peak_memory_mb: float | None = None
     device: str
+    processes: int = 1  # data-parallel processes the run trained on (torchrun / accelerate ranks)
     parameters: dict[str, int] = {}
     plan: dict[str, Any] = {}
     data: dict[str, Any] = {}

@@ -51,7 +51,12 @@ def _standard(spec, base: RunConfig, sweep_dir: Path):
 
     _no_options(spec, set())
     # the engine reports this metric at each fraction: eval_loss, or a task metric of its evaluator
-    return StandardEngine(objective=spec.objective.metric or "eval_loss")
+    objective = spec.objective.metric or "eval_loss"
+    if base is not None and base.train.nproc > 1:  # each trial on N processes: `train --nproc N`
+        from tunepilot.engines.launched import LaunchedEngine
+
+        return LaunchedEngine(objective=objective)
+    return StandardEngine(objective=objective)
 
 
 def _packed(spec, base: RunConfig, sweep_dir: Path):

@@ -138,13 +138,22 @@ def choose_winner(pilots: list[Pilot]) -> tuple[Pilot | None, float | None]:
     return min(alive, key=lambda p: p.reports[at]), at
 
 
+def _engine_for(config: RunConfig) -> Engine:
+    """In this process; or, for a target planned on N GPUs (`train.nproc`), as N processes each."""
+    if config.train.nproc > 1:
+        from tunepilot.engines.launched import LaunchedEngine
+
+        return LaunchedEngine(objective="eval_loss")
+    from tunepilot.engines.standard import StandardEngine
+
+    return StandardEngine(objective="eval_loss")
+
+
 def run_pilots(
     config: RunConfig, settings: TransferSettings, root: str | Path, engine: Engine | None = None
 ) -> PilotResult:
-    from tunepilot.engines.standard import StandardEngine
-
     specs, total, steps = pilot_configs(config, settings, Path(root))
-    engine = engine or StandardEngine(objective="eval_loss")
+    engine = engine or _engine_for(config)
     try:
         pilots = [run_pilot(engine, spec) for spec in specs]
     finally:

@@ -1,0 +1,87 @@
+"""Trials planned on N processes run as `tunepilot train --nproc N` (the launched engine): pilots of a
+multi-GPU target and sweeps over a multi-GPU base. CPU, gloo, 2 processes, the tiny model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from tests.distributed.test_ddp import _config
+from tunepilot.config import load_config
+from tunepilot.engines.base import Outcome, Report, TrialSpec
+from tunepilot.engines.launched import LaunchedEngine
+from tunepilot.engines.summary import read_summary
+from tunepilot.stream import EvalPoint, read_stream
+from tunepilot.transfer import TransferSettings
+from tunepilot.transfer.pilot import run_pilots
+
+
+@pytest.fixture(autouse=True)
+def one_thread(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+
+
+def test_pilots_of_a_two_gpu_target_run_on_two_processes(tmp_path, tiny_model):
+    config = load_config(_config(tmp_path, tiny_model, "target"), ["nproc=2", "max_steps=40"])[0]
+    settings = TransferSettings(pilot_factors=(0.5, 2.0), pilot_fraction=0.1)
+    result = run_pilots(config, settings, tmp_path / "pilots")
+    assert [p.state for p in result.pilots] == ["complete", "complete"]
+    assert result.winner is not None and result.config.train.learning_rate == result.winner.learning_rate
+    for i, pilot in enumerate(result.pilots):
+        summary = read_summary(tmp_path / "pilots" / f"pilot-{i}" / "summary.json")
+        assert summary.processes == 2 and summary.steps == 4
+        assert sorted(pilot.reports) == [round(s / 4, 4) for s in (1, 2, 3, 4)]  # every eval of rank 0's stream
+        evals = [
+            r for r in read_stream(tmp_path / "pilots" / f"pilot-{i}" / "metrics.jsonl") if isinstance(r, EvalPoint)
+        ]
+        assert pilot.reports[1.0] == pytest.approx(evals[-1].eval_loss)
+
+
+def test_a_stopped_launched_trial_ends_every_process_and_is_pruned(tmp_path, tiny_model):
+    config = load_config(_config(tmp_path, tiny_model, "trial"), ["nproc=2", "max_steps=200", "eval_steps=1"])[0]
+    engine = LaunchedEngine(poll_s=0.05)
+    engine.start(TrialSpec(0, {}, config, run_dir=tmp_path / "t0"))
+    first = engine.advance()
+    assert isinstance(first[0], Report) and first[0].step == 1 and first[0].fraction == pytest.approx(1 / 200)
+    proc = engine._proc
+    outcome = engine.stop(0, "pruned by median")
+    assert isinstance(outcome, Outcome) and outcome.state == "pruned" and proc.poll() is not None
+    assert engine.active == [] and engine.advance() == []
+
+
+def test_a_launched_trial_that_cannot_start_fails_with_its_output(tmp_path, tiny_model):
+    path = _config(tmp_path, tiny_model, "bad")
+    config = load_config(path, ["nproc=2"])[0]
+    config.data.train = str(tmp_path / "gone.jsonl")  # removed after the config was checked
+    engine = LaunchedEngine(poll_s=0.05)
+    engine.start(TrialSpec(0, {}, config, run_dir=tmp_path / "t0"))
+    (outcome,) = engine.advance()
+    assert outcome.state == "failed" and "gone.jsonl" in outcome.reason
+
+
+def test_a_sweep_over_a_two_gpu_base_launches_its_trials(tmp_path, tiny_model):
+    from typer.testing import CliRunner
+
+    from tunepilot.cli.app import app
+
+    with open(_config(tmp_path, tiny_model, "base")) as f:
+        base = yaml.safe_load(f)
+    sweep = {
+        "base": {**base, "nproc": 2, "max_steps": 4, "eval_steps": 2},
+        "space": {"learning_rate": [1e-3, 3e-3]},
+        "sampler": {"name": "grid"},
+        "pruner": "none",
+        "budget": {"n_trials": 2},
+    }
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    result = CliRunner().invoke(app, ["sweep", str(path), "--dir", str(tmp_path / "sw"), "--json"])
+    assert result.exit_code == 0, result.output[-3000:]
+    body = json.loads(result.stdout[result.stdout.index("{") :])
+    assert sorted(r["state"] for r in body["leaderboard"]) == ["complete", "complete"]
+    summaries = [read_summary(d / "summary.json") for d in sorted((tmp_path / "sw" / "trials").iterdir()) if d.is_dir()]
+    assert [s.processes for s in summaries] == [2, 2]
