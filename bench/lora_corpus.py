@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from tunepilot.config import build_config
 from tunepilot.engines.base import Outcome, TrialSpec
 from tunepilot.engines.observers import Observer, RunInfo
@@ -252,6 +254,7 @@ def run(args: argparse.Namespace, base: dict[str, Any], tasks: dict, plans: list
         "trained_tokens": sum(o.tokens or 0 for o in done),
         "engine_seconds": {k: round(v, 1) for k, v in engine.seconds.items()},
         "slots": engine.slots,
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
     }
 
 
