@@ -569,9 +569,19 @@ def load_config(
     return build_config(raw, source=str(path or "--set"), check_paths=check_paths, root=root)
 
 
+def as_raw(config: RunConfig) -> dict[str, Any]:
+    """Every value explicit, except `fsdp_config` of a run that does not shard: `strategy: auto`
+    reads any fsdp_config key a user wrote as asking for FSDP, so a DDP run written with all of them
+    would come back as FSDP."""
+    raw = config.model_dump(mode="json")
+    if config.parallel.resolved != "fsdp":
+        raw["parallel"].pop("fsdp_config")
+    return raw
+
+
 def dump_config(config: RunConfig) -> str:
     """YAML with sections, every value explicit: what ran, ready to run again."""
-    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+    return yaml.safe_dump(as_raw(config), sort_keys=False)
 
 
 # Keys a resumed run may change: they decide when to evaluate, log, save or stop and where results go,
@@ -599,7 +609,7 @@ RESUME_SAFE_WITHOUT_SPLIT = ("data.eval", "data.max_eval_samples")
 def resume_conflicts(saved: RunConfig, new: RunConfig) -> list[str]:
     """The keys (dotted, sorted) whose change between a run's saved config and the resuming config
     would change the trained result, so that the run cannot continue exactly where it stopped."""
-    old_flat, new_flat = _flatten(saved.model_dump(mode="json")), _flatten(new.model_dump(mode="json"))
+    old_flat, new_flat = _flatten(as_raw(saved)), _flatten(as_raw(new))
     no_split = saved.data.val_size == 0 and new.data.val_size == 0
     changed = sorted(k for k in old_flat.keys() | new_flat.keys() if old_flat.get(k) != new_flat.get(k))
     return [
@@ -621,7 +631,7 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def config_with(config: RunConfig, updates: dict[str, Any]) -> RunConfig:
     """A copy with flat or dotted keys replaced, validated like a file (used by sweeps and transfer)."""
-    raw = config.model_dump(mode="json")
+    raw = as_raw(config)
     raw.update(updates)
     new, _ = build_config(raw, source="updated config", check_paths=False)
     return new

@@ -121,3 +121,18 @@ def test_axolotl_fsdp_config_maps_and_bad_values_name_their_key_path(tmp_path, t
     assert result.exit_code == 2
     assert "parallel.fsdp_config.version" in result.output and "parallel.fsdp_config.offload_params" in result.output
     assert "Traceback" not in result.output
+
+
+def test_a_written_config_keeps_its_strategy(tmp_path):
+    """A DDP config written out and read back (run dir, transfer, sweep trials) stays DDP: `strategy:
+    auto` reads the fsdp keys a user wrote, and a dump writes every key."""
+    from tunepilot.config import build_config, config_with, dump_config, load_config, resume_conflicts
+
+    ddp = build_config({"model_name_or_path": "m", "dataset": "d.jsonl", "nproc": 2}, check_paths=False)[0]
+    fsdp = config_with(ddp, {"fsdp": "full_shard auto_wrap"})
+    for config, strategy in ((ddp, "ddp"), (fsdp, "fsdp")):
+        path = tmp_path / f"{strategy}.yaml"
+        path.write_text(dump_config(config))
+        again = load_config(path, check_paths=False)[0]
+        assert again.parallel.resolved == config_with(config, {}).parallel.resolved == strategy
+        assert resume_conflicts(again, config) == []

@@ -1,4 +1,4 @@
-"""The engine contract: one suite every engine passes (standard, packed, replay), and one run
+"""The engine contract: one suite every engine passes (standard, packed, replay, launched), and one run
 lifecycle: a packed trial's directory is a standard run's."""
 
 from __future__ import annotations
@@ -34,10 +34,15 @@ def _make(name: str, tiny_config):
 
         return engine, spec
     config = tiny_config(max_steps=4, eval_steps=2)
+    nproc = 2 if name == "launched" else 1  # `train --nproc 2`: two gloo processes on CPU
     if name == "standard":
         from tunepilot.engines.standard import StandardEngine
 
         engine = StandardEngine()
+    elif name == "launched":
+        from tunepilot.engines.launched import LaunchedEngine
+
+        engine = LaunchedEngine(poll_s=0.05)
     else:
         from tunepilot.engines.packed.engine import PackedEngine
 
@@ -47,7 +52,7 @@ def _make(name: str, tiny_config):
         return TrialSpec(
             n,
             {"learning_rate": 1e-3 * (n + 1)},
-            tiny_config(max_steps=4, learning_rate=1e-3 * (n + 1), output_dir=str(run_dir)),
+            tiny_config(max_steps=4, learning_rate=1e-3 * (n + 1), output_dir=str(run_dir), nproc=nproc),
             run_dir,
             report_fractions=(0.5, 1.0),
         )
@@ -67,8 +72,9 @@ def _run_out(engine, number: int) -> tuple[list[Report], Outcome]:
     raise AssertionError("the engine never finished the trial")
 
 
-@pytest.mark.parametrize("name", ["standard", "packed", "replay"])
-def test_every_engine_keeps_the_contract(name, tiny_config, tmp_path):
+@pytest.mark.parametrize("name", ["standard", "packed", "replay", "launched"])
+def test_every_engine_keeps_the_contract(name, tiny_config, tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the launched engine's processes share two cores
     engine, spec = _make(name, tiny_config)
     try:
         assert isinstance(engine, Engine)
