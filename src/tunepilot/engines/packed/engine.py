@@ -114,7 +114,8 @@ class PackedEngine:
         return [t.number for t in self._slots if t is not None]
 
     def supports(self, metric: str) -> bool:
-        """Eval loss only: a task metric needs generation, which the pack does not do (engine: standard)."""
+        """Eval loss only as the objective: task metrics scored by generation need the standard
+        engine (the teacher-forced token_accuracy and greedy_match are recorded, not optimised)."""
         return metric == "eval_loss"
 
     def config_key(self, spec: TrialSpec) -> str | None:
