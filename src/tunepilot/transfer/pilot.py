@@ -72,23 +72,16 @@ class PilotResult:
 
 
 def planned_steps(config: RunConfig) -> int:
-    """The full run's optimizer steps, from the record count of the training data (as `train` plans)."""
-    from tunepilot.data.parse import ParseState, iter_conversations
+    """The full run's optimizer steps, from the record count of the training data (as `train` plans;
+    each dataset of several counted, as `iter_split` reads them)."""
+    from tunepilot.data.parse import ParseState, iter_split
     from tunepilot.engines.plan import make_plan
 
     if config.train.max_steps > 0:
         return config.train.max_steps
     if config.data.phase_steps:
         return sum(config.data.phase_steps)
-    state = ParseState()
-    n = sum(
-        1
-        for _ in iter_conversations(
-            config.data.train, config.data.format, config.data.columns, config.data.system, state
-        )
-    )
-    if config.data.max_samples:
-        n = min(n, config.data.max_samples)
+    n = sum(1 for _ in iter_split(config.data, "train", ParseState(), config.data.max_samples))
     if not config.data.eval:
         n = int(n * (1 - max(config.data.val_size, 0.05)))
     return make_plan(config.train, max(n, 1)).total_steps
