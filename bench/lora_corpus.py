@@ -14,7 +14,8 @@ decoding reproduces exactly). Task "mix" trains on GSM8K and BANKING77 together,
 (`data.mix`), and is evaluated on both halves.
 
 Each finished trial is appended to `--out` as one JSON line at once, so a run cut short by
-`--deadline` (no new trial starts after it) or by the machine keeps what it finished. Lines:
+`--deadline` (no new trial starts after it), `--stop-at` (running trials end, status "stopped") or by
+the machine keeps what it finished. Lines:
 hyperparameter columns, `total_model_steps`, `examples_seen`, `status`, and `learning_curves`
 {train_loss, grad_norm (every step), eval_loss, token_accuracy, greedy_match (each eval)}.
 
@@ -208,11 +209,16 @@ class CurveWriter(Observer):
             **plan.columns(),
             "total_model_steps": self.steps,
             "examples_seen": len(self.train) * plan.effective_batch,
-            "status": "complete" if summary.ok and len(self.train) == self.steps and finite else "failed",
+            "status": self._status(summary, finite),
             "learning_curves": self._curves(),
         }
         self.out.write(json.dumps(line) + "\n")
         self.out.flush()
+
+    def _status(self, summary, finite: bool) -> str:
+        if summary.status == "pruned":
+            return "stopped"  # ended by --stop-at, not by training: not a result
+        return "complete" if summary.ok and len(self.train) == self.steps and finite else "failed"
 
     def _values(self):
         yield from (t.loss for t in self.train)
@@ -244,7 +250,7 @@ def run(args: argparse.Namespace, base: dict[str, Any], tasks: dict, plans: list
             observers=lambda cfg: [CurveWriter(by_number, out, args.steps)],
             compile=args.compile,
         )
-        done = _drive(engine, plans, configs, started + args.deadline)
+        done = _drive(engine, plans, configs, started + args.deadline, started + args.stop_at)
         engine.close()
     seconds = time.perf_counter() - started
     return {
@@ -258,9 +264,14 @@ def run(args: argparse.Namespace, base: dict[str, Any], tasks: dict, plans: list
     }
 
 
-def _drive(engine: PackedEngine, plans: list[TrialPlan], configs: dict, deadline: float) -> list[Outcome]:
+def _drive(
+    engine: PackedEngine, plans: list[TrialPlan], configs: dict, deadline: float, stop_at: float
+) -> list[Outcome]:
     queue, done = list(plans), []
     while queue or engine.active:
+        if time.perf_counter() > stop_at:  # the machine's time is up: end the running trials (lines "stopped")
+            done += [engine.stop(n, "corpus time limit") for n in list(engine.active)]
+            break
         while queue and len(engine.active) < engine.slots and time.perf_counter() < deadline:
             plan = queue.pop(0)
             engine.start(TrialSpec(plan.number, {}, configs[plan.number], report_fractions=EVAL_FRACTIONS))
@@ -303,6 +314,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-records", type=int, default=48)
     p.add_argument("--cutoff-len", type=int, default=320)
     p.add_argument("--deadline", type=float, default=math.inf, help="seconds after which no trial starts")
+    p.add_argument("--stop-at", type=float, default=math.inf, help="seconds after which running trials end")
     p.add_argument("--skip", type=int, default=0, help="skip the first N trials of the order (a second call)")
     p.add_argument("--compile", action="store_true")
     p.add_argument("--device", default="auto")
