@@ -22,7 +22,8 @@ import sys
 import time
 from pathlib import Path
 
-from tunepilot.engines.base import Outcome, Progress, Report, TrialSpec, resolved_config_key
+from tunepilot.engines.base import Outcome, Progress, Report, TrialSpec
+from tunepilot.engines.standard import OneTrialEngine, supports_task_metric
 from tunepilot.engines.summary import FailureKind, read_summary
 from tunepilot.errors import UserError
 from tunepilot.stream import EvalPoint, Event, from_dict
@@ -31,13 +32,10 @@ POLL_S = 0.2  # how often a running trial's metrics file is read
 LOG_TAIL = 2000  # characters of a failed trial's output given as its reason
 
 
-class LaunchedEngine:
+class LaunchedEngine(OneTrialEngine):
     name = "launched"
-    default_metric = "eval_loss"
 
     def __init__(self, objective: str = "eval_loss", poll_s: float = POLL_S):
-        from tunepilot.engines.standard import supports_task_metric
-
         if not supports_task_metric(objective):
             raise UserError(f"objective.metric: {objective!r} is neither eval_loss nor a task metric")
         self.objective, self.poll_s = objective, poll_s
@@ -47,32 +45,15 @@ class LaunchedEngine:
         self._stream: _StreamTail | None = None
         self._t0 = 0.0
 
-    @property
-    def slots(self) -> int:
-        return 1
-
-    @property
-    def active(self) -> list[int]:
-        return [self._trial.number] if self._trial else []
-
-    def supports(self, metric: str) -> bool:
-        from tunepilot.engines.standard import supports_task_metric
-
-        return supports_task_metric(metric)
-
-    def config_key(self, spec: TrialSpec) -> str | None:
-        return resolved_config_key(spec)
-
     def start(self, spec: TrialSpec) -> None:
-        if self._trial is not None:
-            raise RuntimeError("the launched engine has one slot and it is taken")
         if spec.run_dir is None:
             raise UserError(f"trial {spec.number}: a launched trial needs a run directory to be followed through")
         run_dir = Path(spec.run_dir)
         config_path = _write_config(spec, run_dir, self.objective)
         argv = ["train", str(config_path), "--nproc", str(spec.config.train.nproc), "--json"]
+        self._take_slot(spec)
         log = (run_dir.parent / f"{run_dir.name}.log").open("w")
-        self._trial, self._t0 = spec, time.perf_counter()
+        self._t0 = time.perf_counter()
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "tunepilot.cli.app", *argv],
             stdout=log,

@@ -30,9 +30,35 @@ def supports_task_metric(metric: str) -> bool:
     return metric == "eval_loss" or ":" in metric or canonical_name(metric) in metric_names()
 
 
-class StandardEngine:
-    name = "standard"
+class OneTrialEngine:
+    """What an engine of one slot that scores eval loss or a task metric shares (standard, launched)."""
+
+    name = "one-trial"
     default_metric = "eval_loss"
+    _trial: TrialSpec | None = None
+
+    @property
+    def slots(self) -> int:
+        return 1
+
+    @property
+    def active(self) -> list[int]:
+        return [self._trial.number] if self._trial else []
+
+    def supports(self, metric: str) -> bool:
+        return supports_task_metric(metric)
+
+    def config_key(self, spec: TrialSpec) -> str | None:
+        return resolved_config_key(spec)
+
+    def _take_slot(self, spec: TrialSpec) -> None:
+        if self._trial is not None:
+            raise RuntimeError(f"the {self.name} engine has one slot and it is taken")
+        self._trial = spec
+
+
+class StandardEngine(OneTrialEngine):
+    name = "standard"
 
     def __init__(self, objective: str = "eval_loss"):
         if not supports_task_metric(objective):
@@ -51,24 +77,9 @@ class StandardEngine:
         self._t0 = 0.0
         self._failed_at_start: Outcome | None = None  # a trial that could not start reports on advance
 
-    @property
-    def slots(self) -> int:
-        return 1
-
-    @property
-    def active(self) -> list[int]:
-        return [self._trial.number] if self._trial else []
-
-    def supports(self, metric: str) -> bool:
-        return supports_task_metric(metric)
-
-    def config_key(self, spec: TrialSpec) -> str | None:
-        return resolved_config_key(spec)
-
     def start(self, spec: TrialSpec) -> None:
-        if self._trial is not None:
-            raise RuntimeError("the standard engine has one slot and it is taken")
-        self._trial, self._t0 = spec, time.perf_counter()
+        self._take_slot(spec)
+        self._t0 = time.perf_counter()
         try:
             spec.config.output.overwrite_output_dir = True  # a trial's directory is the search's to reuse
             if self.objective != "eval_loss":
