@@ -103,8 +103,8 @@ def sample_plans(
 
 def _task_blocks(plans: list[TrialPlan], block: int) -> list[TrialPlan]:
     """Runs of `block` trials of one task, the tasks in turn: a pack pads every row to its longest
-    one, so GSM8K answers (~250 tokens) packed with BANKING77 labels (~60) would waste most of
-    the banking rows."""
+    one, so GSM8K's worked answers packed with BANKING77's short queries and labels would spend most
+    of the banking rows on padding."""
     queues = {task: [p for p in plans if p.task == task] for task in TASKS}
     out = []
     while any(queues.values()):
