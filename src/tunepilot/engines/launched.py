@@ -87,7 +87,7 @@ class LaunchedEngine(OneTrialEngine):
         out = []
         for record in self._stream.new_records():
             if isinstance(record, EvalPoint) and record.step > 0 and self._stream.planned:
-                value = _objective(record, self.objective)
+                value = _objective(record, self._stream.objective)
                 if value is not None:
                     fraction = round(record.step / self._stream.planned, 6)
                     out.append(Report(self._trial.number, fraction=fraction, step=record.step, value=value))
@@ -143,9 +143,8 @@ def _write_config(spec: TrialSpec, run_dir: Path, objective: str) -> Path:
 
 
 def _objective(point: EvalPoint, objective: str) -> float | None:
-    if objective == "eval_loss":
-        return point.eval_loss
-    return next((v for k, v in point.metrics.items() if k == objective or k.endswith(f":{objective}")), None)
+    """The value of the run's objective (named by its `run_start` event, as its recorder knows it)."""
+    return point.eval_loss if objective == "eval_loss" else point.metrics.get(objective)
 
 
 def _end_group(proc: subprocess.Popen) -> None:
@@ -166,7 +165,7 @@ class _StreamTail:
     """The records appended to a metrics.jsonl since the last read (whole lines only)."""
 
     def __init__(self, path: Path):
-        self.path, self.offset, self.planned = path, 0, 0
+        self.path, self.offset, self.planned, self.objective = path, 0, 0, "eval_loss"
 
     def new_records(self) -> list:
         if not self.path.is_file():
@@ -180,4 +179,5 @@ class _StreamTail:
         for r in records:
             if isinstance(r, Event) and r.code == "run_start":
                 self.planned = int(r.data.get("planned_steps", 0))
+                self.objective = r.data.get("objective", "eval_loss")
         return records

@@ -101,7 +101,7 @@ class RunRecorder:
                     step=0,
                     code="run_start",
                     message=f"{self.engine} run of {self.planned_steps} planned steps",
-                    data={"planned_steps": self.planned_steps, "engine": self.engine},
+                    data={"planned_steps": self.planned_steps, "engine": self.engine, "objective": self.objective.name},
                 )
             )
         if resumed_from:
