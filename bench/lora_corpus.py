@@ -15,7 +15,8 @@ decoding reproduces exactly). Task "mix" trains on GSM8K and BANKING77 together,
 
 Each finished trial is appended to `--out` as one JSON line at once, so a run cut short by
 `--deadline` (no new trial starts after it), `--stop-at` (running trials end, status "stopped") or by
-the machine keeps what it finished. Lines:
+the machine keeps what it finished; run again with the same `--out`, it trains only the trials that
+have no result there yet (a "stopped" line is no result). Lines:
 hyperparameter columns, `total_model_steps`, `examples_seen`, `status`, and `learning_curves`
 {train_loss, grad_norm (every step), eval_loss, token_accuracy, greedy_match (each eval)}.
 
@@ -271,7 +272,7 @@ def run(args: argparse.Namespace, base: dict[str, Any], tasks: dict, plans: list
 def _drive(
     engine: PackedEngine, plans: list[TrialPlan], configs: dict, deadline: float, stop_at: float
 ) -> list[Outcome]:
-    queue, done = list(plans), []
+    queue, done, t0 = list(plans), [], time.perf_counter()
     while queue or engine.active:
         if time.perf_counter() > stop_at:  # the machine's time is up: end the running trials (lines "stopped")
             done += [engine.stop(n, "corpus time limit") for n in list(engine.active)]
@@ -286,8 +287,17 @@ def _drive(
         for o in finished:
             print(f"trial {o.number}: {o.state} {o.value}", file=sys.stderr, flush=True)
         if finished:
-            print(f"{len(done)} done, {len(queue)} queued", file=sys.stderr, flush=True)
+            elapsed = time.perf_counter() - t0
+            print(f"{len(done)} done, {len(queue)} queued, {elapsed:.0f} s", file=sys.stderr, flush=True)
     return done
+
+
+def finished(out: Path) -> set[tuple[int, int]]:
+    """(config_id, seed) of the trials `out` already holds a result for: a second call resumes."""
+    if not out.exists():
+        return set()
+    lines = (json.loads(line) for line in out.read_text().splitlines() if line.strip())
+    return {(d["config_id"], d["seed"]) for d in lines if d["status"] != "stopped"}
 
 
 def base_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -319,7 +329,6 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cutoff-len", type=int, default=320)
     p.add_argument("--deadline", type=float, default=math.inf, help="seconds after which no trial starts")
     p.add_argument("--stop-at", type=float, default=math.inf, help="seconds after which running trials end")
-    p.add_argument("--skip", type=int, default=0, help="skip the first N trials of the order (a second call)")
     p.add_argument("--compile", action="store_true")
     p.add_argument("--device", default="auto")
     p.add_argument("--work", type=Path, default=Path("/tmp/lora_corpus"))
@@ -340,9 +349,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse(argv)
     tasks = write_tasks(args.shared, args.work / "data", args.train_records, args.eval_records)
     batches = tuple(int(b) for b in args.batches.split(","))
-    plans = sample_plans(args.configs, args.repeats, batches, block=args.slots)[args.skip :]
+    plans = sample_plans(args.configs, args.repeats, batches, block=args.slots)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    result = run(args, base_settings(args), tasks, plans)
+    plans = [p for p in plans if (p.config_id, p.seed) not in finished(args.out)]
+    result = run(args, base_settings(args), tasks, plans) if plans else {"trials": 0, "complete": 0}
     print(json.dumps(result))
     return result
 

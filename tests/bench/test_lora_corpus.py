@@ -40,6 +40,11 @@ def test_smoke_corpus_is_a_replayable_curves_file(shared_data, tmp_path):
     assert {line["task"] for line in lines} == {"gsm8k", "banking77", "mix"}
     table = CurveTable(out, curve="eval_loss")
     assert len(table.runs) == 6
+    kept = out.read_text().splitlines()[:-1]  # one result lost ...
+    kept[0] = json.dumps({**json.loads(kept[0]), "status": "stopped"})  # ... and one trial cut short
+    out.write_text("\n".join(kept) + "\n")
+    again = corpus.main(["--smoke", "--shared", str(shared_data), "--out", str(out), "--work", str(tmp_path / "w")])
+    assert again["trials"] == 2  # the lost one and the cut-short one: a second call resumes
 
 
 def test_plans_repeat_the_first_configurations_with_two_more_seeds():
