@@ -260,3 +260,26 @@ def test_a_bad_slots_or_compile_option_is_a_user_error(tiny_model):
     for options, key in (({"slots": 0}, "engine.slots"), ({"slots": 1, "compile": "fast"}, "engine.compile")):
         with pytest.raises(UserError, match=key):
             PackedEngine(make_config(tiny_model), model=torch.nn.Linear(1, 1), pad_id=0, **options)
+
+
+def test_compile_auto_compiles_long_trials_on_cuda_only(engine, tiny_model):
+    from tunepilot.engines.packed.engine import COMPILE_AUTO_STEPS
+
+    cuda = torch.device("cuda")  # a device name only: nothing runs on it
+    long, short = (make_config(tiny_model, max_steps=n) for n in (COMPILE_AUTO_STEPS, COMPILE_AUTO_STEPS - 1))
+    assert engine._compile_pays(long, cuda) and not engine._compile_pays(short, cuda)
+    assert not engine._compile_pays(long, torch.device("cpu"))
+    epochs = make_config(tiny_model, num_train_epochs=2.0, per_device_train_batch_size=1)  # 16 rows: 32 steps
+    assert not engine._compile_pays(epochs, cuda)
+    assert engine._compile_pays(make_config(tiny_model, num_train_epochs=7.0, per_device_train_batch_size=1), cuda)
+
+
+def test_compile_auto_on_cpu_stays_eager(tiny_model):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    rows = synthetic_examples(4, model.config.vocab_size, 0)
+    config = make_config(tiny_model, max_steps=500)
+    eng = PackedEngine(config, 1, model=model, pad_id=0, data=lambda cfg: (rows, rows), compile="auto")
+    assert eng.compiled is False and eng.pack.chunk_fn is ce_chunk
+    eng.close()

@@ -34,12 +34,19 @@ from tunepilot.engines.packed.export import export_adapter
 from tunepilot.engines.packed.inject import adapter_state, add_adapters, match_targets, remove_adapters, reserve
 from tunepilot.engines.packed.pack import Pack
 from tunepilot.engines.packed.trial import TrialState
+from tunepilot.engines.plan import plan_for
 from tunepilot.engines.recorder import RunRecorder, prepare_run_dir
 from tunepilot.engines.summary import FailureKind
 from tunepilot.errors import UserError
 from tunepilot.stream import EvalPoint, TrainStep
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+# `compile: auto` compiles when a trial plans at least this many optimizer steps. From the H100
+# figures in bench/BENCHMARKS.md (Qwen2.5-0.5B shape, K=8): compiling costs 12-15 s per pack
+# composition and saves 6.0 us per trained token (73.1k eager against 129.7k tokens/s compiled); the
+# 20-step, 16-trial sweep lost 4.0 s to it (35.3 s against 31.3 s), so it breaks even near 30 steps
+# for one composition. 100 leaves room for the recompiles that slot changes cost in a sweep.
+COMPILE_AUTO_STEPS = 100
 DataFn = Callable[[Any], tuple[list, list]]  # RunConfig -> (train examples, eval examples)
 
 
@@ -64,14 +71,16 @@ class PackedEngine:
     ):
         """`config`: the sweep's base RunConfig (model, data, shapes); model/data injectable for tests.
         `compile`: torch.compile the decoder layers and the loss chunk (see `Pack._compile`); a
-        string is the decoder layers' torch.compile mode. `fuse_norms`: eager RMSNorm as one
+        string is the decoder layers' torch.compile mode; "auto" compiles long trials on CUDA
+        (`COMPILE_AUTO_STEPS`). `fuse_norms`: eager RMSNorm as one
         kernel (`norms.py`; None: on CUDA). `observers`: a function of a trial's config giving the
         observers of its run (e.g. its experiment trackers), besides its health monitor."""
         if slots != "auto" and (not isinstance(slots, int) or isinstance(slots, bool) or slots < 1):
             raise UserError(f"engine.slots: {slots!r} is not a positive number of trials or auto")
-        if not isinstance(compile, bool) and compile not in COMPILE_MODES:
+        if not isinstance(compile, bool) and compile not in (*COMPILE_MODES, "auto"):
             raise UserError(
-                f"engine.compile: {compile!r} is not true, false or a torch.compile mode ({', '.join(COMPILE_MODES)})"
+                f"engine.compile: {compile!r} is not true, false, auto or a torch.compile mode "
+                f"({', '.join(COMPILE_MODES)})"
             )
         self.config, self.clock = config, clock
         self._observers = observers or (lambda cfg: [])
@@ -80,6 +89,10 @@ class PackedEngine:
         if model is None:
             with self._timed("load"):
                 model, pad_id = _load(config)
+        self._data = data or _prepared_data(config)
+        if compile == "auto":
+            compile = self._compile_pays(config, next(model.parameters()).device)
+        self.compiled = compile  # what `compile` resolved to
         self.pack = Pack(
             model,
             pad_id if pad_id is not None else 0,
@@ -88,7 +101,6 @@ class PackedEngine:
             compile=compile,
             fuse_norms=fuse_norms,
         )
-        self._data = data or _prepared_data(config)
         self.shape = memory.Shape.of(model)
         self._num_params = sum(p.numel() for p in model.parameters())  # the base model's size, for health rules
         self.budget = memory_budget if memory_budget is not None else memory.memory_budget(self.pack.device)
@@ -103,6 +115,14 @@ class PackedEngine:
         self._pending: list[Progress] = []
         self._baselines: dict[int, tuple[list, float]] = {}  # eval set -> (the set, untrained eval loss)
         self._unread: Readback | None = None  # the last packed step's values, still on their way
+
+    def _compile_pays(self, config: Any, device: torch.device) -> bool:
+        """`compile: auto`: on CUDA, when the base trial plans COMPILE_AUTO_STEPS optimizer steps or
+        more (its data, prepared here, is the first trial's too). Inductor on CPU is not measured here."""
+        if device.type != "cuda":
+            return False
+        train, _ = self._data(config)
+        return plan_for(config, train).total_steps >= COMPILE_AUTO_STEPS
 
     # -- the Engine interface ------------------------------------------------------------------
     @property
