@@ -140,10 +140,15 @@ def suggest(result: LRFindResult, settings: LRFindSettings) -> None:
 
 
 def ramp_config(config: RunConfig, settings: LRFindSettings, run_dir: Path) -> RunConfig:
-    """The user's config, turned into a ramp: constant schedule, no eval, no checkpoints, no monitor."""
+    """The user's config, turned into a ramp: constant schedule, no eval, no checkpoints, no monitor.
+    Several datasets are ramped over as one stack (their weights kept): phases would ramp the LR over
+    the first dataset alone, and their steps and LRs are not the ramp's."""
     return config_with(
         config,
         {
+            "data.mix": "stacked",
+            "data.phase_steps": None,
+            "data.phase_learning_rates": None,
             "learning_rate": settings.start,
             "lr_scheduler_type": "constant",
             "warmup_ratio": 0.0,

@@ -234,3 +234,16 @@ def test_the_mix_strategy_is_a_searchable_key_of_a_packed_sweep(tiny_model, tiny
     assert sorted(r["state"] for r in body["leaderboard"]) == ["complete", "complete"]
     mixes = sorted(load_config(d / "config.yaml")[0].data.mix for d in (tmp_path / "sw" / "trials").iterdir())
     assert mixes == ["phased", "stacked"]
+
+
+def test_lr_find_ramps_a_phased_config_over_every_dataset(tiny_config, two_datasets, tmp_path):
+    from tunepilot.engines.plan import plan_for
+    from tunepilot.lrfind import LRFindSettings, ramp_config
+
+    cfg = tiny_config(dataset=",".join(str(p) for p in two_datasets), **MIXES["phased"], max_steps=5)
+    ramp = ramp_config(cfg, LRFindSettings(steps=12), tmp_path / "ramp")
+    assert (ramp.data.mix, ramp.data.phase_steps, ramp.data.phase_learning_rates) == ("stacked", None, None)
+    rows = [{"part": 0}] * 24 + [{"part": 1}] * 12
+    assert plan_for(ramp, rows).total_steps == 12  # phase_steps [3, 2] would have refused 12 steps
+    weighted = tiny_config(dataset=",".join(str(p) for p in two_datasets), mix_weights=[1, 3])
+    assert ramp_config(weighted, LRFindSettings(steps=12), tmp_path / "w").data.mix_weights == [1, 3]
