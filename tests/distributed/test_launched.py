@@ -63,11 +63,19 @@ def test_a_launched_trial_that_cannot_start_fails_with_its_output(tmp_path, tiny
     assert outcome.state == "failed" and "gone.jsonl" in outcome.reason
 
 
-def test_a_sweep_over_a_two_gpu_base_launches_its_trials(tmp_path, tiny_model):
+def run_sweep(sweep: dict, tmp_path) -> dict:
     from typer.testing import CliRunner
 
     from tunepilot.cli.app import app
 
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    result = CliRunner().invoke(app, ["sweep", str(path), "--dir", str(tmp_path / "sw"), "--json"])
+    assert result.exit_code == 0, result.output[-3000:]
+    return json.loads(result.stdout[result.stdout.index("{") :])
+
+
+def test_a_sweep_over_a_two_gpu_base_launches_its_trials(tmp_path, tiny_model):
     with open(_config(tmp_path, tiny_model, "base")) as f:
         base = yaml.safe_load(f)
     sweep = {
@@ -77,11 +85,40 @@ def test_a_sweep_over_a_two_gpu_base_launches_its_trials(tmp_path, tiny_model):
         "pruner": "none",
         "budget": {"n_trials": 2},
     }
-    path = tmp_path / "sweep.yaml"
-    path.write_text(yaml.safe_dump(sweep))
-    result = CliRunner().invoke(app, ["sweep", str(path), "--dir", str(tmp_path / "sw"), "--json"])
-    assert result.exit_code == 0, result.output[-3000:]
-    body = json.loads(result.stdout[result.stdout.index("{") :])
+    body = run_sweep(sweep, tmp_path)
     assert sorted(r["state"] for r in body["leaderboard"]) == ["complete", "complete"]
     summaries = [read_summary(d / "summary.json") for d in sorted((tmp_path / "sw" / "trials").iterdir()) if d.is_dir()]
     assert [s.processes for s in summaries] == [2, 2]
+
+
+def test_a_launched_trial_reports_its_task_metric_as_the_objective(tmp_path, tiny_model):
+    """The objective named by the sweep (accuracy, by generation) is what rank 0's stream reports."""
+    from tests.search.test_objective_sweep import LABELS, write_intents
+
+    base = {
+        "model_name_or_path": str(tiny_model),
+        "dataset": str(write_intents(tmp_path / "train.jsonl", 16)),
+        "eval_dataset": str(write_intents(tmp_path / "eval.jsonl", 6, offset=1)),
+        "columns": {"prompt": "text", "response": "category"},
+        "cutoff_len": 48,
+        "max_steps": 2,
+        "per_device_train_batch_size": 2,
+        "device": "cpu",
+        "nproc": 2,
+        "evaluate": {"metric": "accuracy", "labels": LABELS, "max_new_tokens": 6, "subset_size": 6},
+    }
+    sweep = {
+        "base": base,
+        "space": {"learning_rate": [1e-3]},
+        "objective": {"metric": "accuracy", "direction": "maximize"},
+        "sampler": {"name": "grid"},
+        "pruner": "none",
+        "budget": {"n_trials": 1},
+        "eval_points": 1,
+    }
+    body = run_sweep(sweep, tmp_path)
+    (row,) = body["leaderboard"]
+    trial = next(d for d in (tmp_path / "sw" / "trials").iterdir() if d.is_dir())
+    evals = [r for r in read_stream(trial / "metrics.jsonl") if isinstance(r, EvalPoint) and r.step > 0]
+    assert row["state"] == "complete" and read_summary(trial / "summary.json").processes == 2
+    assert row["value"] == pytest.approx(evals[-1].metrics["accuracy"]) and evals[-1].eval_loss != row["value"]
