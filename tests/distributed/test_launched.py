@@ -93,20 +93,9 @@ def test_a_sweep_over_a_two_gpu_base_launches_its_trials(tmp_path, tiny_model):
 
 def test_a_launched_trial_reports_its_task_metric_as_the_objective(tmp_path, tiny_model):
     """The objective named by the sweep (accuracy, by generation) is what rank 0's stream reports."""
-    from tests.search.test_objective_sweep import LABELS, write_intents
+    from tests.search.test_objective_sweep import intent_base
 
-    base = {
-        "model_name_or_path": str(tiny_model),
-        "dataset": str(write_intents(tmp_path / "train.jsonl", 16)),
-        "eval_dataset": str(write_intents(tmp_path / "eval.jsonl", 6, offset=1)),
-        "columns": {"prompt": "text", "response": "category"},
-        "cutoff_len": 48,
-        "max_steps": 2,
-        "per_device_train_batch_size": 2,
-        "device": "cpu",
-        "nproc": 2,
-        "evaluate": {"metric": "accuracy", "labels": LABELS, "max_new_tokens": 6, "subset_size": 6},
-    }
+    base = intent_base(tiny_model, tmp_path, 16, 6, max_steps=2, per_device_train_batch_size=2, nproc=2)
     sweep = {
         "base": base,
         "space": {"learning_rate": [1e-3]},

@@ -20,19 +20,25 @@ def write_intents(path, n: int, offset: int = 0):
     return path
 
 
+def intent_base(tiny_model, tmp_path, train: int = 24, evals: int = 9, **overrides) -> dict:
+    """A run config scored by generation: intent labels, accuracy."""
+    return {
+        "model_name_or_path": str(tiny_model),
+        "dataset": str(write_intents(tmp_path / "train.jsonl", train)),
+        "eval_dataset": str(write_intents(tmp_path / "eval.jsonl", evals, offset=1)),
+        "columns": {"prompt": "text", "response": "category"},
+        "cutoff_len": 48,
+        "max_steps": 4,
+        "per_device_train_batch_size": 4,
+        "device": "cpu",
+        "evaluate": {"metric": "accuracy", "labels": LABELS, "max_new_tokens": 6, "subset_size": 6},
+        **overrides,
+    }
+
+
 def test_sweep_maximises_accuracy_on_cpu(tiny_model, tmp_path):
     sweep = {
-        "base": {
-            "model_name_or_path": str(tiny_model),
-            "dataset": str(write_intents(tmp_path / "train.jsonl", 24)),
-            "eval_dataset": str(write_intents(tmp_path / "eval.jsonl", 9, offset=1)),
-            "columns": {"prompt": "text", "response": "category"},
-            "cutoff_len": 48,
-            "max_steps": 4,
-            "per_device_train_batch_size": 4,
-            "device": "cpu",
-            "evaluate": {"metric": "accuracy", "labels": LABELS, "max_new_tokens": 6, "subset_size": 6},
-        },
+        "base": intent_base(tiny_model, tmp_path),
         "space": {"learning_rate": {"low": 1e-4, "high": 1e-2, "log": True}},
         "objective": {"metric": "accuracy", "direction": "maximize"},
         "sampler": {"name": "random", "seed": 0},
