@@ -283,3 +283,33 @@ def test_compile_auto_on_cpu_stays_eager(tiny_model):
     eng = PackedEngine(config, 1, model=model, pad_id=0, data=lambda cfg: (rows, rows), compile="auto")
     assert eng.compiled is False and eng.pack.chunk_fn is ce_chunk
     eng.close()
+
+
+def test_a_compiled_pack_follows_changing_lengths_without_a_graph_per_length(tiny_model):
+    """Real data changes the padded length every step: the compiled layers go dynamic after the first
+    change (a graph per length would pass torch's recompile limit and fall back to eager)."""
+    from torch._dynamo.utils import counters
+    from transformers import AutoModelForCausalLM
+
+    from tunepilot.engines.packed.pack import Pack
+
+    torch._dynamo.reset()
+    counters.clear()
+    packs = [
+        Pack(AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32), 0, 5, compile=c)
+        for c in (True, False)
+    ]
+    for pack in packs:
+        for slot in (0, 1):
+            add_adapters(pack.wrapped, list(pack.wrapped), slot, 2, 4.0, False, 0.0, seed=slot)
+    gen = torch.Generator().manual_seed(0)
+    for length in (9, 13, 17, 22, 30):
+        ids = torch.randint(3, 100, (4, length), generator=gen).tolist()
+        micro = {
+            0: [{"input_ids": r, "labels": r} for r in ids[:2]],
+            1: [{"input_ids": r, "labels": r} for r in ids[2:]],
+        }
+        with torch.no_grad():
+            got, want = (pack.losses(micro, training=False) for pack in packs)
+        assert [v[0].item() for v in got.values()] == pytest.approx([v[0].item() for v in want.values()], rel=1e-4)
+    assert counters["stats"]["unique_graphs"] <= 3  # the layer static, the layer dynamic, the loss chunk

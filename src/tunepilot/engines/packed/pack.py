@@ -80,17 +80,19 @@ class Pack:
             self._compile(None if compile is True else compile)
 
     def _compile(self, mode: str | None) -> None:
-        """torch.compile each decoder layer and the loss chunk (opt-in; fixed shapes, dynamic=False).
+        """torch.compile each decoder layer and the loss chunk (opt-in), with torch's automatic dynamic
+        shapes (dynamic=None).
 
         Inductor fuses what eager runs as separate memory-bound kernels: RMSNorm with its fp32
         upcast, rotary embeddings, SiLU x up, residual adds, the LoRA scaling, and the loss chunk's
-        softmax / one-hot / cast. The matmuls and attention stay cuBLAS / flash kernels. Every new
-        pack composition (slots, micro-batch sizes, lengths) compiles again, so this pays off for
-        long runs of one composition (the throughput benchmark), not for sweeps whose packs
-        change often."""
+        softmax / one-hot / cast. The matmuls and attention stay cuBLAS / flash kernels. A pack of
+        one composition (the fixed-length throughput benchmark) compiles once, static. Real data
+        changes the length every step, and sweeps change the rows: the first change recompiles with
+        symbolic sizes, and later ones need no new graph. (With dynamic=False every length compiled
+        anew until torch's recompile limit, 8, sent the layers back to eager: tested on CPU.)"""
         for layer in getattr(self.decoder, "layers", []):
-            layer.compile(dynamic=False, mode=mode)
-        self.chunk_fn = torch.compile(ce_chunk_fused, dynamic=False)
+            layer.compile(dynamic=None, mode=mode)
+        self.chunk_fn = torch.compile(ce_chunk_fused, dynamic=False)  # fixed-size chunks: one shape
 
     def batch(self, micro: dict[int, list[Example]]) -> Batch:
         """Pad and concatenate slots' examples (slot order); the loss positions chosen on the host."""
