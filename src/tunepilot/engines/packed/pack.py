@@ -89,7 +89,9 @@ class Pack:
         one composition (the fixed-length throughput benchmark) compiles once, static. Real data
         changes the length every step, and sweeps change the rows: the first change recompiles with
         symbolic sizes, and later ones need no new graph. (With dynamic=False every length compiled
-        anew until torch's recompile limit, 8, sent the layers back to eager: tested on CPU.)"""
+        anew until torch's recompile limit, 8, sent the layers back to eager: tested on CPU.) A new
+        set of active slots still compiles anew: the layers' slot selection (`context.segments`)
+        is Python data the graph is guarded on."""
         for layer in getattr(self.decoder, "layers", []):
             layer.compile(dynamic=None, mode=mode)
         self.chunk_fn = torch.compile(ce_chunk_fused, dynamic=False)  # fixed-size chunks: one shape
