@@ -27,6 +27,9 @@ def _layer_with_slots(ranks: list[int], rows: list[int]):
         torch.nn.init.normal_(wrapped["0"].adapters[str(slot)].lora_B)  # nonzero B: the delta matters
     starts = [sum(rows[:i]) for i in range(len(rows))]
     ctx.segments = [(s, a, a + n) for s, (a, n) in enumerate(zip(starts, rows, strict=True))]
+    wrapped["0"].stack.prepare_pass(
+        ctx.segments, sum(rows), False, torch.float32, torch.device("cpu")
+    )  # as a pack does
     return wrapped["0"], ctx
 
 
@@ -38,6 +41,7 @@ def wrap_linears_plain(model, ctx):
 @pytest.mark.parametrize("rows", [[3, 3, 3], [2, 4, 1]])  # batched (equal sizes) and per-segment paths
 def test_multi_lora_layer_is_each_slots_own_lora(rows):
     layer, ctx = _layer_with_slots([2, 4, 3], rows)
+    assert (layer.stack.selected is not None) == (len(set(rows)) == 1)  # the path the pack chose
     x = torch.randn(sum(rows), 4, 6)
     out = layer(x)
     out.square().sum().backward()
@@ -285,9 +289,11 @@ def test_compile_auto_on_cpu_stays_eager(tiny_model):
     eng.close()
 
 
-def test_a_compiled_pack_follows_changing_lengths_without_a_graph_per_length(tiny_model):
-    """Real data changes the padded length every step: the compiled layers go dynamic after the first
-    change (a graph per length would pass torch's recompile limit and fall back to eager)."""
+def test_a_compiled_pack_follows_new_lengths_and_slot_sets_without_new_graphs(tiny_model):
+    """Real data changes the padded length every step and a sweep changes the active slots: once the
+    compiled layers have gone dynamic (a new length, a new row count, one slot), neither makes a new
+    graph (a graph per length or per slot set would pass torch's recompile limit, 8, and fall back to
+    eager), and the losses stay the eager pack's."""
     from torch._dynamo.utils import counters
     from transformers import AutoModelForCausalLM
 
@@ -300,16 +306,20 @@ def test_a_compiled_pack_follows_changing_lengths_without_a_graph_per_length(tin
         for c in (True, False)
     ]
     for pack in packs:
-        for slot in (0, 1):
-            add_adapters(pack.wrapped, list(pack.wrapped), slot, 2, 4.0, False, 0.0, seed=slot)
+        for slot in (0, 1, 2):
+            add_adapters(pack.wrapped, list(pack.wrapped), slot, 2 + 2 * slot, 4.0, False, 0.0, seed=slot)
     gen = torch.Generator().manual_seed(0)
-    for length in (9, 13, 17, 22, 30):
-        ids = torch.randint(3, 100, (4, length), generator=gen).tolist()
-        micro = {
-            0: [{"input_ids": r, "labels": r} for r in ids[:2]],
-            1: [{"input_ids": r, "labels": r} for r in ids[2:]],
-        }
+
+    def run(slots: tuple[int, ...], length: int) -> None:
+        ids = torch.randint(3, 100, (2 * len(slots), length), generator=gen).tolist()
+        micro = {s: [{"input_ids": r, "labels": r} for r in ids[2 * i : 2 * i + 2]] for i, s in enumerate(slots)}
         with torch.no_grad():
             got, want = (pack.losses(micro, training=False) for pack in packs)
         assert [v[0].item() for v in got.values()] == pytest.approx([v[0].item() for v in want.values()], rel=1e-4)
-    assert counters["stats"]["unique_graphs"] <= 3  # the layer static, the layer dynamic, the loss chunk
+
+    for slots, length in (((0, 1), 9), ((0, 1), 13), ((0, 1, 2), 13), ((1,), 13)):
+        run(slots, length)
+    settled = counters["stats"]["unique_graphs"]
+    for slots, length in (((0, 2), 17), ((2,), 22), ((1, 2), 30), ((0, 1, 2), 11), ((0,), 26)):
+        run(slots, length)
+    assert counters["stats"]["unique_graphs"] == settled <= 5

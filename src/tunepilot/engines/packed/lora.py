@@ -82,12 +82,12 @@ class MultiLoraLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base_layer(x)
+        if self.stack.selected is not None and x.dtype == out.dtype:  # set by the pack: `prepare_pass`
+            return self._batched_add(out, x, *self.stack.selected)
         adapters = self.stack.adapters
         segments = [(s, a, b) for s, a, b in self.context.segments if s in adapters]
         if not segments:
             return out
-        if self._uniform(segments, x.shape[0]) and x.dtype == out.dtype:
-            return self._batched_add(out, x, segments)
         pieces, row = [], 0
         for slot, a, b in segments:
             if a > row:  # rows of slots that do not target this layer: no delta
@@ -118,24 +118,16 @@ class MultiLoraLinear(nn.Module):
             keep = torch.nn.functional.pad(keep, (0, 0, 0, x.shape[1] - shape[1]))
         return keep / (1.0 - p)
 
-    def _uniform(self, segments: list[tuple[int, int, int]], rows: int) -> bool:
-        """Every row targeted, equal segment sizes, no dropout: one batched matmul pair."""
-        if sum(b - a for _, a, b in segments) != rows:
-            return False
-        sizes = {b - a for _, a, b in segments}
-        drop = self.context.training and any(self.stack.adapters[s].dropout > 0 for s, _, _ in segments)
-        return len(sizes) == 1 and not drop
-
-    def _batched_add(self, out: torch.Tensor, x: torch.Tensor, segments: list) -> torch.Tensor:
+    def _batched_add(
+        self, out: torch.Tensor, x: torch.Tensor, a: torch.Tensor, bt: torch.Tensor, scales
+    ) -> torch.Tensor:
         # The slots' A and B^T come straight from the layer's stacks (lower ranks zero-padded: a
         # padded row of A meets a zero row of B^T, so it adds exactly 0 and gets a zero gradient).
         # Two bmm calls for all slots (the launch count does not grow with K); eager, the second adds
         # the delta into the base output in place, in the matmul's epilogue (beta = 1: no copy of
         # the output, which out-of-place baddbmm makes; autograd allows it, as the base linear does
         # not keep its output for backward). The scaling multiplies the narrow x A^T.
-        slots = tuple(s for s, _, _ in segments)
-        a, bt, scales = self.stack.select(slots, x.dtype, x.device)
-        k = len(slots)
+        k = a.shape[0]
         xa = torch.bmm(x.reshape(k, -1, x.shape[-1]), a.transpose(1, 2)) * scales
         if torch.compiler.is_compiling():
             # Compiled, an in-place baddbmm becomes a copy of the output plus an out-of-place one;

@@ -76,6 +76,7 @@ class Pack:
         # compiled, inductor fuses transformers' own form
         fuse = self.device.type == "cuda" if fuse_norms is None else fuse_norms
         self.fused_norms = fuse_rms_norms(model) if fuse and not compile else 0
+        self.compiled = bool(compile)
         if compile:
             self._compile(None if compile is True else compile)
 
@@ -90,8 +91,8 @@ class Pack:
         changes the length every step, and sweeps change the rows: the first change recompiles with
         symbolic sizes, and later ones need no new graph. (With dynamic=False every length compiled
         anew until torch's recompile limit, 8, sent the layers back to eager: tested on CPU.) A new
-        set of active slots still compiles anew: the layers' slot selection (`context.segments`)
-        is Python data the graph is guarded on."""
+        set of active slots needs no new graph: `_prepare` selects the slots' adapters outside the
+        layers (`LoraStack.prepare_pass`), so the layers see tensor sizes, not Python values."""
         for layer in getattr(self.decoder, "layers", []):
             layer.compile(dynamic=None, mode=mode)
         self.chunk_fn = torch.compile(ce_chunk_fused, dynamic=False)  # fixed-size chunks: one shape
@@ -197,16 +198,12 @@ class Pack:
         ).last_hidden_state
 
     def _prepare(self, segments: list, rows: int) -> None:
-        """Before a forward pass: cast the LoRA bank once and hand each layer its views, and fill each
-        layer's device-side slot selection (host work kept out of a compiled layer, which would
-        otherwise be traced once more with the cache miss)."""
+        """Before a forward pass: cast the LoRA bank once and hand each layer its views and its
+        slots' selection (`LoraStack.prepare_pass`: host work kept out of a compiled layer)."""
         dtype = self.head.weight.dtype
         for layer, views in zip(self.wrapped.values(), self.bank.views(dtype), strict=True):
             layer.stack.current = views
-        for layer in self.wrapped.values():
-            slots = tuple(s for s, _, _ in segments if s in layer.stack.adapters)
-            if slots:
-                layer.stack.select_cached(slots, dtype, self.device)
+            layer.stack.prepare_pass(segments, rows, self.context.training, dtype, self.device, self.compiled)
 
     def logits(self, slot: int, input_ids: torch.Tensor) -> torch.Tensor:
         """Full logits of one slot's adapted model (for checks against PEFT), no dropout."""

@@ -121,6 +121,8 @@ class LoraStack:
         self._cache: dict[tuple, tuple] = {}  # (slots, dtype) -> selection index and scales
         # This pass's A and B^T views (`LoraBank.views`), set by the pack before each forward pass
         self.current: tuple[torch.Tensor, torch.Tensor] | None = None
+        # This pass's batched selection (A, B^T, scalings) or None (per segment): `prepare_pass`
+        self.selected: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     @property
     def capacity(self) -> tuple[int, int]:
@@ -177,6 +179,34 @@ class LoraStack:
         a, bt = self.pass_views(dtype)
         r = self.adapters[slot].rank
         return a[slot, :r], bt[slot, :r]
+
+    def prepare_pass(
+        self,
+        segments: list[tuple[int, int, int]],
+        rows: int,
+        training: bool,
+        dtype: torch.dtype,
+        device: torch.device,
+        copy: bool = False,
+    ) -> None:
+        """Before a forward pass (after `current` is set): `selected` is the slots' batched A, B^T and
+        scalings when every row belongs to a slot of this layer, the segments are equal and no
+        dropout is drawn (two bmm calls for all slots); None otherwise (one delta per segment).
+
+        Host work, done here rather than in the layer's forward: a compiled layer then reads
+        tensors alone, so a new set of active slots changes their sizes (one dynamic graph), not
+        Python values its graph would be guarded on (a graph per composition). `copy` (compiled
+        packs): the selection gets its own storage, as views' offsets would be guarded on too."""
+        mine = [(s, a, b) for s, a, b in segments if s in self.adapters]
+        sizes = {b - a for _, a, b in mine}
+        uniform = len(sizes) == 1 and sum(b - a for _, a, b in mine) == rows
+        drop = training and any(self.adapters[s].dropout > 0 for s, _, _ in mine)
+        slots = tuple(s for s, _, _ in mine)
+        self.selected = None
+        if uniform and not drop:
+            a, bt, scales = self.select(slots, dtype, device)
+            # compiled: copies with their own storage, or the graph is guarded on the views' offsets
+            self.selected = (a.clone(), bt.clone(), scales) if copy else (a, bt, scales)
 
     def select(
         self, slots: tuple[int, ...], dtype: torch.dtype, device: torch.device
