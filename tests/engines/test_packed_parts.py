@@ -323,3 +323,47 @@ def test_a_compiled_pack_follows_new_lengths_and_slot_sets_without_new_graphs(ti
     for slots, length in (((0, 2), 17), ((2,), 22), ((1, 2), 30), ((0, 1, 2), 11), ((0,), 26)):
         run(slots, length)
     assert counters["stats"]["unique_graphs"] == settled <= 5
+
+
+COMPILE_ONCE = """
+import json, sys, torch
+from torch._dynamo.utils import counters
+from transformers import AutoModelForCausalLM
+from tunepilot.engines.packed.inject import add_adapters
+from tunepilot.engines.packed.pack import Pack
+
+pack = Pack(AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.float32), 0, 5, compile=True)
+for slot in (0, 1):
+    add_adapters(pack.wrapped, list(pack.wrapped), slot, 2, 4.0, False, 0.0, seed=slot)
+ids = torch.randint(3, 100, (4, 12), generator=torch.Generator().manual_seed(0)).tolist()
+micro = {s: [{"input_ids": r, "labels": r} for r in ids[2 * s : 2 * s + 2]] for s in (0, 1)}
+pack.losses(micro, training=True)[0][0].backward()
+print(json.dumps(dict(counters["inductor"])))
+"""
+
+
+def test_a_pack_shape_compiles_once_per_machine(tiny_model, tmp_path):
+    """A second process (another sweep worker, a later run) takes the compiled kernels from inductor's
+    on-disk cache (TORCHINDUCTOR_CACHE_DIR, default /tmp/torchinductor_$USER) instead of compiling."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor"), "OMP_NUM_THREADS": "1"}
+    runs = [
+        json.loads(
+            subprocess.run(
+                [sys.executable, "-c", COMPILE_ONCE, str(tiny_model)],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.splitlines()[-1]
+        )
+        for _ in range(2)
+    ]
+    first, second = runs
+    assert first.get("fxgraph_cache_miss", 0) > 0 and first.get("fxgraph_cache_hit", 0) == 0
+    assert (
+        second.get("fxgraph_cache_hit", 0) == first["fxgraph_cache_miss"] and second.get("fxgraph_cache_miss", 0) == 0
+    )
