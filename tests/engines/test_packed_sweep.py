@@ -45,7 +45,7 @@ def test_sweep_with_the_packed_engine_runs_trials_in_slots(tiny_model, tmp_path)
         "sampler": {"name": "random", "seed": 0},
         "pruner": "none",
         "budget": {"n_trials": 5},
-        "engine": {"name": "packed", "slots": 3},
+        "engine": {"name": "packed", "slots": 3, "compile": "auto"},  # auto: eager on CPU
     }
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(sweep))
