@@ -351,7 +351,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     batches = tuple(int(b) for b in args.batches.split(","))
     plans = sample_plans(args.configs, args.repeats, batches, block=args.slots)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    plans = [p for p in plans if (p.config_id, p.seed) not in finished(args.out)]
+    done = finished(args.out)
+    plans = [p for p in plans if (p.config_id, p.seed) not in done]
     result = run(args, base_settings(args), tasks, plans) if plans else {"trials": 0, "complete": 0}
     print(json.dumps(result))
     return result

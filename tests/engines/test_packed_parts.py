@@ -27,9 +27,8 @@ def _layer_with_slots(ranks: list[int], rows: list[int]):
         torch.nn.init.normal_(wrapped["0"].adapters[str(slot)].lora_B)  # nonzero B: the delta matters
     starts = [sum(rows[:i]) for i in range(len(rows))]
     ctx.segments = [(s, a, a + n) for s, (a, n) in enumerate(zip(starts, rows, strict=True))]
-    wrapped["0"].stack.prepare_pass(
-        ctx.segments, sum(rows), False, torch.float32, torch.device("cpu")
-    )  # as a pack does
+    # as a pack does before each pass: equal segments take the batched path
+    wrapped["0"].stack.prepare_pass(ctx.segments, sum(rows), False, torch.float32, torch.device("cpu"))
     return wrapped["0"], ctx
 
 
@@ -285,7 +284,7 @@ def test_compile_auto_on_cpu_stays_eager(tiny_model):
     rows = synthetic_examples(4, model.config.vocab_size, 0)
     config = make_config(tiny_model, max_steps=500)
     eng = PackedEngine(config, 1, model=model, pad_id=0, data=lambda cfg: (rows, rows), compile="auto")
-    assert eng.compiled is False and eng.pack.chunk_fn is ce_chunk
+    assert eng.pack.compiled is False and eng.pack.chunk_fn is ce_chunk
     eng.close()
 
 

@@ -45,7 +45,8 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 # figures in bench/BENCHMARKS.md (Qwen2.5-0.5B shape, K=8): compiling costs 12-15 s per pack
 # composition and saves 6.0 us per trained token (73.1k eager against 129.7k tokens/s compiled); the
 # 20-step, 16-trial sweep lost 4.0 s to it (35.3 s against 31.3 s), so it breaks even near 30 steps
-# for one composition. 100 leaves room for the recompiles that slot changes cost in a sweep.
+# for one composition. 100 leaves a margin: those figures predate the dynamic-shape compile, whose
+# recompiles and speed on a GPU are not measured yet.
 COMPILE_AUTO_STEPS = 100
 DataFn = Callable[[Any], tuple[list, list]]  # RunConfig -> (train examples, eval examples)
 
@@ -90,9 +91,8 @@ class PackedEngine:
             with self._timed("load"):
                 model, pad_id = _load(config)
         self._data = data or _prepared_data(config)
-        if compile == "auto":
+        if compile == "auto":  # what it resolved to: `self.pack.compiled`
             compile = self._compile_pays(config, next(model.parameters()).device)
-        self.compiled = compile  # what `compile` resolved to
         self.pack = Pack(
             model,
             pad_id if pad_id is not None else 0,
