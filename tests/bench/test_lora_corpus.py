@@ -60,3 +60,80 @@ def test_plans_repeat_the_first_configurations_with_two_more_seeds():
     assert corpus.sample_plans(12, 4, (4, 8)) == plans
     with pytest.raises(SystemExit):
         corpus.parse(["--out", "x"])  # no model and no --smoke
+
+
+def test_partners_differ_from_their_base_only_in_what_a_claim_compares():
+    corpus = load_generator()
+    plans = corpus.sample_plans(12, 2, (8, 16), pairs=2)
+    assert len({p.number for p in plans}) == len(plans)
+    assert len({(p.config_id, p.seed) for p in plans}) == len(plans)
+    base = {p.config_id: p for p in plans if p.config_id < corpus.TWIN_ID and p.seed == 0}
+    twins = [p for p in plans if p.config_id >= corpus.TWIN_ID]
+    compared = {1: {"mix"}, 2: {"lr_scheduler_type", "warmup_ratio"}, 3: {"lr_scheduler_type", "warmup_ratio"}}
+    for twin in twins:
+        kind, of = divmod(twin.config_id, corpus.TWIN_ID)
+        a, b = base[of].columns(), twin.columns()
+        differ = {k for k in a if a[k] != b[k]} - {"config_id"}
+        assert differ and differ <= compared[kind]
+    kinds = [divmod(t.config_id, corpus.TWIN_ID)[0] for t in twins]
+    assert kinds.count(1) == 2 and 2 <= kinds.count(2) + kinds.count(3) <= 4  # a partner equal to its base is not drawn
+    assert {t.lr_scheduler_type for t in twins if t.config_id // corpus.TWIN_ID == 2} == {"constant"}
+    assert [p for p in corpus.sample_plans(12, 2, (8, 16)) if p.config_id >= corpus.TWIN_ID] == []
+
+
+def test_the_committed_corpus_resumes_under_the_command_that_made_it(tmp_path):
+    corpus = load_generator()
+    committed = BENCH / "lora_curves" / "curves.jsonl"
+    lines = [json.loads(line) for line in committed.read_text().splitlines()]
+    plans = corpus.sample_plans(96, 12, (8, 16, 32), block=16, pairs=24)  # its README's command
+    assert corpus.finished(committed, plans) == {(d["config_id"], d["seed"]) for d in lines}
+    other = corpus.sample_plans(96, 12, (8, 64, 256), block=16)  # another --batches draws other configurations
+    with pytest.raises(SystemExit, match=r"curves.jsonl:\d+: config_id \d+ seed \d+ was trained with other"):
+        corpus.finished(committed, other)
+
+
+def test_a_line_cut_mid_write_is_removed_and_a_bad_line_elsewhere_stops(tmp_path):
+    corpus = load_generator()
+    out = tmp_path / "curves.jsonl"
+    good = json.dumps({"config_id": 0, "seed": 0, "status": "complete"})
+    out.write_text(good + "\n" + '{"config_id": 1, "se')
+    assert [n for n, _ in corpus.read_results(out)] == [1]
+    assert out.read_text() == good + "\n"  # the next result starts on a line of its own
+    out.write_text('{"config_id": 1, "se\n' + good + "\n")
+    with pytest.raises(SystemExit, match=r"curves.jsonl:1: not a corpus line"):
+        corpus.read_results(out)
+
+
+def test_a_trial_that_cannot_end_before_stop_at_is_not_started():
+    corpus = load_generator()
+    plans = corpus.sample_plans(6, 0, (8, 16))
+    gsm = [p for p in plans if p.task == "gsm8k"]
+    small, large = (replace_batch(corpus, gsm[0], 8), replace_batch(corpus, gsm[1], 16))
+    finish = corpus.Finish(stop_at=100.0)
+    assert finish.fits(large, now=99.0)  # nothing measured yet
+    finish.started(small, 0.0)
+    finish.ended(small, 40.0, complete=True)  # 5 s per example of batch
+    assert not finish.fits(large, now=30.0) and finish.fits(small, now=50.0)
+    other = next(p for p in plans if p.task == "banking77")
+    assert finish.fits(other, now=99.0)  # its task has no measurement yet
+    finish.started(large, 0.0)
+    finish.ended(large, 99.0, complete=False)  # stopped or failed: no estimate from it
+    assert finish.rate == {"gsm8k": 5.0}
+
+
+def replace_batch(corpus, plan, batch):
+    return corpus.replace(plan, effective_batch=batch)
+
+
+def test_partners_of_finished_trials_run_first_in_task_blocks():
+    corpus = load_generator()
+    plans = corpus.sample_plans(24, 0, (8,), block=4, pairs=4)
+    mix_ids = sorted(p.config_id for p in plans if p.task == "mix" and p.config_id < corpus.TWIN_ID)
+    done = {(mix_ids[0], 0), (mix_ids[1], 0)}  # two of the four mix configurations that have partners
+    pending = [p for p in plans if (p.config_id, p.seed) not in done]
+    ordered = corpus.pairs_first(pending, done, block=4)
+    assert sorted(p.number for p in ordered) == sorted(p.number for p in pending)
+    mix = [p for p in ordered if p.task == "mix"]
+    assert {p.config_id for p in mix[:2]} == {corpus.TWIN_ID + mix_ids[0], corpus.TWIN_ID + mix_ids[1]}
+    assert ordered.index(mix[0]) < 4 * 3  # in the first round of task blocks
+    assert [p.task for p in ordered[:4]] == [ordered[0].task] * 4
