@@ -110,8 +110,11 @@ def sample_plans(
 
 def pairs_first(plans: list[TrialPlan], done: set[tuple[int, int]], block: int) -> list[TrialPlan]:
     """The partners of finished trials first (each one completes a matched pair), in task blocks."""
-    waiting = [p for p in plans if p.config_id >= TWIN_ID and (p.config_id % TWIN_ID, 0) in done]
-    return _task_blocks(waiting + [p for p in plans if p not in waiting], block)
+
+    def waiting(p: TrialPlan) -> bool:
+        return p.config_id >= TWIN_ID and (p.config_id % TWIN_ID, 0) in done
+
+    return _task_blocks(sorted(plans, key=lambda p: not waiting(p)), block)  # stable: order kept otherwise
 
 
 TWIN_ID = 100_000  # a partner's config_id: kind * TWIN_ID + its base's, the same whatever --configs is
@@ -445,6 +448,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--model is required (or --smoke)")
     if not 0 < args.configs < TWIN_ID:
         p.error(f"--configs must be between 1 and {TWIN_ID - 1}")
+    if args.repeats < 0 or args.pairs < 0:
+        p.error("--repeats and --pairs must be 0 or more")
     return args
 
 

@@ -60,6 +60,10 @@ def test_plans_repeat_the_first_configurations_with_two_more_seeds():
     assert corpus.sample_plans(12, 4, (4, 8)) == plans
     with pytest.raises(SystemExit):
         corpus.parse(["--out", "x"])  # no model and no --smoke
+    for absurd in (["--configs", "0"], ["--configs", "100000"], ["--pairs", "-1"], ["--repeats", "-2"]):
+        with pytest.raises(SystemExit):
+            corpus.parse(["--out", "x", "--model", "m.gguf", *absurd])
+    assert corpus.parse(["--out", "x", "--model", "m.gguf", "--pairs", "0"]).pairs == 0
 
 
 def test_partners_differ_from_their_base_only_in_what_a_claim_compares():

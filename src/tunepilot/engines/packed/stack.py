@@ -205,7 +205,6 @@ class LoraStack:
         self.selected = None
         if uniform and not drop:
             a, bt, scales = self.select(slots, dtype, device)
-            # compiled: copies with their own storage, or the graph is guarded on the views' offsets
             self.selected = (a.clone(), bt.clone(), scales) if copy else (a, bt, scales)
 
     def select(
