@@ -141,3 +141,11 @@ def test_partners_of_finished_trials_run_first_in_task_blocks():
     assert {p.config_id for p in mix[:2]} == {corpus.TWIN_ID + mix_ids[0], corpus.TWIN_ID + mix_ids[1]}
     assert ordered.index(mix[0]) < 4 * 3  # in the first round of task blocks
     assert [p.task for p in ordered[:4]] == [ordered[0].task] * 4
+
+
+def test_trials_are_evaluated_at_5_10_and_20_percent_of_their_schedule():
+    corpus = load_generator()
+    from tunepilot.engines.packed.trial import report_steps
+
+    steps = report_steps(corpus.EVAL_FRACTIONS, 300)
+    assert steps[:3] == [15, 30, 60] and steps[-1] == 300 and len(steps) == 11
