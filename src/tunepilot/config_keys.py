@@ -188,9 +188,9 @@ def number_list(v: Any) -> Any:
 
 def mixture_problems(data: Any) -> list[str]:
     """What is wrong with data.mix and its lists, given the datasets named in data.train."""
-    from tunepilot.data.sources import split_names
+    from tunepilot.data.sources import dataset_names
 
-    n = len(split_names(data.train))
+    n = len(dataset_names(data.train))
     problems = []
     lists = {key: getattr(data, key) for key in MIX_OF_LIST}
     for key, values in lists.items():

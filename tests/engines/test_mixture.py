@@ -112,6 +112,12 @@ def test_bad_mixtures_are_refused_with_the_key(data, message):
     assert message in config_problems(**data)
 
 
+def test_a_file_whose_name_holds_a_comma_is_one_dataset(tmp_path):
+    path = tmp_path / "gsm8k,banking77.jsonl"
+    path.write_text("")
+    assert "data.mix_weights: 2 values for 1 dataset(s)" in config_problems(dataset=str(path), mix_weights=[1, 1])
+
+
 @pytest.fixture(scope="module")
 def two_datasets(tmp_path_factory):
     root = tmp_path_factory.mktemp("two-datasets")

@@ -60,6 +60,12 @@ def split_names(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
+def dataset_names(value: str) -> list[str]:
+    """The datasets data.train names, split as `sources` splits them: an existing path is one
+    dataset even when its name holds a comma."""
+    return [value] if Path(value).exists() else split_names(value)
+
+
 def is_llamafactory_dir(path: Path) -> bool:
     """A folder whose dataset_info.json is LLaMA-Factory's (a mapping of names to entries), not the
     one `datasets.save_to_disk` writes (citation, features, ... next to a state.json)."""

@@ -52,9 +52,9 @@ def _run_split(which: str, settings, tokenizer) -> tuple[Analyzer, ParseState, C
 def mixture_stats(settings, parts: Counter) -> list[dict] | None:
     """Each dataset of a several-dataset data.train: its records and how the mix uses it (stacked:
     its share of an epoch and the passes over it that share means; phased: its phase)."""
-    from tunepilot.data.sources import split_names
+    from tunepilot.data.sources import dataset_names
 
-    names = split_names(settings.train)
+    names = dataset_names(settings.train)
     if len(names) < 2:
         return None
     records = [parts.get(i, 0) for i in range(len(names))]

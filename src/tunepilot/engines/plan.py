@@ -189,11 +189,11 @@ def _split(total: int, sizes: tuple[int, ...]) -> tuple[int, ...]:
 def mixture_of(data: Any, rows: list[dict]) -> Mixture | None:
     """The Mixture of data.train's datasets, from their prepared rows (each tagged with its `part`);
     None for one dataset or an unweighted stack, which draw from one pool as ever."""
-    from tunepilot.data.sources import split_names
+    from tunepilot.data.sources import dataset_names
 
     if data.mix == "stacked" and not data.mix_weights:
         return None
-    names = split_names(data.train)
+    names = dataset_names(data.train)
     sizes = [0] * len(names)
     for row in rows:
         sizes[row.get("part", 0)] += 1
