@@ -3,12 +3,11 @@ multi-GPU target and sweeps over a multi-GPU base. CPU, gloo, 2 processes, the t
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import yaml
 
 from tests.distributed.test_ddp import _config
+from tests.sweeps import sweep_cli
 from tunepilot.config import load_config
 from tunepilot.engines.base import Outcome, Report, TrialSpec
 from tunepilot.engines.launched import LaunchedEngine
@@ -63,18 +62,6 @@ def test_a_launched_trial_that_cannot_start_fails_with_its_output(tmp_path, tiny
     assert outcome.state == "failed" and "gone.jsonl" in outcome.reason
 
 
-def run_sweep(sweep: dict, tmp_path) -> dict:
-    from typer.testing import CliRunner
-
-    from tunepilot.cli.app import app
-
-    path = tmp_path / "sweep.yaml"
-    path.write_text(yaml.safe_dump(sweep))
-    result = CliRunner().invoke(app, ["sweep", str(path), "--dir", str(tmp_path / "sw"), "--json"])
-    assert result.exit_code == 0, result.output[-3000:]
-    return json.loads(result.stdout[result.stdout.index("{") :])
-
-
 def test_a_sweep_over_a_two_gpu_base_launches_its_trials(tmp_path, tiny_model):
     with open(_config(tmp_path, tiny_model, "base")) as f:
         base = yaml.safe_load(f)
@@ -85,7 +72,7 @@ def test_a_sweep_over_a_two_gpu_base_launches_its_trials(tmp_path, tiny_model):
         "pruner": "none",
         "budget": {"n_trials": 2},
     }
-    body = run_sweep(sweep, tmp_path)
+    body = sweep_cli(sweep, tmp_path)
     assert sorted(r["state"] for r in body["leaderboard"]) == ["complete", "complete"]
     summaries = [read_summary(d / "summary.json") for d in sorted((tmp_path / "sw" / "trials").iterdir()) if d.is_dir()]
     assert [s.processes for s in summaries] == [2, 2]
@@ -105,7 +92,7 @@ def test_a_launched_trial_reports_its_task_metric_as_the_objective(tmp_path, tin
         "budget": {"n_trials": 1},
         "eval_points": 1,
     }
-    body = run_sweep(sweep, tmp_path)
+    body = sweep_cli(sweep, tmp_path)
     (row,) = body["leaderboard"]
     trial = next(d for d in (tmp_path / "sw" / "trials").iterdir() if d.is_dir())
     evals = [r for r in read_stream(trial / "metrics.jsonl") if isinstance(r, EvalPoint) and r.step > 0]

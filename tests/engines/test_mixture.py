@@ -15,6 +15,7 @@ import torch
 
 from tests.engines.conftest import write_chat_jsonl
 from tests.engines.test_packed_equivalence import curves
+from tests.sweeps import sweep_cli
 from tunepilot.config import TrainSettings, build_config
 from tunepilot.engines.base import Outcome, TrialSpec
 from tunepilot.engines.packed import PackedEngine
@@ -208,12 +209,6 @@ def test_validate_reports_how_the_mix_uses_each_dataset(two_datasets, tiny_model
 
 
 def test_the_mix_strategy_is_a_searchable_key_of_a_packed_sweep(tiny_model, tiny_data, two_datasets, tmp_path):
-    import json
-
-    import yaml
-    from typer.testing import CliRunner
-
-    from tunepilot.cli.app import app
     from tunepilot.config import load_config
 
     sweep = {
@@ -232,11 +227,7 @@ def test_the_mix_strategy_is_a_searchable_key_of_a_packed_sweep(tiny_model, tiny
         "budget": {"n_trials": 2},
         "engine": "packed",
     }
-    path = tmp_path / "sweep.yaml"
-    path.write_text(yaml.safe_dump(sweep))
-    result = CliRunner().invoke(app, ["sweep", str(path), "--dir", str(tmp_path / "sw"), "--json"])
-    assert result.exit_code == 0, result.output[-3000:]
-    body = json.loads(result.stdout[result.stdout.index("{") :])
+    body = sweep_cli(sweep, tmp_path)
     assert sorted(r["state"] for r in body["leaderboard"]) == ["complete", "complete"]
     mixes = sorted(load_config(d / "config.yaml")[0].data.mix for d in (tmp_path / "sw" / "trials").iterdir())
     assert mixes == ["phased", "stacked"]

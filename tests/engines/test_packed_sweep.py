@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
-import yaml
 from typer.testing import CliRunner
 
+from tests.sweeps import sweep_cli
 from tunepilot.cli.app import app
 from tunepilot.stream import EvalPoint, TrainStep, read_stream
 
@@ -47,11 +47,7 @@ def test_sweep_with_the_packed_engine_runs_trials_in_slots(tiny_model, tmp_path)
         "budget": {"n_trials": 5},
         "engine": {"name": "packed", "slots": 3, "compile": "auto"},  # auto: eager on CPU
     }
-    path = tmp_path / "sweep.yaml"
-    path.write_text(yaml.safe_dump(sweep))
-    result = CliRunner().invoke(app, ["sweep", str(path), "--dir", str(tmp_path / "sw"), "--json"])
-    assert result.exit_code == 0, result.output[-3000:]
-    body = json.loads(result.stdout[result.stdout.index("{") :])
+    body = sweep_cli(sweep, tmp_path)
     rows = body["leaderboard"]
     assert len(rows) == 5 and all(r["state"] == "complete" for r in rows), rows
     assert all(r["steps"] == 4 and r["tokens"] > 0 for r in rows)
@@ -69,5 +65,6 @@ def test_sweep_with_the_packed_engine_runs_trials_in_slots(tiny_model, tmp_path)
     split = body["engine_seconds"]
     assert set(split) == {"load", "start", "train", "eval", "export"}
     assert all(v > 0 for v in split.values()), split
+    path = tmp_path / "sweep.yaml"  # what sweep_cli wrote
     shown = CliRunner().invoke(app, ["sweep", str(path), "--dir", str(tmp_path / "sw")])  # resumes: all done
     assert shown.exit_code == 0 and "engine time: load" in shown.output, shown.output[-2000:]

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import json
 
-import yaml
-from typer.testing import CliRunner
-
-from tunepilot.cli.app import app
+from tests.sweeps import sweep_cli
 from tunepilot.stream import EvalPoint, read_stream
 
 LABELS = ["card_arrival", "lost_card", "top_up"]
@@ -47,11 +44,7 @@ def test_sweep_maximises_accuracy_on_cpu(tiny_model, tmp_path):
         "eval_points": 2,
         "engine": "standard",
     }
-    path = tmp_path / "sweep.yaml"
-    path.write_text(yaml.safe_dump(sweep))
-    result = CliRunner().invoke(app, ["sweep", str(path), "--dir", str(tmp_path / "sw"), "--json"])
-    assert result.exit_code == 0, result.output[-3000:]
-    body = json.loads(result.stdout[result.stdout.index("{") :])
+    body = sweep_cli(sweep, tmp_path)
     assert body["objective"] == {"metric": "accuracy", "direction": "maximize"}
     values = [r["value"] for r in body["leaderboard"] if r["state"] == "complete"]
     assert len(values) == 3 and all(0.0 <= v <= 1.0 for v in values)

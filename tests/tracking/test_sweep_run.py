@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
-import yaml
-from typer.testing import CliRunner
 
-from tunepilot.cli.app import app
+from tests.sweeps import sweep_cli
 from tunepilot.testing import tiny_model_dir, write_arithmetic_chat
 
 mlflow = pytest.importorskip("mlflow")
@@ -35,11 +31,7 @@ def test_a_real_sweep_reports_its_trials_to_mlflow(tmp_path, engine):
         "budget": {"n_trials": 2},
         "engine": engine,
     }
-    path = tmp_path / "sweep.yaml"
-    path.write_text(yaml.safe_dump(sweep))
-    result = CliRunner().invoke(app, ["sweep", str(path), "--dir", str(tmp_path / "sw"), "--json"])
-    assert result.exit_code == 0, result.output[-3000:]
-    body = json.loads(result.stdout[result.stdout.index("{") :])
+    body = sweep_cli(sweep, tmp_path)
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{(tmp_path / 'sw').resolve() / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("tunepilot").experiment_id])
     (parent,) = [r for r in runs if r.data.tags.get("tunepilot.kind") == "sweep"]
