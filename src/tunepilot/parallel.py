@@ -102,9 +102,17 @@ class ParallelSettings(BaseModel):
 
 # ---------------------------------------------------------------------------------------------- deepspeed
 def deepspeed_config(
-    path: str | Path, config: Any, *, world: int, total_steps: int, warmup_steps: int, hidden_size: int | None = None
+    path: str | Path,
+    config: Any,
+    *,
+    world: int,
+    total_steps: int,
+    warmup_steps: int,
+    hidden_size: int | None = None,
+    dtype: str | None = None,
 ) -> dict[str, Any]:
     """The DeepSpeed JSON with every "auto" filled from the run config, as HF's Trainer fills it.
+    `dtype`: the weights' dtype as resolved on the device (model.dtype `auto` is bf16 on most GPUs).
     A value left "auto" that the run cannot decide is an error naming its key path."""
     path = Path(path)
     try:
@@ -115,37 +123,68 @@ def deepspeed_config(
         raise UserError(f"deepspeed: {path} is not a JSON file ({e})") from e
     if not isinstance(ds, dict):
         raise UserError(f"deepspeed: {path} must hold a JSON object of DeepSpeed settings")
-    t, dtype = config.train, config.model.dtype
+    t, dtype = config.train, dtype or config.model.dtype
     micro, accum = t.per_device_train_batch_size, t.gradient_accumulation_steps * t.nproc // max(world, 1)
     values = {
         "train_micro_batch_size_per_gpu": micro,
         "gradient_accumulation_steps": accum,
         "train_batch_size": micro * accum * world,
         "gradient_clipping": t.max_grad_norm,
-        "optimizer.params.lr": t.learning_rate,
-        "optimizer.params.betas": [t.adam_beta1, t.adam_beta2],
-        "optimizer.params.eps": t.adam_epsilon,
-        "optimizer.params.weight_decay": t.weight_decay,
-        "scheduler.params.warmup_max_lr": t.learning_rate,
-        "scheduler.params.warmup_min_lr": 0.0,
-        "scheduler.params.warmup_num_steps": warmup_steps,
-        "scheduler.params.total_num_steps": total_steps,
         "bf16.enabled": dtype == "bfloat16",
         "fp16.enabled": dtype == "float16",
     }
     if hidden_size:  # HF's sizes for ZeRO-3 buckets (transformers.integrations.deepspeed)
+        prefetch, persistence = int(0.9 * hidden_size * hidden_size), 10 * hidden_size
         values.update(
             {
                 "zero_optimization.reduce_bucket_size": hidden_size * hidden_size,
-                "zero_optimization.stage3_prefetch_bucket_size": int(0.9 * hidden_size * hidden_size),
-                "zero_optimization.stage3_param_persistence_threshold": 10 * hidden_size,
+                "zero_optimization.stage3_prefetch_bucket_size": prefetch,
+                "zero_optimization.stage3_param_persistence_threshold": persistence,
+                "zero_optimization.prefetch_bucket_size": prefetch,  # Axolotl's names, without stage3_
+                "zero_optimization.param_persistence_threshold": persistence,
             }
         )
+    _check_own_sections(ds, path)
+    mismatched = _mismatched(ds, values)
+    if mismatched:
+        raise UserError(f"deepspeed: {path}: values that disagree with the run config", problems=mismatched)
     left = _fill(ds, "", values)
     if left:
         raise UserError(f"deepspeed: {path}: 'auto' values tunepilot cannot fill", problems=left)
     _check_zero(ds, path)
+    ds.setdefault("zero_allow_untested_optimizer", True)  # the run's optimizer is DeepSpeed's client optimizer
+    if _offloads_optimizer(ds):  # ...and steps on the CPU under ZeRO-Offload, as HF's Trainer lets it
+        ds.setdefault("zero_force_ds_cpu_optimizer", False)
     return ds
+
+
+BATCH_KEYS = ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "train_batch_size")
+
+
+def _check_own_sections(ds: dict[str, Any], path: Path) -> None:
+    """The optimizer and schedule are the run's (optim, learning_rate, lr_scheduler_type, warmup):
+    a DeepSpeed one as well would train with other settings than the config and the record say."""
+    own = [key for key in ("optimizer", "scheduler") if key in ds]
+    if own:
+        raise UserError(
+            f"deepspeed: {path}: {' and '.join(own)} section(s) found; tunepilot trains with the run config's "
+            "optimizer and schedule (optim, learning_rate, lr_scheduler_type, warmup), so remove them and set "
+            "those keys in the run config instead"
+        )
+
+
+def _mismatched(ds: dict[str, Any], values: dict[str, Any]) -> list[str]:
+    """Batch sizes written as numbers must be the run's: the loop, not DeepSpeed, draws the batches."""
+    return [
+        f'{key}: {ds[key]} in the JSON, {values[key]} from the run config; write "auto" or the run\'s value'
+        for key in BATCH_KEYS
+        if key in ds and ds[key] != "auto" and ds[key] != values[key]
+    ]
+
+
+def _offloads_optimizer(ds: dict[str, Any]) -> bool:
+    offload = ds.get("zero_optimization", {}).get("offload_optimizer") or {}
+    return isinstance(offload, dict) and offload.get("device", "none") not in ("none", None)
 
 
 def _fill(node: dict[str, Any], prefix: str, values: dict[str, Any]) -> list[str]:
@@ -173,25 +212,18 @@ def zero_stage(ds: dict[str, Any]) -> int:
     return int(ds.get("zero_optimization", {}).get("stage", 0))
 
 
-def check_launchable(settings: ParallelSettings, device: str) -> None:
-    """DeepSpeed has no CPU path: refuse it up-front on a machine that cannot run it."""
-    if settings.resolved != "deepspeed":
+def check_launchable(config: Any) -> None:
+    """DeepSpeed asked for: installed, and its JSON readable and consistent with the run, said
+    up-front, before data or a model is loaded (the plan's sizes are filled for real in the run)."""
+    if config.parallel.resolved != "deepspeed":
         return
     import importlib.util
 
-    import torch
-
-    if not torch.cuda.is_available() or device == "cpu":
-        raise UserError(
-            "deepspeed: DeepSpeed ZeRO needs CUDA GPUs; on this machine use fsdp (fsdp: full_shard "
-            "auto_wrap), which shards the same way through torch's FSDP2"
-        )
     if importlib.util.find_spec("deepspeed") is None:
         raise UserError(
             "deepspeed: the deepspeed package is not installed; `pip install deepspeed`, or use fsdp "
             "(FSDP2) which needs nothing more"
         )
-    raise UserError(
-        "deepspeed: tunepilot maps and checks your DeepSpeed config, but its ZeRO training path is "
-        "not built yet; use fsdp (FSDP2, ZeRO-3 style sharding) for now"
+    deepspeed_config(
+        config.parallel.deepspeed, config, world=config.train.nproc, total_steps=1, warmup_steps=0, hidden_size=1
     )

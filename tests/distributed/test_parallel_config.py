@@ -68,13 +68,39 @@ def test_a_llamafactory_zero3_config_loads_and_its_auto_values_are_filled(tmp_pa
     assert "auto" not in json.dumps(filled)
 
 
+def test_an_axolotl_zero_config_with_offload_is_filled(tmp_path, tiny_model):
+    """Axolotl's zero3_bf16.json names the ZeRO-3 sizes without `stage3_`; its zero2.json offloads the
+    optimizer to the CPU, where the run's own (client) optimizer must be allowed to step."""
+    zero = {"stage": 3, "prefetch_bucket_size": "auto", "param_persistence_threshold": "auto"}
+    zero |= {"reduce_bucket_size": "auto", "offload_optimizer": {"device": "cpu"}}
+    ds = tmp_path / "zero3_bf16.json"
+    ds.write_text(json.dumps({"zero_optimization": zero, "bf16": {"enabled": True}, "gradient_clipping": "auto"}))
+    config, _ = build_config(_llamafactory_yaml(tmp_path, tiny_model, deepspeed=str(ds)), check_paths=False)
+    filled = deepspeed_config(ds, config, world=2, total_steps=10, warmup_steps=1, hidden_size=32)
+    assert filled["zero_optimization"]["prefetch_bucket_size"] == int(0.9 * 32 * 32)
+    assert filled["zero_optimization"]["param_persistence_threshold"] == 320
+    assert filled["zero_force_ds_cpu_optimizer"] is False and filled["zero_allow_untested_optimizer"] is True
+    ds.write_text(json.dumps({"zero_optimization": {"stage": 2}, "zero_force_ds_cpu_optimizer": True}))
+    kept = deepspeed_config(ds, config, world=2, total_steps=10, warmup_steps=1)
+    assert kept["zero_force_ds_cpu_optimizer"] is True  # a value the user wrote is theirs
+
+
 def test_deepspeed_values_that_cannot_be_filled_or_read_are_named(tmp_path, tiny_model):
     config, _ = build_config(_llamafactory_yaml(tmp_path, tiny_model), check_paths=False)
     odd = tmp_path / "odd.json"
-    odd.write_text(json.dumps({**ZERO3, "optimizer": {"type": "AdamW", "params": {"momentum": "auto"}}}))
+    odd.write_text(json.dumps({**ZERO3, "zero_optimization": {"stage": 2, "sub_group_size": "auto"}}))
     with pytest.raises(UserError) as e:
         deepspeed_config(odd, config, world=2, total_steps=10, warmup_steps=0)
-    assert "optimizer.params.momentum" in str(e.value)
+    assert "zero_optimization.sub_group_size" in str(e.value.problems)
+    own = tmp_path / "own.json"  # DeepSpeed's own optimizer would train with other settings than the run's
+    own.write_text(json.dumps({**ZERO3, "optimizer": {"type": "AdamW", "params": {"lr": "auto"}}}))
+    with pytest.raises(UserError, match="own.json: optimizer section"):
+        deepspeed_config(own, config, world=2, total_steps=10, warmup_steps=0)
+    sized = tmp_path / "sized.json"  # numbers that disagree with the run's batches are named, not obeyed
+    sized.write_text(json.dumps({**ZERO3, "train_micro_batch_size_per_gpu": 8, "gradient_accumulation_steps": 2}))
+    with pytest.raises(UserError) as e:
+        deepspeed_config(sized, config, world=2, total_steps=10, warmup_steps=0)
+    assert [p.split(":")[0] for p in e.value.problems] == ["train_micro_batch_size_per_gpu"]
     broken = tmp_path / "broken.json"
     broken.write_text("{stage: 3")
     with pytest.raises(UserError, match="broken.json is not a JSON file"):
@@ -85,9 +111,11 @@ def test_deepspeed_values_that_cannot_be_filled_or_read_are_named(tmp_path, tiny
         deepspeed_config(bad_stage, config, world=2, total_steps=10, warmup_steps=0)
 
 
-def test_deepspeed_is_refused_up_front_where_it_cannot_run(tmp_path, tiny_model):
+def test_a_deepspeed_json_at_odds_with_the_run_is_refused_up_front(tmp_path, tiny_model):
+    """`tunepilot train` names the JSON's problem (exit 2) before data or a model is loaded."""
+    pytest.importorskip("deepspeed")  # without it the refusal is "not installed", before the JSON is read
     ds = tmp_path / "ds_z3_config.json"
-    ds.write_text(json.dumps(ZERO3))
+    ds.write_text(json.dumps({**ZERO3, "scheduler": {"type": "WarmupLR"}}))
     path = tmp_path / "lf.yaml"
     path.write_text(
         yaml.safe_dump(_llamafactory_yaml(tmp_path, tiny_model, deepspeed=str(ds), bf16=False, device="cpu"))
@@ -95,7 +123,7 @@ def test_deepspeed_is_refused_up_front_where_it_cannot_run(tmp_path, tiny_model)
     result = CliRunner().invoke(app, ["train", str(path), "--json"])
     assert result.exit_code == 2, result.output
     body = json.loads(result.stdout[result.stdout.index("{") :])
-    assert "DeepSpeed ZeRO needs CUDA GPUs" in json.dumps(body) and "fsdp" in json.dumps(body)
+    assert "ds_z3_config.json: scheduler section" in json.dumps(body) and "lr_scheduler_type" in json.dumps(body)
     assert not (tmp_path / "out" / "metrics.jsonl").exists()
 
 

@@ -5,7 +5,7 @@ starts N processes; each builds a `Distributed` from the launcher's environment.
 every method is the identity, so the training loop reads the same either way:
 
     dist = Distributed.from_env(device)      # accelerate's Accelerator when WORLD_SIZE > 1
-    model = dist.wrap(model)                 # DDP (accelerate.prepare)
+    model, optimizer = dist.prepare(model, make_optimizer)  # DDP (accelerate.prepare)
     with dist.no_sync(model): ...            # accumulate without an all-reduce, sync on the last
     n = dist.sum(n_local)                    # global counts and losses
 
@@ -13,7 +13,8 @@ We write no parallelism of our own: DDP averages gradients over ranks, and the l
 rank's loss by the world size so the synced gradient is the global token mean (see engines/run.py).
 FSDP2 (`parallel.fsdp` / `fsdp_config`) shards through torch's `fully_shard` (engines/sharded.py):
 its gradients are averaged the same way, and weights, checkpoints and the adapter go through the
-state-dict helpers there; the methods below hide which strategy runs.
+state-dict helpers there. DeepSpeed ZeRO (`parallel.deepspeed`) trains through DeepSpeed's engine
+(engines/zero.py), on one process too; the methods below hide which strategy runs.
 """
 
 from __future__ import annotations
@@ -31,24 +32,32 @@ from tunepilot.errors import UserError
 class Distributed:
     def __init__(self, accelerator: Any | None = None, strategy: str = "single", parallel: Any = None):
         self.accelerator, self.strategy, self.parallel = accelerator, strategy, parallel
+        self.zero: Any = None  # engines/zero.py's Zero once start_zero has run (DeepSpeed)
 
     @classmethod
     def from_env(cls, device: str, parallel: Any = None) -> Distributed:
         """One process, or the launcher's N: DDP by default, FSDP2 when the config asks for it."""
-        from tunepilot.parallel import check_launchable
-
-        if parallel is not None:
-            check_launchable(parallel, device)  # DeepSpeed asked for: refused where it cannot run, even on 1
+        strategy = parallel.resolved if parallel is not None else "ddp"
         if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-            return cls(None)
+            return cls(None, "deepspeed" if strategy == "deepspeed" else "single", parallel)
         from accelerate import Accelerator
 
-        strategy = parallel.resolved if parallel is not None else "ddp"
         return cls(Accelerator(cpu=device == "cpu"), strategy, parallel)
+
+    def start_zero(self, ds_config: dict[str, Any]) -> None:
+        """DeepSpeed's process group and settings (the JSON with its "auto" values filled)."""
+        from tunepilot.engines.zero import Zero
+
+        self.zero = Zero.start(ds_config)
 
     @property
     def sharded(self) -> bool:
         return self.strategy == "fsdp"
+
+    @property
+    def partitions_weights(self) -> bool:
+        """Every forward gathers weights from all ranks (FSDP2, ZeRO-3): the ranks run them together."""
+        return self.sharded or (self.zero is not None and self.zero.partitions_weights)
 
     @property
     def world(self) -> int:
@@ -66,18 +75,43 @@ class Distributed:
     def device(self) -> torch.device | None:
         return self.accelerator.device if self.accelerator else None
 
-    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
-        """What trains: DDP around the model, the model sharded in place (FSDP2), or the model."""
+    def prepare(self, model: torch.nn.Module, make_optimizer) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+        """What trains (DDP around the model, the model sharded in place by FSDP2, DeepSpeed's engine,
+        or the model) and the optimizer over the trained weights (FSDP2's after sharding; DeepSpeed
+        takes it as its client optimizer)."""
+        if self.zero is not None:
+            optimizer = make_optimizer(_trained(model))
+            return self.zero.prepare(model, optimizer), optimizer
         if self.sharded:
             from tunepilot.engines.sharded import shard
 
-            return shard(model, self.parallel, self.world, self.device)
-        return self.accelerator.prepare(model) if self.accelerator else model
+            trains = shard(model, self.parallel, self.world, self.device)
+        else:
+            trains = self.accelerator.prepare(model) if self.accelerator else model
+        return trains, make_optimizer(_trained(model))
+
+    def backward(self, loss: torch.Tensor, last: bool) -> None:
+        """One micro-batch's backward; `last`: the step's last, whose gradients are synced."""
+        if self.zero is not None:
+            self.zero.backward(loss, last)
+        else:
+            loss.backward()
+
+    def step(self, optimizer, params: list[torch.nn.Parameter], max_norm: float) -> float:
+        """Clip, step and zero the gradients; returns the global gradient norm before clipping."""
+        if self.zero is not None:  # clipping: the DeepSpeed JSON's gradient_clipping (max_grad_norm)
+            return self.zero.step(params)
+        norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return norm
 
     @contextlib.contextmanager
     def no_sync(self, model: torch.nn.Module):
         """Accumulate gradients locally; the next backward outside this block syncs them."""
-        if self.sharded:
+        if self.zero is not None:  # DeepSpeed: the loop marks the accumulation boundary itself
+            yield
+        elif self.sharded:
             model.set_requires_gradient_sync(False)
             try:
                 yield
@@ -93,10 +127,8 @@ class Distributed:
     def save_weights(self, path: Path, model: torch.nn.Module) -> None:
         from tunepilot.engines.checkpoint import save_state, save_weights
 
-        if self.sharded:
-            from tunepilot.engines.sharded import full_trainable_state
-
-            state = full_trainable_state(model)  # a collective: every rank takes part
+        if self.sharded or self.zero is not None:
+            state = self.adapter_state(model)  # a collective: every rank takes part
             if self.is_main:
                 save_state(path, state)
         elif self.is_main:
@@ -104,12 +136,18 @@ class Distributed:
         self.barrier()
 
     def load_weights(self, path: Path, model: torch.nn.Module) -> None:
+        from safetensors.torch import load_file
+
         from tunepilot.engines.checkpoint import load_weights
 
+        if self.zero is not None:  # ZeRO-3: rank 0's copy is scattered; ZeRO-0/1/2: every rank reads it
+            read = self.is_main or not self.zero.partitions_weights
+            state = load_file(str(path / "trainable.safetensors")) if read else {}
+            self.zero.load_trainable_state(model, state, self.is_main)
+            return
         if not self.sharded:
             load_weights(path, model)
             return
-        from safetensors.torch import load_file
 
         from tunepilot.engines.sharded import load_full_trainable_state
 
@@ -117,6 +155,8 @@ class Distributed:
 
     def adapter_state(self, model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
         """The full trained weights for save_pretrained on rank 0 (None: the model's own state)."""
+        if self.zero is not None:
+            return self.zero.trainable_state(model, self.is_main)
         if not self.sharded:
             return None
         from tunepilot.engines.sharded import full_trainable_state
@@ -124,6 +164,9 @@ class Distributed:
         return full_trainable_state(model)
 
     def save_checkpoint(self, path: Path, model, optimizer, scheduler, state) -> None:
+        if self.zero is not None:  # every rank writes its partition
+            self.zero.save_checkpoint(path, scheduler, state, self)
+            return
         if self.sharded:  # every rank writes its shard
             from tunepilot.engines.sharded import save_sharded_checkpoint
 
@@ -136,6 +179,11 @@ class Distributed:
         self.barrier()
 
     def load_checkpoint(self, path: Path, model, optimizer, scheduler):
+        if (path / "zero").is_dir() != (self.zero is not None):
+            kind = "a DeepSpeed" if (path / "zero").is_dir() else "a non-DeepSpeed"
+            raise UserError(f"{path}: {kind} checkpoint; resume it with the same parallel settings it was written with")
+        if self.zero is not None:
+            return self.zero.load_checkpoint(path, scheduler, self.world)
         if (path / "sharded").is_dir():
             if not self.sharded:
                 raise UserError(
@@ -169,3 +217,7 @@ class Distributed:
     def barrier(self) -> None:
         if self.accelerator:
             self.accelerator.wait_for_everyone()
+
+
+def _trained(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]

@@ -38,8 +38,16 @@ from tunepilot.engines.recorder import ObjectiveSpec, RunRecorder, prepare_run_d
 from tunepilot.engines.summary import RunSummary
 from tunepilot.errors import ExitCode, UserError
 from tunepilot.io import atomic_write_dir
-from tunepilot.models import apply_method, count_parameters, load_model, load_tokenizer, resolve_device
+from tunepilot.models import (
+    apply_method,
+    count_parameters,
+    load_model,
+    load_tokenizer,
+    resolve_device,
+    resolve_dtype,
+)
 from tunepilot.optimizers import build_optimizer, build_plan_scheduler
+from tunepilot.parallel import check_launchable, deepspeed_config
 from tunepilot.stream import EvalPoint, Event, TrainStep
 
 
@@ -70,7 +78,8 @@ class TrainingRun:
     # ----------------------------------------------------------------- setup
     def setup(self) -> Plan:
         cfg = self.config
-        self.dist = Distributed.from_env(cfg.train.device, cfg.parallel)  # N processes: DDP or FSDP2
+        check_launchable(cfg)  # DeepSpeed: installed and its JSON sound, before anything loads
+        self.dist = Distributed.from_env(cfg.train.device, cfg.parallel)  # N processes: DDP, FSDP2 or ZeRO
         if self.dist.is_main:
             prepare_run_dir(self.run_dir, cfg, self.resume)
         self.dist.barrier()
@@ -81,9 +90,12 @@ class TrainingRun:
         torch.manual_seed(cfg.train.seed)  # adapter init
         base = self._base_model if self._base_model is not None else load_model(cfg.model, self.device)
         self.model = apply_method(base, cfg.method, cfg.model)
-        self.ddp = self.dist.wrap(self.model)  # what trains: DDP around the model, the model sharded, or itself
+        if self.dist.strategy == "deepspeed":
+            self.dist.start_zero(self._deepspeed_config())
+        # what trains: DDP around the model, the model sharded, DeepSpeed's engine, or the model itself
+        self.ddp, self.optimizer = self.dist.prepare(self.model, lambda params: build_optimizer(params, cfg.train))
         self.params_trained = [p for p in self.model.parameters() if p.requires_grad]  # after sharding
-        self.optimizer, self.scheduler = self._optimizer_and_scheduler()
+        self.scheduler = self._scheduler()
         self.objective = self._make_objective()
         total, _ = count_parameters(self.model)
         main = self.dist.is_main  # rank 0 writes the one stream; the others follow its stop decisions
@@ -111,21 +123,33 @@ class TrainingRun:
     def stop_event(self) -> Event | None:
         return self.recorder.stop_event
 
-    def _optimizer_and_scheduler(self):
-        t = self.config.train
-        optimizer = build_optimizer(self.params_trained, t)
+    def _scheduler(self):
         if self._scheduler_factory is not None:
-            return optimizer, self._scheduler_factory(optimizer, self.plan)
-        return optimizer, build_plan_scheduler(optimizer, t, self.plan)
+            return self._scheduler_factory(self.optimizer, self.plan)
+        return build_plan_scheduler(self.optimizer, self.config.train, self.plan)
+
+    def _deepspeed_config(self) -> dict:
+        """The user's DeepSpeed JSON with its "auto" values filled from this run's settings and plan."""
+        cfg = self.config
+        hidden = getattr(getattr(self.model, "config", None), "hidden_size", None)
+        return deepspeed_config(
+            cfg.parallel.deepspeed,
+            cfg,
+            world=self.dist.world,
+            total_steps=self.plan.total_steps,
+            warmup_steps=self.plan.warmup_steps,
+            hidden_size=hidden if isinstance(hidden, int) else None,
+            dtype=str(resolve_dtype(cfg.model.dtype, self.device)).removeprefix("torch."),
+        )
 
     def _make_objective(self):
         """A task metric scored by generation when `evaluate.objective` is set; else eval loss decides."""
         if not self.config.evaluate.objective or self.data.eval is None:
             return None
-        if self.dist.sharded:
+        if self.dist.partitions_weights:
             raise UserError(
-                "evaluate.objective: a task metric is scored by generation on rank 0, which a sharded "
-                "(FSDP) model cannot do alone; use DDP (no fsdp keys), or eval loss as the objective"
+                "evaluate.objective: a task metric is scored by generation on rank 0, which a model "
+                "sharded by FSDP or ZeRO-3 cannot do alone; use DDP or ZeRO-0/1/2, or eval loss as the objective"
             )
         from tunepilot.evaluate.objective import TaskObjective
 
@@ -202,17 +226,16 @@ class TrainingRun:
         loss_sum, world = 0.0, self.dist.world
         for i, batch in enumerate(batches):
             # DDP all-reduces (averages) on the last micro-batch only; x world turns its mean into the sum
-            with self.dist.no_sync(self.ddp) if i < len(batches) - 1 else contextlib.nullcontext():
+            last = i == len(batches) - 1
+            with contextlib.nullcontext() if last else self.dist.no_sync(self.ddp):
                 summed = self._loss_sum(batch, self.ddp)
-                (summed * world / n_tokens).backward()  # mean over all trained tokens of the global step
+                self.dist.backward(summed * world / n_tokens, last)  # mean over all trained tokens of the step
             loss_sum += summed.item()
         loss_sum = self.dist.sum(loss_sum)
         max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params_trained, max_norm))
         lr = self.scheduler.get_last_lr()[0]
-        self.optimizer.step()
+        grad_norm = self.dist.step(self.optimizer, self.params_trained, max_norm)
         self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
         self.state.step, self.state.tokens = step, self.state.tokens + n_tokens
         self.state.extra["input_tokens"] = self.state.extra.get("input_tokens", 0) + n_input
         self.state.seconds = time.perf_counter() - self._t0
@@ -245,8 +268,8 @@ class TrainingRun:
         rank, world = self.dist.rank, self.dist.world  # each rank its share of the batches, summed after
         starts = list(range(rank * size, len(self.data.eval), size * world))
         rounds = math.ceil(len(self.data.eval) / (size * world))
-        for i in range(rounds if self.dist.sharded else len(starts)):
-            # FSDP gathers weights in every forward, so every rank runs as many; a spare one counts nothing
+        for i in range(rounds if self.dist.partitions_weights else len(starts)):
+            # FSDP and ZeRO-3 gather weights in every forward: every rank runs as many; a spare one counts nothing
             start, spare = (starts[i], False) if i < len(starts) else (0, True)
             batch = collate(self.data.eval[start : start + size], self.tokenizer.pad_token_id)
             summed = self._loss_sum(batch).item()
