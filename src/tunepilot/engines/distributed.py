@@ -214,6 +214,13 @@ class Distributed:
         torch.distributed.broadcast_object_list(box, src=0)
         return box[0]
 
+    def close(self) -> None:
+        """End the process group once the ranks are done with it. A gloo group left to interpreter
+        exit can abort a rank after its work is done ("terminate called without an active exception")."""
+        if (self.accelerator or self.zero) and torch.distributed.is_initialized():
+            self.barrier()
+            torch.distributed.destroy_process_group()
+
     def barrier(self) -> None:
         if self.accelerator:
             self.accelerator.wait_for_everyone()

@@ -321,6 +321,7 @@ class TrainingRun:
         state = self.dist.adapter_state(self.model)  # sharded weights gathered on rank 0 (a collective)
         adapter = self._save_final(state) if self.dist.is_main else None
         total, trainable = count_parameters(self.model)
+        self.dist.close()
         return self.recorder.finish(
             status=status,
             reason=reason,
@@ -338,6 +339,7 @@ class TrainingRun:
         """Close the metrics stream without saving an adapter or summary (a run used as a probe)."""
         if self.recorder is not None:
             self.recorder.close()
+            self.dist.close()
 
     def _save_final(self, state: dict | None = None) -> Path:
         """The adapter in PEFT format (model/ for full fine-tuning); `state`: gathered sharded weights."""
