@@ -46,6 +46,40 @@ def _mix_seed(*parts: int) -> int:
     return h & 0x7FFFFFFFFFFFFFFF
 
 
+M32 = 0xFFFFFFFF
+
+
+def _mul32(z: torch.Tensor, c: int) -> torch.Tensor:
+    """(z * c) mod 2^32 for 0 <= z < 2^32, in 16-bit halves of c: no product leaves int64's range
+    (a wrapping int64 product is undefined in the C++ that inductor writes for CPUs)."""
+    return (z * (c & 0xFFFF) + (((z * (c >> 16)) & 0xFFFF) << 16)) & M32
+
+
+def _fmix32(z: torch.Tensor) -> torch.Tensor:
+    """MurmurHash3's 32-bit finalizer: every input bit flips each output bit with probability ~1/2."""
+    z = _mul32(z ^ (z >> 16), 0x85EBCA6B)
+    z = _mul32(z ^ (z >> 13), 0xC2B2AE35)
+    return z ^ (z >> 16)
+
+
+def hashed_keep(x: torch.Tensor, seeds: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """Inverted-dropout masks for x [rows, width, features] of a compiled pass: keep / (1 - p) with
+    P(keep) = 1 - p per row (`seeds`: non-negative int64 below 2^63, `p`: [rows, 1, 1]; p = 0 keeps
+    all). A counter-based draw, MurmurHash3's finalizer of (row seed, position, feature), in integer
+    tensor ops that inductor fuses into one kernel and computes exactly as eager does: a mask
+    depends on its row's seed and coordinates alone (not on the pack or its padding). Written here
+    because torch's generators hold state that torch.compile cannot carry, and its in-graph draws
+    come from the global RNG state, which would tie a trial's masks to its pack."""
+    width, features = x.shape[-2], x.shape[-1]
+    t = torch.arange(width, device=x.device).view(1, -1, 1)
+    i = torch.arange(features, device=x.device).view(1, 1, -1)
+    counter = t * features + i  # below 2^37 for any real width and feature count
+    h = _fmix32((seeds & M32) ^ (counter & M32))
+    h = _fmix32(h ^ ((seeds >> 32) & M32) ^ (counter >> 32))
+    u = (h >> 8).to(torch.float32) * 2.0**-24  # the top 24 bits: uniform on [0, 1)
+    return (u >= p).to(x.dtype) / (1.0 - p).to(x.dtype)
+
+
 class MultiLoraLinear(nn.Module):
     """Wraps a frozen `nn.Linear`; holds any number of slots' adapters (module replacement, like PEFT)."""
 
@@ -55,6 +89,10 @@ class MultiLoraLinear(nn.Module):
         self.context = context
         self.index = index  # position among wrapped layers: part of the dropout seed, the bank's layer
         self.stack = LoraStack(bank, index)
+        # The layer's part of a compiled pass's dropout seeds, as a tensor: a Python int would be a
+        # value the compiled graph is guarded on (a graph per layer)
+        salt = torch.tensor(_mix_seed(index) >> 1, device=base_layer.weight.device)  # 62 bits: sums fit int64
+        self.register_buffer("salt", salt, persistent=False)
 
     @property
     def adapters(self) -> dict[str, LoraAdapter]:
@@ -84,6 +122,8 @@ class MultiLoraLinear(nn.Module):
         out = self.base_layer(x)
         if self.stack.selected is not None and x.dtype == out.dtype:  # set by the pack: `prepare_pass`
             return self._batched_add(out, x, *self.stack.selected)
+        if self.stack.rows is not None and x.dtype == out.dtype and x.dim() == 3:  # compiled packs
+            return self._rows_add(out, x, *self.stack.rows)
         adapters = self.stack.adapters
         segments = [(s, a, b) for s, a, b in self.context.segments if s in adapters]
         if not segments:
@@ -118,21 +158,27 @@ class MultiLoraLinear(nn.Module):
             keep = torch.nn.functional.pad(keep, (0, 0, 0, x.shape[1] - shape[1]))
         return keep / (1.0 - p)
 
+    def _rows_add(self, out, x, a, bt, scales, dropout) -> torch.Tensor:
+        # A compiled pack: each row with its own slot's A and B^T (`LoraStack.select_rows`; scaling 0
+        # where its slot does not adapt this layer, so it adds exactly 0 and gives no gradient). The
+        # graph reads tensors only, so it holds for every layer and composition; per segment, it was
+        # guarded on the segments' Python values and recompiled until torch's limit sent it to eager.
+        if dropout is not None:
+            seeds, p = dropout
+            x = x * hashed_keep(x, seeds + self.salt, p)
+        return out + torch.bmm(torch.bmm(x, a.transpose(1, 2)) * scales, bt)
+
     def _batched_add(
         self, out: torch.Tensor, x: torch.Tensor, a: torch.Tensor, bt: torch.Tensor, scales
     ) -> torch.Tensor:
         # The slots' A and B^T come straight from the layer's stacks (lower ranks zero-padded: a
         # padded row of A meets a zero row of B^T, so it adds exactly 0 and gets a zero gradient).
-        # Two bmm calls for all slots (the launch count does not grow with K); eager, the second adds
-        # the delta into the base output in place, in the matmul's epilogue (beta = 1: no copy of
-        # the output, which out-of-place baddbmm makes; autograd allows it, as the base linear does
-        # not keep its output for backward). The scaling multiplies the narrow x A^T.
+        # Two bmm calls for all slots (the launch count does not grow with K); the second adds the
+        # delta into the base output in place, in the matmul's epilogue (beta = 1: no copy of the
+        # output, which out-of-place baddbmm makes; autograd allows it, as the base linear does not
+        # keep its output for backward). The scaling multiplies the narrow x A^T. (Compiled packs
+        # take `_rows_add`, whose plain add fuses into the kernel that reads the output next.)
         k = a.shape[0]
         xa = torch.bmm(x.reshape(k, -1, x.shape[-1]), a.transpose(1, 2)) * scales
-        if torch.compiler.is_compiling():
-            # Compiled, an in-place baddbmm becomes a copy of the output plus an out-of-place one;
-            # a plain add instead fuses into the kernel that reads this output next (rotary, SiLU x
-            # up, the residual add).
-            return out + torch.bmm(xa, bt).view(out.shape)
         out.view(k, -1, out.shape[-1]).baddbmm_(xa, bt)
         return out

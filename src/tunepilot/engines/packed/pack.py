@@ -93,6 +93,11 @@ class Pack:
         anew until torch's recompile limit, 8, sent the layers back to eager: tested on CPU.) A new
         set of active slots needs no new graph: `_prepare` selects the slots' adapters outside the
         layers (`LoraStack.prepare_pass`), so the layers see tensor sizes, not Python values."""
+        # A layer's graph has a bounded set of variants: training or eval (grad mode), the first
+        # layer's input without grad, dropout drawn or not, and the first change of each size (rows,
+        # rank cap, length) that makes it dynamic. A mixed pack of the tiny model needs ~10, past
+        # torch's default limit of 8, after which a layer would run eager for the rest of the process.
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 32)
         for layer in getattr(self.decoder, "layers", []):
             layer.compile(dynamic=None, mode=mode)
         self.chunk_fn = torch.compile(ce_chunk_fused, dynamic=False)  # fixed-size chunks: one shape
@@ -201,9 +206,28 @@ class Pack:
         """Before a forward pass: cast the LoRA bank once and hand each layer its views and its
         slots' selection (`LoraStack.prepare_pass`: host work kept out of a compiled layer)."""
         dtype = self.head.weight.dtype
+        dropout = self._dropout_rows(segments, rows) if self.compiled and self.context.training else None
         for layer, views in zip(self.wrapped.values(), self.bank.views(dtype), strict=True):
             layer.stack.current = views
-            layer.stack.prepare_pass(segments, rows, self.context.training, dtype, self.device, self.compiled)
+            layer.stack.prepare_pass(segments, rows, self.context.training, dtype, self.device, self.compiled, dropout)
+
+    def _dropout_rows(self, segments: list, rows: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """A compiled training pass's dropout: each row's seed (its trial's seed of this micro-step
+        and its row within the trial) and its trial's rate, [rows, 1, 1] on the device (`hashed_keep`)."""
+        rates = {}
+        for layer in self.wrapped.values():
+            rates.update({s: ad.dropout for s, ad in layer.stack.adapters.items()})
+        if not any(rates.get(s, 0.0) > 0 for s, _, _ in segments):
+            return None
+        seeds, p = [0] * rows, [0.0] * rows
+        for slot, first, end in segments:
+            for row in range(first, end):
+                seeds[row] = _mix_seed(self.context.dropout_seeds.get(slot, 0), row - first) >> 1  # + salt < 2^63
+                p[row] = rates.get(slot, 0.0)
+        return self._rows_tensor(seeds, torch.int64), self._rows_tensor(p, torch.float32)
+
+    def _rows_tensor(self, values: list, dtype: torch.dtype) -> torch.Tensor:
+        return self._to_device(torch.tensor(values, dtype=dtype).view(-1, 1, 1))
 
     def logits(self, slot: int, input_ids: torch.Tensor) -> torch.Tensor:
         """Full logits of one slot's adapted model (for checks against PEFT), no dropout."""

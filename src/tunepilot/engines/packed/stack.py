@@ -123,6 +123,8 @@ class LoraStack:
         self.current: tuple[torch.Tensor, torch.Tensor] | None = None
         # This pass's batched selection (A, B^T, scalings) or None (per segment): `prepare_pass`
         self.selected: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        # A compiled pass's per-row selection (A, B^T, row -> slot, row scalings, dropout): `select_rows`
+        self.rows: tuple | None = None
 
     @property
     def capacity(self) -> tuple[int, int]:
@@ -187,25 +189,48 @@ class LoraStack:
         training: bool,
         dtype: torch.dtype,
         device: torch.device,
-        copy: bool = False,
+        compiled: bool = False,
+        dropout: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> None:
-        """Before a forward pass (after `current` is set): `selected` is the slots' batched A, B^T and
-        scalings when every row belongs to a slot of this layer, the segments are equal and no
-        dropout is drawn (two bmm calls for all slots); None otherwise (one delta per segment).
+        """Before a forward pass (after `current` is set). Eager: `selected` is the slots' batched A,
+        B^T and scalings when every row belongs to a slot of this layer, the segments are equal and
+        no dropout is drawn (two bmm calls for all slots); None otherwise (one delta per segment).
+        Compiled: `rows`, the per-row selection (`select_rows`), whatever the composition;
+        `dropout`: the pass's row seeds and rates, used when one of this layer's slots draws masks.
 
         Host work, done here rather than in the layer's forward: a compiled layer then reads
         tensors alone, so a new set of active slots changes their sizes (one dynamic graph), not
-        Python values its graph would be guarded on (a graph per composition). `copy` (compiled
-        packs): the selection gets its own storage, as views' offsets would be guarded on too."""
+        Python values its graph would be guarded on (a graph per composition)."""
         mine = [(s, a, b) for s, a, b in segments if s in self.adapters]
         sizes = {b - a for _, a, b in mine}
         uniform = len(sizes) == 1 and sum(b - a for _, a, b in mine) == rows
         drop = training and any(self.adapters[s].dropout > 0 for s, _, _ in mine)
         slots = tuple(s for s, _, _ in mine)
-        self.selected = None
-        if uniform and not drop:
-            a, bt, scales = self.select(slots, dtype, device)
-            self.selected = (a.clone(), bt.clone(), scales) if copy else (a, bt, scales)
+        self.selected = self.rows = None
+        if compiled:  # one path for every layer and composition
+            self.rows = self.select_rows(tuple(segments), rows, dropout if drop else None, dtype, device)
+        elif uniform and not drop:
+            self.selected = self.select(slots, dtype, device)
+
+    def select_rows(self, segments: tuple, rows: int, dropout, dtype: torch.dtype, device: torch.device) -> tuple:
+        """A compiled pass's per-row selection: each row's A [rows, r, in] and B^T [rows, r, out] (its
+        slot's, gathered here, outside the graph, differentiable back to the bank) and its scaling,
+        0 where its slot does not adapt this layer (whose A and B are zero in the bank anyway). The
+        compiled layer then reads tensors alone and runs the same graph for every layer, set of
+        slots, segment sizes and targets (`MultiLoraLinear._rows_add`). `dropout`: the pass's
+        (row seeds, rates) when it draws masks."""
+        key = ("rows", segments, rows, dtype)
+        if key not in self._cache:
+            where, scale = [0] * rows, [0.0] * rows
+            for slot, first, end in segments:
+                ad = self.adapters.get(slot)
+                for row in range(first, end):
+                    where[row], scale[row] = slot, ad.scaling if ad is not None else 0.0
+            scales = torch.tensor(scale, dtype=dtype, device=device).view(-1, 1, 1)
+            self._cache[key] = (torch.tensor(where, device=device), scales)
+        index, scales = self._cache[key]
+        a, bt = self.pass_views(dtype)
+        return a.index_select(0, index), bt.index_select(0, index), scales, dropout
 
     def select(
         self, slots: tuple[int, ...], dtype: torch.dtype, device: torch.device
