@@ -111,6 +111,7 @@ def test_a_compiled_mixed_pack_stays_compiled_and_trains_the_row_path(tiny_model
         outcomes += [p for p in engine.advance() if isinstance(p, Outcome)]
     engine.close()
     graphs = counters["stats"]["unique_graphs"]
+    print(f"compiled mixed pack: {graphs} graphs")
     assert all(o.state == "complete" for o in outcomes) and len(outcomes) == 3, outcomes
     torch._dynamo.reset()
     assert not [r for r in caplog.records if "recompile_limit" in r.getMessage()], f"{graphs} graphs"
