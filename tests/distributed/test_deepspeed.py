@@ -127,3 +127,23 @@ def test_zero3_on_two_processes_trains_the_same_run_as_one(tmp_path, tiny_model)
     assert two["ok"] and two["tokens"] == one["tokens"]
     (t0, _), (t1, _) = (_curves(tmp_path / d / "metrics.jsonl") for d in ("one", "two"))
     assert [b[1] for b in t1] == pytest.approx([a[1] for a in t0], abs=1e-4)
+
+
+def test_two_zero_runs_in_one_process(tmp_path, tiny_model):
+    """A sweep trains its trials one after another in one process: the second DeepSpeed run joins the
+    one-process group the first made (DeepSpeed keeps it; a destroyed one is not made again)."""
+    script = f"""
+import yaml
+from tunepilot.config import build_config
+from tunepilot.engines.run import train
+for out in ("first", "second"):
+    raw = yaml.safe_load(open({_zero_config(tmp_path, tiny_model, "base", 2)!r}))
+    raw["output_dir"] = {str(tmp_path)!r} + "/" + out
+    summary = train(build_config(raw, check_paths=False)[0])
+    print(out, summary.ok, summary.steps)
+"""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env.pop("WORLD_SIZE", None)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "first True 6" in done.stdout and "second True 6" in done.stdout

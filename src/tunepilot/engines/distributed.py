@@ -215,9 +215,11 @@ class Distributed:
         return box[0]
 
     def close(self) -> None:
-        """End the process group once the ranks are done with it. A gloo group left to interpreter
-        exit can abort a rank after its work is done ("terminate called without an active exception")."""
-        if (self.accelerator or self.zero) and torch.distributed.is_initialized():
+        """End the launcher's process group once the ranks are done with it. A gloo group left to
+        interpreter exit can abort a rank after its work is done ("terminate called without an active
+        exception"). A one-process DeepSpeed group stays: DeepSpeed keeps it for the process's next run
+        (a sweep's next trial), and a destroyed one is not made again."""
+        if self.accelerator and torch.distributed.is_initialized():
             self.barrier()
             torch.distributed.destroy_process_group()
 
