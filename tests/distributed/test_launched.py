@@ -3,6 +3,8 @@ multi-GPU target and sweeps over a multi-GPU base. CPU, gloo, 2 processes, the t
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import yaml
 
@@ -98,3 +100,14 @@ def test_a_launched_trial_reports_its_task_metric_as_the_objective(tmp_path, tin
     evals = [r for r in read_stream(trial / "metrics.jsonl") if isinstance(r, EvalPoint) and r.step > 0]
     assert row["state"] == "complete" and read_summary(trial / "summary.json").processes == 2
     assert row["value"] == pytest.approx(evals[-1].metrics["accuracy"]) and evals[-1].eval_loss != row["value"]
+
+
+def test_a_failed_trial_s_reason_is_rank_0_s_error_whatever_the_other_ranks_print():
+    """Rank 1, stopped by the launcher mid-import, may print a traceback longer than any fixed tail
+    after rank 0's error envelope: the reason is still rank 0's message and problems."""
+    from tunepilot.engines.launched import _reported_error
+
+    envelope = {"version": 1, "ok": False, "error": {"message": "t0.yaml: 1 problem(s)", "problems": ["data.train: x"]}}
+    text = "W... starting\n" + json.dumps(envelope, indent=2) + "\n" + "Traceback (most recent call last):\n" * 500
+    assert _reported_error(text) == "t0.yaml: 1 problem(s); data.train: x"
+    assert _reported_error("Traceback ...\nKeyboardInterrupt\n") is None  # then the output's end is the reason

@@ -121,10 +121,30 @@ class LaunchedEngine(OneTrialEngine):
         return outcome
 
     def _log_tail(self) -> str:
+        """Why the trial's processes failed: the error rank 0 reported (its JSON envelope), else the
+        end of their output. Other ranks, stopped by the launcher mid-import, can print tracebacks
+        long enough to push rank 0's message out of any fixed tail."""
         run_dir = Path(self._trial.run_dir)
         log = run_dir.parent / f"{run_dir.name}.log"
         text = log.read_text(errors="replace") if log.is_file() else ""
-        return f"exit code {self._proc.returncode}: {text[-LOG_TAIL:].strip()}"
+        error = _reported_error(text)
+        return f"exit code {self._proc.returncode}: {error or text[-LOG_TAIL:].strip()}"
+
+
+def _reported_error(text: str) -> str | None:
+    """The message and problems of the first `--json` error envelope in a trial's output."""
+    decoder = json.JSONDecoder()
+    start = text.find('{\n  "version"')
+    while start >= 0:
+        try:
+            body, _ = decoder.raw_decode(text, start)
+        except json.JSONDecodeError:
+            body = None
+        error = body.get("error") if isinstance(body, dict) else None
+        if isinstance(error, dict) and error.get("message"):
+            return "; ".join([str(error["message"]), *map(str, error.get("problems") or [])])
+        start = text.find('{\n  "version"', start + 1)
+    return None
 
 
 def _write_config(spec: TrialSpec, run_dir: Path, objective: str) -> Path:
