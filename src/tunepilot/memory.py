@@ -188,9 +188,9 @@ def suggest_changes(info: ModelInfo, plan: MemoryPlan, gpu_memory_gb: float, set
 STRATEGIES = {
     "ddp": "every GPU holds the whole model, its gradients and optimizer states (fastest when it fits)",
     "shard_grad_op": "FSDP2 without resharding after forward (ZeRO-2 like): gradients and optimizer states "
-    "sharded, weights gathered whole through each step",
+    "sharded, weights gathered whole through each step; `deepspeed:` with a ZeRO-2 JSON is estimated the same",
     "full_shard": "FSDP2 full sharding (ZeRO-3 like): weights, gradients and optimizer states sharded; one "
-    "layer at a time gathered",
+    "layer at a time gathered; `deepspeed:` with a ZeRO-3 JSON is estimated the same",
 }
 
 
