@@ -77,10 +77,11 @@ def test_zero_trains_the_same_run_as_plain_pytorch(tmp_path, tiny_model, stage):
     assert (tmp_path / f"z{stage}" / "checkpoint" / "zero.json").exists() and saved > 0
 
 
-@pytest.mark.parametrize("stage", [2, 3])
-def test_zero_resumes_exactly_after_sigkill(tmp_path, tiny_model, stage):
+def test_zero3_resumes_exactly_after_sigkill(tmp_path, tiny_model):
     """SIGKILL mid-run, then --resume: DeepSpeed's checkpoint (partitions, optimizer state) plus the
-    run's schedule and loop state give the curve of an uninterrupted run, every step once."""
+    run's schedule and loop state give the curve of an uninterrupted run, every step once. ZeRO-3,
+    whose partitions are the harder case (ZeRO-2's checkpoint is saved and loaded by the same code)."""
+    stage = 3
     long = {"max_steps": 24, "eval_steps": 4}
     _train(_zero_config(tmp_path, tiny_model, "whole", stage, **long))
     path = _zero_config(tmp_path, tiny_model, "killed", stage, **long)
