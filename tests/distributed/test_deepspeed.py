@@ -14,12 +14,14 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from tests.distributed.test_ddp import _config, _edit, _steps, _train
+from tunepilot.engines.summary import read_summary
 from tunepilot.stream import EvalPoint, TrainStep, read_stream
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="needs the deepspeed package")
@@ -55,26 +57,70 @@ def _curves(path):
     return train, [r.eval_loss for r in records if isinstance(r, EvalPoint)]
 
 
-@pytest.mark.parametrize("stage", [2, 3])
-def test_zero_trains_the_same_run_as_plain_pytorch(tmp_path, tiny_model, stage):
-    """Loss, grad norm (DeepSpeed's global norm), eval loss and the saved PEFT adapter of ZeRO-2/3 on
-    one process equal the plain run's; the checkpoint is DeepSpeed's, without the frozen base."""
-    plain = _train(_zero_config(tmp_path, tiny_model, "plain", None))
-    zero = _train(_zero_config(tmp_path, tiny_model, f"z{stage}", stage))
-    assert plain["ok"] and zero["ok"] and zero["steps"] == plain["steps"] == 6 and zero["tokens"] == plain["tokens"]
-    (t0, e0), (t1, e1) = (_curves(tmp_path / d / "metrics.jsonl") for d in ("plain", f"z{stage}"))
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tiny_model):
+    """One folder for the plain run, trained once, and each stage's run beside it."""
+    folder = tmp_path_factory.mktemp("zero")
+    assert _train(_zero_config(folder, tiny_model, "plain", None))["ok"]
+    return folder
+
+
+@pytest.mark.parametrize("stage", [0, 1, 2, 3])
+def test_zero_trains_the_same_run_as_plain_pytorch(runs, tiny_model, stage):
+    """Loss, grad norm (DeepSpeed's global norm), eval loss and the saved PEFT adapter of ZeRO-0/1/2/3
+    on one process equal the plain run's; the checkpoint is DeepSpeed's, without the frozen base."""
+    plain = read_summary(runs / "plain" / "summary.json")
+    zero = _train(_zero_config(runs, tiny_model, f"z{stage}", stage))
+    assert zero["ok"] and zero["steps"] == plain.steps == 6 and zero["tokens"] == plain.tokens
+    (t0, e0), (t1, e1) = (_curves(runs / d / "metrics.jsonl") for d in ("plain", f"z{stage}"))
     assert [s for s, *_ in t1] == [1, 2, 3, 4, 5, 6]
     diffs = [max(abs(a[1] - b[1]), abs(a[2] - b[2]) / max(a[2], 1e-6)) for a, b in zip(t0, t1, strict=True)]
     print(f"ZeRO-{stage} vs plain, fp32: max |loss diff| or relative grad-norm diff over 6 steps {max(diffs):.2e}")
     assert max(diffs) < 1e-4
     assert e1 == pytest.approx(e0, abs=1e-4) and len(e0) == 2
-    weights = [load_file(str(tmp_path / d / "adapter" / "adapter_model.safetensors")) for d in ("plain", f"z{stage}")]
+    weights = [load_file(str(runs / d / "adapter" / "adapter_model.safetensors")) for d in ("plain", f"z{stage}")]
     assert weights[0].keys() == weights[1].keys()
     gap = max(float((weights[0][k] - weights[1][k].to(weights[0][k].dtype)).abs().max()) for k in weights[0])
     print(f"ZeRO-{stage} adapter vs plain adapter: max abs diff {gap:.2e}")
     assert gap < 1e-4
-    saved = sum(f.stat().st_size for f in (tmp_path / f"z{stage}" / "checkpoint" / "zero").rglob("*") if f.is_file())
-    assert (tmp_path / f"z{stage}" / "checkpoint" / "zero.json").exists() and saved > 0
+    saved = sum(f.stat().st_size for f in (runs / f"z{stage}" / "checkpoint" / "zero").rglob("*") if f.is_file())
+    assert (runs / f"z{stage}" / "checkpoint" / "zero.json").exists() and saved > 0
+
+
+def test_a_damaged_or_foreign_zero_checkpoint_is_refused_by_name(runs, tiny_model):
+    """--resume of a ZeRO-2 run's checkpoint with bad bytes in its zero.json, or after its DeepSpeed
+    JSON was edited to another stage in place: exit 2 naming the checkpoint, no traceback."""
+    import shutil
+
+    import yaml
+
+    def resume(out: str) -> subprocess.CompletedProcess:
+        shutil.copytree(runs / "z2", runs / out)
+        raw = yaml.safe_load((runs / "z2.yaml").read_text())
+        (runs / f"{out}.yaml").write_text(yaml.safe_dump({**raw, "output_dir": str(runs / out)}))
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+        env.pop("WORLD_SIZE", None)
+        cmd = [sys.executable, "-m", "tunepilot.cli.app", "train", str(runs / f"{out}.yaml"), "--resume", "--json"]
+        return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+
+    def refused(done: subprocess.CompletedProcess, *words: str) -> None:
+        assert done.returncode == 2, done.stdout[-1500:] + done.stderr[-1500:]
+        assert all(w in done.stdout for w in words) and "Traceback" not in done.stdout + done.stderr, done.stdout
+
+    if not (runs / "z2").is_dir():  # run alone, without the stage tests before it
+        _train(_zero_config(runs, tiny_model, "z2", 2))
+    (runs / "z2" / "checkpoint" / "zero.json").write_bytes(b"\xff\xfe{stage")  # the copy below gets it
+    try:
+        refused(resume("damaged"), "checkpoint is damaged", "damaged/checkpoint")
+    finally:
+        (runs / "z2" / "checkpoint" / "zero.json").write_text(json.dumps({"stage": 2, "world": 1}))
+    ds = Path(yaml.safe_load((runs / "z2.yaml").read_text())["deepspeed"])
+    before = ds.read_text()
+    ds.write_text(before.replace('"stage": 2', '"stage": 3'))
+    try:
+        refused(resume("restaged"), "a ZeRO-2 checkpoint of 1 process(es)", "now ZeRO-3")
+    finally:
+        ds.write_text(before)
 
 
 def test_zero3_resumes_exactly_after_sigkill(tmp_path, tiny_model):

@@ -7,6 +7,7 @@ sibling and renamed into place, so a kill at any moment leaves either the old or
 
 from __future__ import annotations
 
+import contextlib
 import json
 import pickle
 from dataclasses import asdict, dataclass, field
@@ -67,13 +68,25 @@ def find_checkpoint(path: Path) -> Path | None:
 
 def load_checkpoint(path: Path, model, optimizer, scheduler) -> LoopState:
     """Restore a checkpoint; a damaged one (truncated, overwritten, foreign) is a UserError naming it."""
-    from safetensors import SafetensorError
-
-    try:
+    with reading_checkpoint(path):
         load_weights(path, model)
         optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
         scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
-        return LoopState(**json.loads((path / "state.json").read_text(encoding="utf-8")))
+        return read_loop_state(path)
+
+
+def read_loop_state(path: Path) -> LoopState:
+    return LoopState(**json.loads((path / "state.json").read_text(encoding="utf-8")))
+
+
+@contextlib.contextmanager
+def reading_checkpoint(path: Path):
+    """Reading checkpoint `path`: a damaged one (truncated, overwritten, foreign, a file missing) is a
+    UserError naming it, for every strategy's checkpoint."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
     except (
         SafetensorError,
         pickle.UnpicklingError,
@@ -83,6 +96,7 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> LoopState:
         TypeError,
         KeyError,
         RuntimeError,
+        FileNotFoundError,
     ) as e:
         raise UserError(
             f"{path}: the checkpoint is damaged and cannot be resumed ({type(e).__name__}: "

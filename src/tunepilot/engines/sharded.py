@@ -7,7 +7,6 @@ CPU (gloo) as well as GPUs, so FSDP2 is wrapped here directly. Nothing here re-i
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from dataclasses import asdict
@@ -24,7 +23,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from tunepilot.engines.checkpoint import LoopState
+from tunepilot.engines.checkpoint import LoopState, read_loop_state
 from tunepilot.errors import UserError
 from tunepilot.io import atomic_write_dir, atomic_write_json
 
@@ -105,4 +104,4 @@ def load_sharded_checkpoint(path: Path, model, optimizer, scheduler) -> LoopStat
     set_model_state_dict(model, state["model"], options=StateDictOptions(ignore_frozen_params=True, strict=False))
     set_optimizer_state_dict(model, optimizer, state["optim"], options=TRAINABLE)
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
-    return LoopState(**json.loads((path / "state.json").read_text()))
+    return read_loop_state(path)

@@ -20,6 +20,7 @@ DeepSpeed's own (`save_checkpoint`, every rank its partition, the frozen base le
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -30,9 +31,10 @@ from typing import Any
 
 import torch
 
-from tunepilot.engines.checkpoint import LoopState
+from tunepilot.engines.checkpoint import LoopState, read_loop_state, reading_checkpoint
 from tunepilot.errors import UserError
 from tunepilot.io import atomic_write_dir, atomic_write_json
+from tunepilot.parallel import zero_stage
 
 TAG = "zero"  # the one checkpoint tag inside a run's checkpoint/zero folder
 
@@ -58,7 +60,7 @@ class Zero:
 
     @property
     def stage(self) -> int:
-        return int(self.ds_config.get("zero_optimization", {}).get("stage", 0))
+        return zero_stage(self.ds_config)
 
     @property
     def partitions_weights(self) -> bool:
@@ -107,8 +109,6 @@ class Zero:
                     named[name].copy_(value.to(named[name].device, named[name].dtype))
 
     def _gathered(self, params: list[torch.nn.Parameter], modifier_rank: int | None):
-        import contextlib
-
         if self.stage < 3:
             return contextlib.nullcontext()
         import deepspeed
@@ -137,19 +137,26 @@ class Zero:
         dist.barrier()
 
     def load_checkpoint(self, path: Path, scheduler, world: int) -> LoopState:
-        saved = json.loads((path / "zero.json").read_text(encoding="utf-8"))
-        if saved != {"stage": self.stage, "world": world}:
+        """DeepSpeed's partitions and optimizer state, the schedule and the loop state; a damaged
+        checkpoint, or one of another stage or process count, is a UserError naming it."""
+        with reading_checkpoint(path):
+            saved = json.loads((path / "zero.json").read_text(encoding="utf-8"))
+            if not isinstance(saved, dict):
+                raise TypeError("zero.json does not hold an object")
+            same = saved == {"stage": self.stage, "world": world}
+        if not same:
             raise UserError(
-                f"{path}: a ZeRO-{saved['stage']} checkpoint of {saved['world']} process(es); resume it with the "
-                f"same deepspeed config and process count (now ZeRO-{self.stage}, {world})"
+                f"{path}: a ZeRO-{saved.get('stage')} checkpoint of {saved.get('world')} process(es); resume it "
+                f"with the same deepspeed config and process count (now ZeRO-{self.stage}, {world})"
             )
-        loaded, _ = self.engine.load_checkpoint(
-            str(path / "zero"), tag=TAG, load_module_strict=False, load_lr_scheduler_states=False
-        )
-        if loaded is None:
-            raise UserError(f"{path}: DeepSpeed found no checkpoint to resume; start afresh without --resume")
-        scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
-        return LoopState(**json.loads((path / "state.json").read_text(encoding="utf-8")))
+        with reading_checkpoint(path):
+            loaded, _ = self.engine.load_checkpoint(
+                str(path / "zero"), tag=TAG, load_module_strict=False, load_lr_scheduler_states=False
+            )
+            if loaded is None:
+                raise FileNotFoundError(f"no DeepSpeed checkpoint under {path / 'zero'}")
+            scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+            return read_loop_state(path)
 
 
 def _free_port() -> int:

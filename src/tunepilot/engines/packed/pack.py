@@ -214,17 +214,23 @@ class Pack:
     def _dropout_rows(self, segments: list, rows: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         """A compiled training pass's dropout: each row's seed (its trial's seed of this micro-step
         and its row within the trial) and its trial's rate, [rows, 1, 1] on the device (`hashed_keep`)."""
-        rates = {}
-        for layer in self.wrapped.values():
-            rates.update({s: ad.dropout for s, ad in layer.stack.adapters.items()})
-        if not any(rates.get(s, 0.0) > 0 for s, _, _ in segments):
+        rates = {slot: self._dropout_rate(slot) for slot, _, _ in segments}
+        if not any(rates.values()):
             return None
         seeds, p = [0] * rows, [0.0] * rows
         for slot, first, end in segments:
             for row in range(first, end):
                 seeds[row] = _mix_seed(self.context.dropout_seeds.get(slot, 0), row - first) >> 1  # + salt < 2^63
-                p[row] = rates.get(slot, 0.0)
+                p[row] = rates[slot]
         return self._rows_tensor(seeds, torch.int64), self._rows_tensor(p, torch.float32)
+
+    def _dropout_rate(self, slot: int) -> float:
+        """A trial's LoRA dropout (the same in every layer it adapts): its first adapted layer's."""
+        for layer in self.wrapped.values():
+            adapter = layer.stack.adapters.get(slot)
+            if adapter is not None:
+                return adapter.dropout
+        return 0.0
 
     def _rows_tensor(self, values: list, dtype: torch.dtype) -> torch.Tensor:
         return self._to_device(torch.tensor(values, dtype=dtype).view(-1, 1, 1))

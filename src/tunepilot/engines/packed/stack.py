@@ -202,15 +202,14 @@ class LoraStack:
         tensors alone, so a new set of active slots changes their sizes (one dynamic graph), not
         Python values its graph would be guarded on (a graph per composition)."""
         mine = [(s, a, b) for s, a, b in segments if s in self.adapters]
-        sizes = {b - a for _, a, b in mine}
-        uniform = len(sizes) == 1 and sum(b - a for _, a, b in mine) == rows
         drop = training and any(self.adapters[s].dropout > 0 for s, _, _ in mine)
-        slots = tuple(s for s, _, _ in mine)
         self.selected = self.rows = None
         if compiled:  # one path for every layer and composition
             self.rows = self.select_rows(tuple(segments), rows, dropout if drop else None, dtype, device)
-        elif uniform and not drop:
-            self.selected = self.select(slots, dtype, device)
+            return
+        uniform = len({b - a for _, a, b in mine}) == 1 and sum(b - a for _, a, b in mine) == rows
+        if uniform and not drop:
+            self.selected = self.select(tuple(s for s, _, _ in mine), dtype, device)
 
     def select_rows(self, segments: tuple, rows: int, dropout, dtype: torch.dtype, device: torch.device) -> tuple:
         """A compiled pass's per-row selection: each row's A [rows, r, in] and B^T [rows, r, out] (its
