@@ -41,7 +41,7 @@ from tunepilot.engines.base import Outcome, TrialSpec  # noqa: E402
 from tunepilot.engines.packed import PackedEngine  # noqa: E402
 from tunepilot.engines.packed import memory as pmem  # noqa: E402
 
-# Published config.json values (Hugging Face Qwen/Qwen2.5-0.5B, meta-llama/Llama-3.2-1B).
+# Published config.json values (Hugging Face Qwen/Qwen2.5-0.5B, meta-llama/Llama-3.2-1B, SmolLM2-135M).
 ARCHS = {
     "qwen2.5-0.5b": dict(
         model_type="qwen2",
@@ -81,6 +81,21 @@ ARCHS = {
             "original_max_position_embeddings": 8192,
             "rope_type": "llama3",
         },
+    ),
+    # HuggingFaceTB/SmolLM2-135M-Instruct: the LoRA corpus's model (bench/lora_corpus.py)
+    "smollm2-135m": dict(
+        model_type="llama",
+        vocab_size=49152,
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        max_position_embeddings=8192,
+        rope_theta=100000.0,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=True,
+        hidden_act="silu",
     ),
     "tiny": dict(
         model_type="llama",
