@@ -566,12 +566,13 @@ def schedule_arm(run: Run) -> str | None:
 
 
 def claim_schedule(tasks, targets, noise_table, boot, seed) -> dict:
-    tests, info = [], {}
+    tests, info, listed = [], {}, []
     for task, runs in tasks.items():
         found = pairs(runs, schedule_arm, ("lr_scheduler_type", "warmup_ratio"))
         a = [r for r in runs if schedule_arm(r) == "a"]
         b = [r for r in runs if schedule_arm(r) == "b"]
         info[task] = {"pairs": len(found), "constant_no_warmup": len(a), "cosine_warmup": len(b)}
+        listed += [pair_row(task, pc, pb) for pc, pb in found]
         if not (a and b):
             continue
         if len(found) >= MIN_PAIRS:
@@ -581,7 +582,35 @@ def claim_schedule(tasks, targets, noise_table, boot, seed) -> dict:
             margins = {t: margin(noise_table, task, t) for t in targets}
             tests += group_tests(a, b, margins, task, boot, seed)
     p = part("a constant learning rate without warmup is as good as cosine decay with warmup", tests, groups=info)
-    return {"claim": "constant_vs_cosine", "parts": {"schedule": p}, "verdict": combine_claim({"schedule": p})}
+    by_lr = lr_split(listed, {task: [r.cols.get("learning_rate") for r in runs] for task, runs in tasks.items()})
+    out = {"claim": "constant_vs_cosine", "parts": {"schedule": p}, "verdict": combine_claim({"schedule": p})}
+    return out | {"pair_list": listed, "by_learning_rate": by_lr}
+
+
+def pair_row(task: str, constant: list[Run], cosine: list[Run]) -> dict:
+    """One matched constant/cosine pair: its shared hyperparameters and each side's seed-mean final eval loss."""
+    cols = constant[0].cols
+    row = {"task": task, **{k: cols.get(k) for k in ("learning_rate", "lora_rank", "effective_batch")}}
+    row |= {
+        "constant": float(finals(constant, "eval_loss").mean()),
+        "cosine": float(finals(cosine, "eval_loss").mean()),
+    }
+    return row | {"constant_worse_by": worse_by(constant, cosine, "eval_loss")}
+
+
+def lr_split(listed: list[dict], lrs: dict[str, list]) -> list[dict]:
+    """Descriptive: the matched pairs of each task split at the median learning rate of all its runs.
+    A constant schedule trains with more total learning rate than cosine decay at the same peak, so
+    below the good learning rates it can win by that alone; the split shows where it wins."""
+    out = []
+    for task in sorted({r["task"] for r in listed}):
+        median = float(np.median([lr for lr in lrs[task] if lr is not None]))
+        for side, keep in (("below", lambda lr, m=median: lr < m), ("at or above", lambda lr, m=median: lr >= m)):
+            d = [r["constant_worse_by"] for r in listed if r["task"] == task and keep(r["learning_rate"])]
+            row = {"task": task, "half": f"{side} the median LR ({fmt(median)})", "pairs": len(d)}
+            row |= {"constant_worse": sum(x > 0 for x in d), "mean": float(np.mean(d)) if d else math.nan}
+            out.append(row)
+    return out
 
 
 def group_tests(a, b, margins: dict, task: str, boot: int, seed: int) -> list[dict]:
@@ -788,7 +817,25 @@ def schedule_section(claim: dict) -> list[str]:
         f"Tasks with at least {MIN_PAIRS} matched pairs are compared pair by pair; the others by the best and the "
         "median of each group (unmatched: other hyperparameters differ)."
     )
-    return table(rows, cols) + ["", note, ""] + parts_lines(claim, _NI_COLUMNS)
+    return table(rows, cols) + ["", note, ""] + parts_lines(claim, _NI_COLUMNS) + schedule_pairs_lines(claim)
+
+
+def schedule_pairs_lines(claim: dict) -> list[str]:
+    intro = (
+        "The matched pairs one by one (final eval loss, seeds averaged), and split at each task's median "
+        "learning rate (descriptive, not judged): at one peak LR a constant schedule trains with more total "
+        "learning rate than cosine decay, which helps where the LR is too low."
+    )
+    cols = [("task", "task"), ("learning rate", "learning_rate"), ("rank", "lora_rank"), ("batch", "effective_batch")]
+    cols += [
+        ("constant, no warmup", "constant"),
+        ("cosine with warmup", "cosine"),
+        ("constant worse by", "constant_worse_by"),
+    ]
+    split = [("task", "task"), ("pairs with LR", "half"), ("pairs", "pairs"), ("constant worse in", "constant_worse")]
+    split += [("mean: constant worse by", "mean")]
+    rows = sorted(claim["pair_list"], key=lambda r: (r["task"], r["learning_rate"]))
+    return ["", intro, ""] + table(rows, cols) + [""] + table(claim["by_learning_rate"], split) + [""]
 
 
 CLAIM_SECTIONS = {

@@ -286,9 +286,12 @@ def _round(v: float | None) -> float | None:
     return None if v is None else round(v, 5) if math.isfinite(v) else v
 
 
-def run(args: argparse.Namespace, base: dict[str, Any], tasks: dict, plans: list[TrialPlan]) -> dict[str, Any]:
+def run(
+    args: argparse.Namespace, base: dict[str, Any], tasks: dict, plans: list[TrialPlan], started: float | None = None
+) -> dict[str, Any]:
+    """Trains `plans`; --deadline and --stop-at count from `started` (perf_counter; default: now)."""
     by_number = {p.number: p for p in plans}
-    started = time.perf_counter()
+    started = time.perf_counter() if started is None else started
     configs = {p.number: trial_config(base, p, tasks, args.steps) for p in plans}
     with open(args.out, "a") as out:
         engine = PackedEngine(
@@ -432,8 +435,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--train-records", type=int, default=2000)
     p.add_argument("--eval-records", type=int, default=48)
     p.add_argument("--cutoff-len", type=int, default=320)
-    p.add_argument("--deadline", type=float, default=math.inf, help="seconds after which no trial starts")
-    p.add_argument("--stop-at", type=float, default=math.inf, help="seconds after which running trials end")
+    p.add_argument(
+        "--deadline", type=float, default=math.inf, help="seconds (from the start) after which no trial starts"
+    )
+    p.add_argument(
+        "--stop-at", type=float, default=math.inf, help="seconds (from the start) after which running trials end"
+    )
     p.add_argument("--compile", action="store_true")
     p.add_argument("--device", default="auto")
     p.add_argument("--work", type=Path, default=Path("/tmp/lora_corpus"))
@@ -455,6 +462,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    # the time limits count from here, not from when training starts: a caller's own timeout counts
+    # the data and model loading too (two H100 calls were killed by theirs before --stop-at came, so
+    # their summary line, with the throughput, was never printed)
+    started = time.perf_counter()
     args = parse(argv)
     tasks = write_tasks(args.shared, args.work / "data", args.train_records, args.eval_records)
     batches = tuple(int(b) for b in args.batches.split(","))
@@ -462,7 +473,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     done = finished(args.out, plans)
     plans = pairs_first([p for p in plans if (p.config_id, p.seed) not in done], done, args.slots)
-    result = run(args, base_settings(args), tasks, plans) if plans else {"trials": 0, "complete": 0}
+    result = run(args, base_settings(args), tasks, plans, started) if plans else {"trials": 0, "complete": 0}
     print(json.dumps(result))
     return result
 

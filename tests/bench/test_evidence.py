@@ -171,6 +171,18 @@ def test_no_effect_cannot_tell(tmp_path):
     assert all(t["margin"] == 0 for t in part_tests(stacked, "matches"))  # no seed repeats: no noise yardstick
 
 
+def test_schedule_pairs_are_listed_and_split_at_the_tasks_median_learning_rate():
+    # constant wins at the low learning rates and loses at the high ones: the split shows both
+    listed = [
+        {"task": "t", "learning_rate": lr, "constant_worse_by": d}
+        for lr, d in ((1e-5, -0.2), (2e-5, -0.1), (1e-3, 0.05), (2e-3, 0.03), (3e-3, 0.01))
+    ]
+    below, above = ev.lr_split(listed, {"t": [1e-5, 2e-5, 1e-4, 1e-3, 2e-3, 3e-3, 4e-3]})
+    assert (below["pairs"], below["constant_worse"], above["pairs"], above["constant_worse"]) == (2, 0, 3, 3)
+    assert below["mean"] == pytest.approx(-0.15) and above["mean"] == pytest.approx(0.03)
+    assert above["half"] == "at or above the median LR (0.001)"
+
+
 def test_too_few_pairs_cannot_tell():
     tests = [ev.test_row("x", ev.as_good_as(-0.1, -0.05, 0.0, n=3, n_min=ev.MIN_PAIRS))]
     assert tests[0]["verdict"] == ev.CANNOT and not tests[0]["enough_data"]
