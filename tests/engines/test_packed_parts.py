@@ -17,10 +17,10 @@ from tunepilot.engines.packed.loss import ce_chunk, ce_chunk_fused, chunked_ce_s
 from tunepilot.stream import EvalPoint, TrainStep, read_stream
 
 
-def _layer_with_slots(ranks: list[int], rows: list[int]):
+def _layer_with_slots(ranks: list[int], rows: list[int], bias: bool = True):
     torch.manual_seed(0)
     ctx = PackContext()
-    model = torch.nn.Sequential(torch.nn.Linear(6, 5))
+    model = torch.nn.Sequential(torch.nn.Linear(6, 5, bias=bias))
     wrapped = wrap_linears_plain(model, ctx)
     for slot, r in enumerate(ranks):
         add_adapters(wrapped, ["0"], slot, r, alpha=2.0 * (slot + 1), use_rslora=slot == 1, dropout=0.0, seed=slot)
@@ -52,6 +52,38 @@ def test_multi_lora_layer_is_each_slots_own_lora(rows):
         assert torch.allclose(out[a:b], ref, atol=1e-6)
         assert torch.allclose(ad.lora_A.grad, A.grad, atol=1e-5) and torch.allclose(ad.lora_B.grad, B.grad, atol=1e-5)
     assert layer.adapters["1"].scaling == pytest.approx(4.0 / 2.0)  # rsLoRA: alpha / sqrt(r), r=4
+
+
+def _graph_nodes(tensor: torch.Tensor) -> set[str]:
+    seen, todo = set(), [tensor.grad_fn]
+    while todo:
+        node = todo.pop()
+        if node is not None and node not in seen:
+            seen.add(node)
+            todo += [n for n, _ in node.next_functions]
+    return {type(n).__name__ for n in seen}
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_the_batched_path_adds_in_place_on_the_base_output_not_on_a_view(bias):
+    # in place on a view of the output, the backward is CopySlices: a clone and a copy-back of the
+    # output's gradient in every wrapped layer; on the output itself, the gradient passes through
+    layer, ctx = _layer_with_slots([2, 4, 3], [3, 3, 3], bias=bias)
+    x = torch.randn(9, 4, 6, requires_grad=True)
+    out = layer(x)
+    nodes = _graph_nodes(out)
+    assert "BaddbmmBackward0" in nodes and "CopySlices" not in nodes, nodes
+    out.square().sum().backward()
+    ref_x = x.detach().clone().requires_grad_()
+    ref = torch.cat(
+        [
+            layer.base_layer(ref_x[a:b]) + (ref_x[a:b] @ ad.lora_A.detach().t() @ ad.lora_B.detach().t()) * ad.scaling
+            for slot, a, b in ctx.segments
+            for ad in [layer.adapters[str(slot)]]
+        ]
+    )
+    ref.square().sum().backward()
+    assert torch.allclose(x.grad, ref_x.grad, atol=1e-5)  # the input gradient: base and LoRA parts
 
 
 @pytest.mark.parametrize("chunk_fn,fixed", [(ce_chunk, False), (ce_chunk_fused, True)])

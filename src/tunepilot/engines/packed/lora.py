@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from tunepilot.engines.packed.stack import LoraAdapter, LoraBank, LoraStack
@@ -119,9 +120,12 @@ class MultiLoraLinear(nn.Module):
         return self.base_layer.out_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stack.selected is not None:  # set by the pack: `prepare_pass`
+            return self._batched_forward(x, *self.stack.selected)
         out = self.base_layer(x)
-        if self.stack.selected is not None and x.dtype == out.dtype:  # set by the pack: `prepare_pass`
-            return self._batched_add(out, x, *self.stack.selected)
+        return self._segments_add(out, x)
+
+    def _segments_add(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         if self.stack.rows is not None and x.dtype == out.dtype and x.dim() == 3:  # compiled packs
             return self._rows_add(out, x, *self.stack.rows)
         adapters = self.stack.adapters
@@ -158,6 +162,15 @@ class MultiLoraLinear(nn.Module):
             keep = torch.nn.functional.pad(keep, (0, 0, 0, x.shape[1] - shape[1]))
         return keep / (1.0 - p)
 
+    def _base_output(self, x3: torch.Tensor) -> torch.Tensor:
+        """The base layer's output for a 3-D input, as a tensor of its own (not a view): on a 3-D
+        input, a linear layer with a bias returns a view of its 2-D GEMM result (one without
+        returns its own tensor), so a plain `nn.Linear`'s bias is added here, in place, instead."""
+        base = self.base_layer
+        if type(base) is nn.Linear and base.bias is not None:
+            return F.linear(x3, base.weight).add_(base.bias)
+        return base(x3)
+
     def _rows_add(self, out, x, a, bt, scales, dropout) -> torch.Tensor:
         # A compiled pack: each row with its own slot's A and B^T (`LoraStack.select_rows`; scaling 0
         # where its slot does not adapt this layer, so it adds exactly 0 and gives no gradient). The
@@ -168,17 +181,24 @@ class MultiLoraLinear(nn.Module):
             x = x * hashed_keep(x, seeds + self.salt, p)
         return out + torch.bmm(torch.bmm(x, a.transpose(1, 2)) * scales, bt)
 
-    def _batched_add(
-        self, out: torch.Tensor, x: torch.Tensor, a: torch.Tensor, bt: torch.Tensor, scales
-    ) -> torch.Tensor:
-        # The slots' A and B^T come straight from the layer's stacks (lower ranks zero-padded: a
-        # padded row of A meets a zero row of B^T, so it adds exactly 0 and gets a zero gradient).
-        # Two bmm calls for all slots (the launch count does not grow with K); the second adds the
-        # delta into the base output in place, in the matmul's epilogue (beta = 1: no copy of the
-        # output, which out-of-place baddbmm makes; autograd allows it, as the base linear does not
-        # keep its output for backward). The scaling multiplies the narrow x A^T. (Compiled packs
-        # take `_rows_add`, whose plain add fuses into the kernel that reads the output next.)
+    def _batched_forward(self, x: torch.Tensor, a: torch.Tensor, bt: torch.Tensor, scales) -> torch.Tensor:
+        # Every row belongs to one of the k slots, in equal runs: the base linear runs on x seen as
+        # [k, rows/k * length, in] (the same GEMM), so that its output already has the slots' batch
+        # shape. The slots' A and B^T come straight from the layer's stacks (lower ranks
+        # zero-padded: a padded row of A meets a zero row of B^T, so it adds exactly 0 and gets a
+        # zero gradient). Two bmm calls for all slots (the launch count does not grow with K); the
+        # second adds the delta into the base output in place, in the matmul's epilogue (beta = 1:
+        # no copy of the output, which out-of-place baddbmm makes; autograd allows it, as the base
+        # linear does not keep its output for backward). In place on the output itself, not on a
+        # view of it: on a view, autograd's backward (CopySlices) clones the gradient and copies it
+        # back, per layer; an H100 profile at SmolLM2's shape put that at 40 ms of host and 13 ms of
+        # device time a step (bench/BENCHMARKS.md). The scaling multiplies the narrow x A^T.
+        # (Compiled packs take `_rows_add`, whose plain add fuses into the kernel that reads the
+        # output next.)
         k = a.shape[0]
-        xa = torch.bmm(x.reshape(k, -1, x.shape[-1]), a.transpose(1, 2)) * scales
-        out.view(k, -1, out.shape[-1]).baddbmm_(xa, bt)
-        return out
+        x3 = x.reshape(k, -1, x.shape[-1])
+        out = self._base_output(x3)
+        if out.dtype != x.dtype:  # autocast: the adapters' dtype is not the output's
+            return self._segments_add(out.view(*x.shape[:-1], out.shape[-1]), x)
+        xa = torch.bmm(x3, a.transpose(1, 2)) * scales
+        return out.baddbmm_(xa, bt).view(*x.shape[:-1], out.shape[-1])
