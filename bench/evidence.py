@@ -605,8 +605,10 @@ def lr_split(listed: list[dict], lrs: dict[str, list]) -> list[dict]:
     out = []
     for task in sorted({r["task"] for r in listed}):
         median = float(np.median([lr for lr in lrs[task] if lr is not None]))
-        for side, keep in (("below", lambda lr, m=median: lr < m), ("at or above", lambda lr, m=median: lr >= m)):
-            d = [r["constant_worse_by"] for r in listed if r["task"] == task and keep(r["learning_rate"])]
+        for side, upper in (("below", False), ("at or above", True)):
+            d = [
+                r["constant_worse_by"] for r in listed if r["task"] == task and (r["learning_rate"] >= median) == upper
+            ]
             row = {"task": task, "half": f"{side} the median LR ({fmt(median)})", "pairs": len(d)}
             row |= {"constant_worse": sum(x > 0 for x in d), "mean": float(np.mean(d)) if d else math.nan}
             out.append(row)

@@ -287,11 +287,10 @@ def _round(v: float | None) -> float | None:
 
 
 def run(
-    args: argparse.Namespace, base: dict[str, Any], tasks: dict, plans: list[TrialPlan], started: float | None = None
+    args: argparse.Namespace, base: dict[str, Any], tasks: dict, plans: list[TrialPlan], started: float
 ) -> dict[str, Any]:
-    """Trains `plans`; --deadline and --stop-at count from `started` (perf_counter; default: now)."""
+    """Trains `plans`; --deadline and --stop-at count from `started` (a perf_counter time)."""
     by_number = {p.number: p for p in plans}
-    started = time.perf_counter() if started is None else started
     configs = {p.number: trial_config(base, p, tasks, args.steps) for p in plans}
     with open(args.out, "a") as out:
         engine = PackedEngine(

@@ -192,9 +192,9 @@ class MultiLoraLinear(nn.Module):
         # linear does not keep its output for backward). In place on the output itself, not on a
         # view of it: on a view, autograd's backward (CopySlices) clones the gradient and copies it
         # back, per layer; an H100 profile at SmolLM2's shape put that at 40 ms of host and 13 ms of
-        # device time a step (bench/BENCHMARKS.md). The scaling multiplies the narrow x A^T.
-        # (Compiled packs take `_rows_add`, whose plain add fuses into the kernel that reads the
-        # output next.)
+        # device time a step, under the profiler (bench/BENCHMARKS.md). The scaling multiplies the
+        # narrow x A^T. (Compiled packs take `_rows_add`, whose plain add fuses into the kernel that
+        # reads the output next.)
         k = a.shape[0]
         x3 = x.reshape(k, -1, x.shape[-1])
         out = self._base_output(x3)
