@@ -164,7 +164,9 @@ def check_round_trip(base_yaml: Path, data) -> None:
                 )
 
 
-def write_sweep_files(root: Path, model_dir: Path, tokenizer_dir: Path, data, args, slots, compile_: bool) -> Path:
+def write_sweep_files(
+    root: Path, model_dir: Path, tokenizer_dir: Path, data, args, slots, compile_: bool | str
+) -> Path:
     """The same sweep as `sample` and `baseline_sweep`, as tunepilot files: text data, base config, sweep."""
     import yaml
 
@@ -210,12 +212,15 @@ def write_sweep_files(root: Path, model_dir: Path, tokenizer_dir: Path, data, ar
     return root / "sweep.yaml"
 
 
-def tunepilot_sweep(model_dir, data, args, device, slots, compile_: bool = False) -> dict:
+_COMPILE_TAG = {False: "", True: "-compiled", "auto": "-compile auto"}  # engine.compile -> run name
+
+
+def tunepilot_sweep(model_dir, data, args, device, slots, compile_: bool | str = False) -> dict:
     """`tunepilot sweep` (its own prepare + run_sweep, as the CLI calls them) with the packed engine:
     data preparation, SQLite study, per-trial metrics, exported adapters and leaderboard included."""
     from tunepilot.search.sweep import prepare, run_sweep
 
-    root = Path(args.workdir) / f"tunepilot-slots-{slots}{'-compiled' if compile_ else ''}"
+    root = Path(args.workdir) / f"tunepilot-slots-{slots}{_COMPILE_TAG[compile_]}"
     path = write_sweep_files(root, model_dir, Path(args.workdir) / "word-tokenizer", data, args, slots, compile_)
     check_round_trip(path.parent / "base.yaml", data)
     shutil.rmtree(root / "sweep", ignore_errors=True)  # a sweep left by an earlier run would be resumed
@@ -225,12 +230,13 @@ def tunepilot_sweep(model_dir, data, args, device, slots, compile_: bool = False
     seconds = time.perf_counter() - t0
     board = summary["leaderboard"]
     done = [r for r in board if r.get("state") == "complete"]
-    name = f"tunepilot sweep (packed{', compiled' if compile_ else ''})"
+    name = f"tunepilot sweep (packed{_COMPILE_TAG[compile_].replace('-', ', ')})"
     return {
         "engine": name,
         "seconds": seconds,
         "slots": slots,
         "engine_slots": summary["engine_slots"],
+        "engine_compiled": summary.get("engine_compiled"),  # what `compile: auto` resolved to
         "trials": len(board),
         "complete": len(done),
         "best": min((r["value"] for r in done), default=None),
@@ -344,6 +350,10 @@ def main() -> None:
         "--compile-slots", nargs="*", default=[], help="also one packed sweep per value with engine.compile: true"
     )
     p.add_argument(
+        "--auto-slots", nargs="*", default=[], help="also one packed sweep per value with engine.compile: auto"
+    )
+    p.add_argument("--no-baseline", action="store_true", help="packed sweeps only (no ratio)")
+    p.add_argument(
         "--engine-loop",
         action="store_true",
         help="also run each packed sweep through this script's own loop over the engine (no files)",
@@ -371,7 +381,11 @@ def main() -> None:
     _warm_up(device)  # CUDA context, cuBLAS and allocator start-up: paid here, by neither side's clock
     word_tokenizer(vocab).save_pretrained(Path(args.workdir) / "word-tokenizer")
     packed = []
-    runs = [(s, False) for s in args.slots] + [(s, True) for s in args.compile_slots]
+    runs = [
+        (s, c)
+        for c, values in ((False, args.slots), (True, args.compile_slots), ("auto", args.auto_slots))
+        for s in values
+    ]
     for slots, compile_ in runs:
         slots = slots if slots == "auto" else int(slots)
         packed.append(tunepilot_sweep(model_dir, data, args, device, slots, compile_))
@@ -382,22 +396,22 @@ def main() -> None:
                 f"tunepilot sweep trained {packed[-1]['trained_tokens']} tokens, the baseline trains "
                 f"{expected}: the two sides would not do the same work"
             )
-        if args.engine_loop and not compile_:  # the same sweep through this script's own ask/tell loop
+        if args.engine_loop and compile_ is False:  # the same sweep through this script's own ask/tell loop
             packed.append(packed_sweep(model_dir, data, args, device, dtype, slots))
             print(json.dumps(packed[-1]), flush=True)
-    base = baseline_sweep(model_dir, data, args, device, dtype)
+    base = None if args.no_baseline else baseline_sweep(model_dir, data, args, device, dtype)
     print(json.dumps(base), flush=True)
-    lines = [
-        "| sweep | trials | steps/trial | slots | makespan s | vs baseline |",
-        "|---|---|---|---|---|---|",
-        f"| optuna + Trainer + PEFT | {args.trials} | {args.steps} | 1 | {base['seconds']:.1f} | 1.00x |",
-    ]
+    lines = ["| sweep | trials | steps/trial | slots | makespan s | vs baseline |", "|---|---|---|---|---|---|"]
+    if base is not None:
+        lines.append(f"| optuna + Trainer + PEFT | {args.trials} | {args.steps} | 1 | {base['seconds']:.1f} | 1.00x |")
     for run in packed:
-        run["ratio"] = base["seconds"] / run["seconds"]
-        run["eval_gap"] = eval_gap(run.get("values", []), base["values"])
+        ratio = "-"
+        if base is not None:
+            run["ratio"] = base["seconds"] / run["seconds"]
+            run["eval_gap"] = eval_gap(run.get("values", []), base["values"])
+            ratio = f"{run['ratio']:.2f}x shorter"
         lines.append(
-            f"| {run['engine']} | {args.trials} | {args.steps} | {run['slots']} | "
-            f"{run['seconds']:.1f} | {run['ratio']:.2f}x shorter |"
+            f"| {run['engine']} | {args.trials} | {args.steps} | {run['slots']} | {run['seconds']:.1f} | {ratio} |"
         )
     print("\n".join(lines))
     if args.out:

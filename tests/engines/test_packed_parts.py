@@ -316,7 +316,7 @@ def test_compile_auto_on_cpu_stays_eager(tiny_model):
     rows = synthetic_examples(4, model.config.vocab_size, 0)
     config = make_config(tiny_model, max_steps=500)
     eng = PackedEngine(config, 1, model=model, pad_id=0, data=lambda cfg: (rows, rows), compile="auto")
-    assert eng.pack.compiled is False and eng.pack.chunk_fn is ce_chunk
+    assert eng.compiled is False and eng.pack.chunk_fn is ce_chunk
     eng.close()
 
 

@@ -61,7 +61,7 @@ def test_sweep_with_the_packed_engine_runs_trials_in_slots(tiny_model, tmp_path)
         assert any(isinstance(r, EvalPoint) for r in records)
         assert (summary.parent / "adapter" / "adapter_config.json").exists()
     # where the engine's time went: every phase of this sweep ran, and the split is in the JSON result
-    assert body["engine_slots"] == 3
+    assert body["engine_slots"] == 3 and body["engine_compiled"] is False  # compile defaults to off
     split = body["engine_seconds"]
     assert set(split) == {"load", "start", "train", "eval", "export"}
     assert all(v > 0 for v in split.values()), split

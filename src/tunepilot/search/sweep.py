@@ -75,6 +75,7 @@ def run_sweep(setup: SweepSetup, log: Callable[[str], None] | None = None) -> di
 
         tracker = sweep_tracker(spec, base, sweep_dir, setup.study_name)
         engine = build_engine(spec, base, sweep_dir)
+        compiled = getattr(engine, "compiled", None)  # an engine that compiles: what it resolved to
         try:
             metric, direction = spec.objective.resolved(getattr(engine, "default_metric", "eval_loss"))
             study = open_study(
@@ -112,6 +113,7 @@ def run_sweep(setup: SweepSetup, log: Callable[[str], None] | None = None) -> di
         "leaderboard": leaderboard(study),
         "decisions": study.user_attrs.get("decisions", []),
         "engine_slots": engine.slots,  # what `slots: auto` chose
+        **({"engine_compiled": compiled} if compiled is not None else {}),  # and `compile: auto`
         **({"engine_seconds": dict(seconds)} if seconds else {}),
         **results,
     }

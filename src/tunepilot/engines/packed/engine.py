@@ -130,6 +130,11 @@ class PackedEngine:
         return len(self._slots)
 
     @property
+    def compiled(self) -> bool:
+        """Whether the pack runs compiled: what `compile: auto` resolved to."""
+        return self.pack.compiled
+
+    @property
     def active(self) -> list[int]:
         return [t.number for t in self._slots if t is not None]
 
