@@ -38,11 +38,24 @@ class Distributed:
     def from_env(cls, device: str, parallel: Any = None) -> Distributed:
         """One process, or the launcher's N: DDP by default, FSDP2 when the config asks for it."""
         strategy = parallel.resolved if parallel is not None else "ddp"
-        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world <= 1:
             return cls(None, "deepspeed" if strategy == "deepspeed" else "single", parallel)
         from accelerate import Accelerator
 
-        return cls(Accelerator(cpu=device == "cpu"), strategy, parallel)
+        from tunepilot.models import resolve_device
+
+        # `device: auto` on a machine without a GPU is CPU too: accelerate must be told (cpu=True), or it
+        # finds no accelerator backend and makes every launched process a lone rank 0 of a world of 1,
+        # each training the whole run and writing the one stream (two writers of metrics.jsonl)
+        accelerator = Accelerator(cpu=resolve_device(device).type == "cpu")
+        if accelerator.num_processes != world:
+            raise UserError(
+                f"train.device: {device!r}: the launcher started {world} processes but accelerate joined "
+                f"{accelerator.num_processes} ({accelerator.distributed_type}); this device cannot train "
+                "data-parallel here, use device: cpu or cuda"
+            )
+        return cls(accelerator, strategy, parallel)
 
     def start_zero(self, ds_config: dict[str, Any]) -> None:
         """DeepSpeed's process group and settings (the JSON with its "auto" values filled)."""

@@ -23,9 +23,11 @@ import time
 from pathlib import Path
 
 from tunepilot.engines.base import Outcome, Progress, Report, TrialSpec
+from tunepilot.engines.recorder import prepare_run_dir
 from tunepilot.engines.standard import OneTrialEngine, supports_task_metric
 from tunepilot.engines.summary import FailureKind, read_summary
 from tunepilot.errors import UserError
+from tunepilot.io import RunDirLock
 from tunepilot.stream import EvalPoint, Event, from_dict
 
 POLL_S = 0.2  # how often a running trial's metrics file is read
@@ -49,6 +51,11 @@ class LaunchedEngine(OneTrialEngine):
         if spec.run_dir is None:
             raise UserError(f"trial {spec.number}: a launched trial needs a run directory to be followed through")
         run_dir = Path(spec.run_dir)
+        # a reused trial directory is cleared now (under its lock: never a live run's), as the trial's
+        # rank 0 would clear it only later: the tail below must never follow an earlier run's stream
+        # that is then replaced, nor _finish read an earlier summary.json
+        with RunDirLock(run_dir):
+            prepare_run_dir(run_dir, spec.config, overwrite=True)
         config_path = _write_config(spec, run_dir, self.objective)
         argv = ["train", str(config_path), "--nproc", str(spec.config.train.nproc), "--json"]
         self._take_slot(spec)
@@ -182,15 +189,30 @@ def _end_group(proc: subprocess.Popen) -> None:
 
 
 class _StreamTail:
-    """The records appended to a metrics.jsonl since the last read (whole lines only)."""
+    """The records appended to a metrics.jsonl since the last read (whole lines only).
+
+    The offset counts bytes of one file: if the stream is replaced or truncated once some of it has
+    been read (a second writer's `truncate_after`, an earlier run's stream cleared), it points into
+    another file, possibly mid-record. That is an error, named here, not lines parsed from the middle
+    of records (a JSONDecodeError on '"}') or records silently skipped."""
 
     def __init__(self, path: Path):
         self.path, self.offset, self.planned, self.objective = path, 0, 0, "eval_loss"
+        self._file: tuple[int, int] | None = None  # (device, inode) of the file the offset counts
 
     def new_records(self) -> list:
-        if not self.path.is_file():
+        try:
+            f = self.path.open("rb")
+        except FileNotFoundError:
             return []
-        with self.path.open("rb") as f:
+        with f:
+            stat = os.fstat(f.fileno())
+            if self.offset and ((stat.st_dev, stat.st_ino) != self._file or stat.st_size < self.offset):
+                raise RuntimeError(
+                    f"{self.path}: replaced or truncated after {self.offset} bytes of it were read; "
+                    "a run's stream must only grow while it is followed (one writer, rank 0)"
+                )
+            self._file = (stat.st_dev, stat.st_ino)
             f.seek(self.offset)
             chunk = f.read()
         complete = chunk[: chunk.rfind(b"\n") + 1]
