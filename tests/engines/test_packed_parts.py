@@ -398,3 +398,33 @@ def test_a_pack_shape_compiles_once_per_machine(tiny_model, tmp_path):
     assert (
         second.get("fxgraph_cache_hit", 0) == first["fxgraph_cache_miss"] and second.get("fxgraph_cache_miss", 0) == 0
     )
+
+
+def test_a_pack_with_only_its_loss_compiled_trains_as_the_eager_pack(tiny_model):
+    """`compile: auto` on CUDA compiles the loss chunk of short trials, whose layers stay eager: the
+    per-trial loss sums and the LoRA gradients must be the all-eager pack's (run here on CPU)."""
+    from transformers import AutoModelForCausalLM
+
+    from tunepilot.engines.packed.pack import Pack
+
+    torch._dynamo.reset()
+    packs = [
+        Pack(AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32), 0, 5, compile_loss=c)
+        for c in (True, False)
+    ]
+    assert packs[0].chunk_fn is not ce_chunk and packs[1].chunk_fn is ce_chunk
+    assert not packs[0].compiled  # the layers stay eager
+    ids = torch.randint(3, 100, (4, 7), generator=torch.Generator().manual_seed(0)).tolist()
+    micro = {s: [{"input_ids": r, "labels": r} for r in ids[2 * s : 2 * s + 2]] for s in (0, 1)}
+    results = []
+    for pack in packs:
+        for slot in micro:
+            add_adapters(pack.wrapped, list(pack.wrapped), slot, 2 + 2 * slot, 4.0, False, 0.0, seed=slot)
+            with torch.no_grad():  # B = 0 at init: give the deltas something to differentiate
+                pack.bank.weights.data[slot].normal_(0, 0.02, generator=torch.Generator().manual_seed(slot))
+        losses = pack.losses(micro, training=True)
+        sum(v[0] for v in losses.values()).backward()
+        results.append(([v[0].item() for v in losses.values()], pack.bank.weights.grad.clone()))
+    (compiled, grad_c), (eager, grad_e) = results
+    assert compiled == pytest.approx(eager, rel=1e-5)
+    assert grad_e.abs().sum() > 0 and torch.allclose(grad_c, grad_e, rtol=1e-4, atol=1e-7)

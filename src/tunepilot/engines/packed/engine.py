@@ -41,12 +41,16 @@ from tunepilot.errors import UserError
 from tunepilot.stream import EvalPoint, TrainStep
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-# `compile: auto` compiles when a trial plans at least this many optimizer steps. From the H100
-# figures in bench/BENCHMARKS.md (Qwen2.5-0.5B shape, K=8): compiling costs 12-15 s per pack
-# composition and saves 6.0 us per trained token (73.1k eager against 129.7k tokens/s compiled); the
-# 20-step, 16-trial sweep lost 4.0 s to it (35.3 s against 31.3 s), so it breaks even near 30 steps
-# for one composition. 100 leaves a margin: those figures predate the dynamic-shape compile, whose
-# recompiles and speed on a GPU are not measured yet.
+# `compile: auto` compiles the decoder layers when a trial plans at least this many optimizer steps.
+# From the H100 figures in bench/BENCHMARKS.md (Qwen2.5-0.5B shape, K=8): compiling costs 12-15 s per
+# pack composition and saves 6.0 us per trained token (73.1k eager against 129.7k tokens/s compiled);
+# the 20-step, 16-trial sweep lost 4.0 s to it (35.3 s against 31.3 s), so it breaks even near 30
+# steps for one composition. 100 leaves a margin: those figures predate the dynamic-shape compile,
+# whose recompiles and speed on a GPU are not measured yet.
+# The loss chunk alone compiles on CUDA whatever the steps: one fixed-shape graph per grad mode, about
+# a second to compile, and on an H100 (bench/BENCHMARKS.md, 2026-12-08, kernel_libs.py) the compiled
+# chunk computed an eager K=8 step's per-trial loss sums and gradient 2.2x (Qwen2.5-0.5B: 41.5 against
+# 90.2 ms), 1.6x (Llama-3.2-1B) and 2.6x (SmolLM2-135M) faster than the eager chunk.
 COMPILE_AUTO_STEPS = 100
 DataFn = Callable[[Any], tuple[list, list]]  # RunConfig -> (train examples, eval examples)
 
@@ -72,8 +76,8 @@ class PackedEngine:
     ):
         """`config`: the sweep's base RunConfig (model, data, shapes); model/data injectable for tests.
         `compile`: torch.compile the decoder layers and the loss chunk (see `Pack._compile`); a
-        string is the decoder layers' torch.compile mode; "auto" compiles long trials on CUDA
-        (`COMPILE_AUTO_STEPS`). `fuse_norms`: eager RMSNorm as one
+        string is the decoder layers' torch.compile mode; "auto" compiles the layers of long trials
+        on CUDA (`COMPILE_AUTO_STEPS`) and the loss chunk of any on CUDA. `fuse_norms`: eager RMSNorm as one
         kernel (`norms.py`; None: on CUDA). `observers`: a function of a trial's config giving the
         observers of its run (e.g. its experiment trackers), besides its health monitor."""
         if slots != "auto" and (not isinstance(slots, int) or isinstance(slots, bool) or slots < 1):
@@ -91,8 +95,10 @@ class PackedEngine:
             with self._timed("load"):
                 model, pad_id = _load(config)
         self._data = data or _prepared_data(config)
-        if compile == "auto":  # what it resolved to: `self.pack.compiled`
-            compile = self._compile_pays(config, next(model.parameters()).device)
+        device = next(model.parameters()).device
+        auto = compile == "auto"
+        if auto:  # what it resolved to: `self.compiled`
+            compile = self._compile_pays(config, device)
         self.pack = Pack(
             model,
             pad_id if pad_id is not None else 0,
@@ -100,6 +106,7 @@ class PackedEngine:
             gradient_checkpointing=config.model.gradient_checkpointing,
             compile=compile,
             fuse_norms=fuse_norms,
+            compile_loss=auto and device.type == "cuda",
         )
         self.shape = memory.Shape.of(model)
         self._num_params = sum(p.numel() for p in model.parameters())  # the base model's size, for health rules

@@ -42,6 +42,11 @@ class Batch:
     counts: list[int]  # trained tokens per segment
 
 
+def _compiled_chunk():
+    """The loss chunk compiled: fixed-size chunks (the loss pads to whole ones), one graph per grad mode."""
+    return torch.compile(ce_chunk_fused, dynamic=False)
+
+
 class Pack:
     def __init__(
         self,
@@ -51,7 +56,10 @@ class Pack:
         gradient_checkpointing: bool = False,
         compile: bool | str = False,
         fuse_norms: bool | None = None,
+        compile_loss: bool = False,
     ):
+        """`compile`: torch.compile the decoder layers and the loss chunk (a string: the layers' mode).
+        `compile_loss`: the loss chunk alone, with eager layers (`compile: auto` on CUDA)."""
         if getattr(model.config, "final_logit_softcapping", None) or getattr(model.config, "logit_scale", None):
             raise UserError(
                 f"{model.config.model_type}: logits are soft-capped or scaled after lm_head; the "
@@ -79,6 +87,8 @@ class Pack:
         self.compiled = bool(compile)
         if compile:
             self._compile(None if compile is True else compile)
+        elif compile_loss:
+            self.chunk_fn = _compiled_chunk()
 
     def _compile(self, mode: str | None) -> None:
         """torch.compile each decoder layer and the loss chunk (opt-in), with torch's automatic dynamic
@@ -100,7 +110,7 @@ class Pack:
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 32)
         for layer in getattr(self.decoder, "layers", []):
             layer.compile(dynamic=None, mode=mode)
-        self.chunk_fn = torch.compile(ce_chunk_fused, dynamic=False)  # fixed-size chunks: one shape
+        self.chunk_fn = _compiled_chunk()
 
     def batch(self, micro: dict[int, list[Example]]) -> Batch:
         """Pad and concatenate slots' examples (slot order); the loss positions chosen on the host."""
