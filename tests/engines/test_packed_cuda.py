@@ -74,7 +74,7 @@ def load(tiny_model, dtype: str, device: str = DEVICE) -> torch.nn.Module:
     return load_model(cfg.model, resolve_device(cfg.train.device))
 
 
-def run(model, data, tiny_model, out, trials: dict, compile: bool = False) -> None:
+def run(model, data, tiny_model, out, trials: dict, compile: bool | str = False) -> None:
     """Train `trials` packed together on `model` (one trial: alone, K=1); streams under out/t<n>."""
     engine = PackedEngine(
         make_config(tiny_model), len(trials), model=model, pad_id=0, data=data, chunk_rows=7, compile=compile
@@ -144,6 +144,24 @@ def test_compiled_pack_equals_eager_pack_on_cuda(data, tiny_model, tmp_path):
     run(load(tiny_model, "bfloat16"), data, tiny_model, tmp_path / "eager", NO_DROPOUT)
     diffs = {n: differences(tmp_path / "compiled" / f"t{n}", tmp_path / "eager" / f"t{n}") for n in MIXED}
     check(f"{DEVICE} bfloat16 compiled ({graphs} graphs) vs eager", diffs, BF16)
+
+
+def test_auto_compiled_loss_pack_equals_eager_pack_on_cuda(data, tiny_model, tmp_path):
+    """`compile: auto` on trials too short to compile the layers: eager layers and the loss chunk
+    compiled. It trains the three mixed trials (dropout included: the layers draw eager masks) as the
+    all-eager pack does, within bf16."""
+    from tunepilot.engines.packed.loss import ce_chunk
+
+    torch._dynamo.reset()
+    probe = PackedEngine(
+        make_config(tiny_model), 1, model=load(tiny_model, "bfloat16"), pad_id=0, data=data, compile="auto"
+    )
+    assert not probe.compiled and probe.pack.chunk_fn is not ce_chunk  # what auto chose for these trials
+    probe.close()
+    run(load(tiny_model, "bfloat16"), data, tiny_model, tmp_path / "auto", MIXED, compile="auto")
+    run(load(tiny_model, "bfloat16"), data, tiny_model, tmp_path / "eager", MIXED)
+    diffs = {n: differences(tmp_path / "auto" / f"t{n}", tmp_path / "eager" / f"t{n}") for n in MIXED}
+    check(f"{DEVICE} bfloat16 compiled loss chunk (compile: auto) vs eager", diffs, BF16)
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
