@@ -9,7 +9,8 @@ Each configuration is drawn at random (seeded) from the space below; `--repeats`
 again with seeds 1 and 2 (same `config_id`), to measure seed noise; `--pairs` of them get matched
 partners (`twins`: stacked against phased, constant/no warmup against cosine/warmup), which the
 random draws alone almost never give. Every trial trains `--steps`
-optimizer steps at micro-batch 4 (the effective batch through gradient accumulation) and is
+optimizer steps at micro-batch 4 (the effective batch through gradient accumulation; with
+`--max-accumulation N`, larger micro-batches where a batch needs more than N of 4) and is
 evaluated at 5% and every 10% of its schedule on its task's held-out set: eval loss, and the teacher-forced
 task metrics of the packed engine (`token_accuracy`, `greedy_match`: the share of answers greedy
 decoding reproduces exactly). Task "mix" trains on GSM8K and BANKING77 together, stacked or phased
@@ -76,6 +77,11 @@ class TrialPlan:
     effective_batch: int
     warmup_ratio: float
     lr_scheduler_type: str
+    micro_batch: int = MICRO_BATCH
+
+    @property
+    def accumulation(self) -> int:
+        return max(1, self.effective_batch // self.micro_batch)
 
     def columns(self) -> dict[str, Any]:
         return {
@@ -87,6 +93,7 @@ class TrialPlan:
             "effective_batch": self.effective_batch,
             "warmup_ratio": self.warmup_ratio,
             "lr_scheduler_type": self.lr_scheduler_type,
+            **({"micro_batch": self.micro_batch} if self.micro_batch != MICRO_BATCH else {}),  # OLD_COLUMNS
             "mix": self.mix,
             "seed": self.seed,
             "config_id": self.config_id,
@@ -94,19 +101,36 @@ class TrialPlan:
 
 
 def sample_plans(
-    configs: int, repeats: int, batches: tuple[int, ...], seed: int = 0, block: int = 16, pairs: int = 0
+    configs: int,
+    repeats: int,
+    batches: tuple[int, ...],
+    seed: int = 0,
+    block: int = 16,
+    pairs: int = 0,
+    max_accumulation: int = 0,
 ) -> list[TrialPlan]:
     """`configs` random configurations (seed 0), then seeds 1 and 2 of the first `repeats`, then the
     partners of `pairs` configurations (`twins`); shuffled so that what a deadline cuts off is a random
-    subset, not one region of the space."""
+    subset, not one region of the space. `max_accumulation` (0: none): see `micro_batch`."""
     rng = random.Random(seed)
     plans = [_draw(rng, i, batches) for i in range(configs)]
+    plans = [replace(p, micro_batch=micro_batch(p.effective_batch, max_accumulation)) for p in plans]
     for base in plans[:repeats]:
         for s in (1, 2):
             plans.append(replace(base, number=len(plans), seed=s))
     plans += twins(plans[:configs], pairs, first_number=len(plans))
     rng.shuffle(plans)
     return _task_blocks(plans, block)
+
+
+def micro_batch(effective_batch: int, max_accumulation: int) -> int:
+    """MICRO_BATCH, or more where the effective batch would need more than `max_accumulation`
+    micro-batches of it (0: no limit). A trial's wall time in a pack is its optimizer steps times its
+    accumulation (one micro-batch per packed step), so at 4 a batch of 256 would take 64 packed steps
+    per optimizer step, 8x a batch of 32, and could not end inside one device call."""
+    if max_accumulation <= 0 or effective_batch <= MICRO_BATCH * max_accumulation:
+        return MICRO_BATCH
+    return math.ceil(effective_batch / max_accumulation)
 
 
 def pairs_first(plans: list[TrialPlan], done: set[tuple[int, int]], block: int) -> list[TrialPlan]:
@@ -219,8 +243,8 @@ def trial_config(base: dict[str, Any], plan: TrialPlan, tasks: dict[str, tuple[s
         "learning_rate": plan.learning_rate,
         "lora_rank": plan.lora_rank,
         "lora_alpha": plan.lora_rank * plan.alpha_ratio,
-        "per_device_train_batch_size": MICRO_BATCH,
-        "gradient_accumulation_steps": max(1, plan.effective_batch // MICRO_BATCH),
+        "per_device_train_batch_size": plan.micro_batch,
+        "gradient_accumulation_steps": plan.accumulation,
         "warmup_ratio": plan.warmup_ratio,
         "lr_scheduler_type": plan.lr_scheduler_type,
         "seed": plan.seed,
@@ -344,8 +368,9 @@ def _drive(
 
 
 class Finish:
-    """Whether a trial can end before --stop-at. Its estimate: seconds per example of the trial's
-    effective batch, the slowest of its task's completed trials (all run the same steps). A trial
+    """Whether a trial can end before --stop-at. Its estimate: seconds per micro-batch of the trial's
+    accumulation (one per packed step), the slowest of its task's completed trials (all run the same
+    steps). A trial
     that cannot end in time is not started: its GPU time would buy only a "stopped" line. The first
     H100 corpus run, without this, ended 22 of 71 trials that way."""
 
@@ -360,22 +385,23 @@ class Finish:
     def ended(self, plan: TrialPlan, now: float, complete: bool) -> None:
         began = self.began.pop(plan.number)
         if complete:
-            rate = (now - began) / plan.effective_batch
+            rate = (now - began) / plan.accumulation
             self.rate[plan.task] = max(self.rate.get(plan.task, 0.0), rate)
 
     def fits(self, plan: TrialPlan, now: float) -> bool:
-        return now + self.rate.get(plan.task, 0.0) * plan.effective_batch <= self.stop_at
+        return now + self.rate.get(plan.task, 0.0) * plan.accumulation <= self.stop_at
 
 
 def finished(out: Path, plans: list[TrialPlan]) -> set[tuple[int, int]]:
     """(config_id, seed) of the planned trials `out` already holds a result for: a second call
     resumes. A line whose (config_id, seed) this command plans with other hyperparameters (another
     --configs, --batches or version of the sampler) stops the run: resuming would mix two corpora."""
-    planned = {(p.config_id, p.seed): p.columns() for p in plans}
+    planned = {(p.config_id, p.seed): {**p.columns(), "micro_batch": p.micro_batch} for p in plans}
     done = set()
     for number, line in read_results(out):
         key = (line["config_id"], line["seed"])
-        differ = sorted(k for k, v in planned.get(key, {}).items() if line.get(k) != v)
+        # lines written before the micro_batch column trained at MICRO_BATCH
+        differ = sorted(k for k, v in planned.get(key, {}).items() if line.get(k, OLD_COLUMNS.get(k)) != v)
         if differ:
             raise SystemExit(
                 f"{out}:{number}: config_id {key[0]} seed {key[1]} was trained with other {', '.join(differ)} "
@@ -384,6 +410,11 @@ def finished(out: Path, plans: list[TrialPlan]) -> set[tuple[int, int]]:
         if line["status"] != "stopped":
             done.add(key)
     return done
+
+
+# A column a line may lack, and what its trial trained with then: micro_batch is written only where it is
+# not MICRO_BATCH, so that the corpus's lines keep one set of hyperparameter columns for the replays
+OLD_COLUMNS = {"micro_batch": MICRO_BATCH}
 
 
 def read_results(out: Path) -> list[tuple[int, dict[str, Any]]]:
@@ -430,6 +461,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pairs", type=int, default=24, help="configurations given matched partners (claims 3, 4)")
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--batches", default="8,16,32", help="effective batches to draw from")
+    p.add_argument(
+        "--max-accumulation",
+        type=int,
+        default=0,
+        help="larger micro-batches where an effective batch needs more than this many of 4 (0: always 4)",
+    )
     p.add_argument("--slots", type=int, default=16)
     p.add_argument("--train-records", type=int, default=2000)
     p.add_argument("--eval-records", type=int, default=48)
@@ -468,7 +505,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse(argv)
     tasks = write_tasks(args.shared, args.work / "data", args.train_records, args.eval_records)
     batches = tuple(int(b) for b in args.batches.split(","))
-    plans = sample_plans(args.configs, args.repeats, batches, block=args.slots, pairs=args.pairs)
+    plans = sample_plans(
+        args.configs, args.repeats, batches, block=args.slots, pairs=args.pairs, max_accumulation=args.max_accumulation
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     done = finished(args.out, plans)
     plans = pairs_first([p for p in plans if (p.config_id, p.seed) not in done], done, args.slots)

@@ -116,13 +116,39 @@ def test_a_trial_that_cannot_end_before_stop_at_is_not_started():
     finish = corpus.Finish(stop_at=100.0)
     assert finish.fits(large, now=99.0)  # nothing measured yet
     finish.started(small, 0.0)
-    finish.ended(small, 40.0, complete=True)  # 5 s per example of batch
+    finish.ended(small, 40.0, complete=True)  # 20 s per micro-batch of its accumulation (8 / 4 = 2)
     assert not finish.fits(large, now=30.0) and finish.fits(small, now=50.0)
     other = next(p for p in plans if p.task == "banking77")
     assert finish.fits(other, now=99.0)  # its task has no measurement yet
     finish.started(large, 0.0)
     finish.ended(large, 99.0, complete=False)  # stopped or failed: no estimate from it
-    assert finish.rate == {"gsm8k": 5.0}
+    assert finish.rate == {"gsm8k": 20.0}
+
+
+def test_large_batches_take_larger_micro_batches_under_max_accumulation(tmp_path):
+    """--max-accumulation 8: a batch above 8 x 4 trains at batch / 8 per micro-batch, so that it takes 8
+    packed steps per optimizer step; the column is written only where it is not 4, and a line that
+    lacks it is a trial of micro-batch 4, which a plan of another micro-batch does not resume."""
+    corpus = load_generator()
+    plans = corpus.sample_plans(24, 2, (8, 32, 64, 256), max_accumulation=8, pairs=4)
+    assert {p.effective_batch for p in plans} == {8, 32, 64, 256}
+    for p in plans:
+        assert p.micro_batch == (4 if p.effective_batch <= 32 else p.effective_batch // 8)
+        assert p.micro_batch * p.accumulation == p.effective_batch and p.accumulation <= 8
+        assert ("micro_batch" in p.columns()) == (p.micro_batch != 4)
+    same = corpus.sample_plans(24, 2, (8, 32, 64, 256), pairs=4)  # the draws do not depend on the option
+    assert [(p.config_id, p.seed, p.effective_batch) for p in same] == [
+        (p.config_id, p.seed, p.effective_batch) for p in plans
+    ]
+    large = next(p for p in plans if p.effective_batch == 256)
+    out = tmp_path / "curves.jsonl"
+    line = {**large.columns(), "status": "complete"}
+    out.write_text(json.dumps(line) + "\n")
+    assert corpus.finished(out, plans) == {(large.config_id, large.seed)}
+    del line["micro_batch"]  # written by a command that trained it at micro-batch 4
+    out.write_text(json.dumps(line) + "\n")
+    with pytest.raises(SystemExit, match="was trained with other micro_batch"):
+        corpus.finished(out, plans)
 
 
 def replace_batch(corpus, plan, batch):
