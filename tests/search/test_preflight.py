@@ -112,6 +112,85 @@ def test_packed_engine_refuses_keys_it_does_not_train(tmp_path, tiny_model):
     ]
 
 
+def packed_sweep(tmp_path, tiny_model, base_keys: dict, space: dict | None = None):
+    """A packed sweep whose base config is a file, train.yaml, with `base_keys` added."""
+    data = tmp_path / "t.jsonl"
+    data.write_text('{"instruction": "q", "output": "a"}\n')
+    (tmp_path / "ds_z3.json").write_text('{"zero_optimization": {"stage": 3}}')
+    base = {"model_name_or_path": str(tiny_model), "dataset": str(data), **base_keys}
+    (tmp_path / "train.yaml").write_text(yaml.safe_dump(base))
+    path = tmp_path / "s.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "base": "train.yaml",
+                "space": {"learning_rate": {"low": 1e-5, "high": 1e-3, "log": True}, **(space or {})},
+                "engine": "packed",
+            }
+        )
+    )
+    return path
+
+
+def test_packed_engine_refuses_a_deepspeed_base_with_exit_2_before_any_trial(tmp_path, tiny_model):
+    path = packed_sweep(tmp_path, tiny_model, {"deepspeed": "ds_z3.json"})  # LLaMA-Factory's flat key
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["sweep", str(path), "--dir", str(out), "--json"])
+    assert result.exit_code == ExitCode.USAGE
+    (problem,) = json.loads(result.stdout)["error"]["problems"]
+    assert problem.startswith(
+        "base.parallel.deepspeed: `deepspeed: ds_z3.json` in the base config train.yaml asks for DeepSpeed ZeRO, "
+        "which the packed engine cannot apply (it trains every trial in one process on one device)"
+    )
+    assert "remove `deepspeed: ds_z3.json`" in problem and "use engine: standard" in problem
+    assert not (out / "trials").exists()  # refused before the study, a model or a trial
+
+
+@pytest.mark.parametrize(
+    ("keys", "named"),
+    [
+        ({"fsdp": "full_shard auto_wrap"}, "base.parallel.fsdp: `fsdp: full_shard auto_wrap`"),
+        (
+            {"fsdp_config": {"fsdp_transformer_layer_cls_to_wrap": "LlamaDecoderLayer"}},
+            "base.parallel.fsdp_config: `fsdp_config: {transformer_layer_cls_to_wrap}`",
+        ),
+        ({"parallel": {"strategy": "fsdp"}}, "base.parallel.strategy: `strategy: fsdp`"),
+    ],
+)
+def test_packed_engine_refuses_an_fsdp_base(tmp_path, tiny_model, keys, named):
+    with pytest.raises(UserError) as e:
+        prepare(packed_sweep(tmp_path, tiny_model, keys), tmp_path / "out")
+    assert e.value.code == ExitCode.USAGE
+    (problem,) = e.value.problems
+    assert problem.startswith(f"{named} in the base config train.yaml asks for FSDP sharding, which the packed")
+    assert "use engine: standard" in problem and "FSDP2 with nproc: N > 1" in problem
+
+
+def test_packed_engine_refuses_a_searched_parallel_strategy(tmp_path, tiny_model):
+    with pytest.raises(UserError) as e:
+        prepare(packed_sweep(tmp_path, tiny_model, {}, space={"deepspeed": [None, "ds_z3.json"]}), tmp_path / "out")
+    assert e.value.problems == [
+        "space.deepspeed: the packed engine trains every trial in one process on one device and cannot "
+        "search a parallel strategy; use engine: standard"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("keys", "overrides"),
+    [
+        ({"nproc": 1}, []),
+        ({"fsdp": False, "fsdp_config": {"fsdp_version": 2}, "deepspeed": None}, []),  # resolves to DDP
+        ({"parallel": {"strategy": "ddp"}}, []),
+        ({"deepspeed": "ds_z3.json"}, ["deepspeed=null"]),  # the refusal's fix, without editing train.yaml
+        # planned for 2 processes: a packed trial accumulates both ranks' micro-batches (the same batches)
+        ({"nproc": 2, "gradient_accumulation_steps": 2}, []),
+    ],
+)
+def test_packed_engine_accepts_a_base_that_trains_on_one_process(tmp_path, tiny_model, keys, overrides):
+    setup = prepare(packed_sweep(tmp_path, tiny_model, keys), tmp_path / "out", overrides=overrides)
+    assert setup.base.parallel.resolved == "ddp"
+
+
 def test_progress_line_after_each_trial_with_eta():
     study = optuna.create_study()
     now = [0.0]

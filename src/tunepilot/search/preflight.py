@@ -17,7 +17,7 @@ from typing import Any
 
 import optuna
 
-from tunepilot.config import RunConfig
+from tunepilot.config import ALIASES, RunConfig
 from tunepilot.errors import ExitCode, UserError
 from tunepilot.search.spec import SweepSpec
 
@@ -25,6 +25,11 @@ from tunepilot.search.spec import SweepSpec
 FREE_KEYS = ("budget", "storage", "study_name", "output_dir", "enqueue", "skip_duplicates", "base")
 # Keys of the base config the packed engine does not apply to its trials (it injects its own LoRA).
 PACKED_UNSUPPORTED = {"method.use_dora": False, "method.neftune_noise_alpha": None}
+# Parallel strategies the packed engine cannot apply, and how the standard engine's trials run them.
+SHARDED = {"deepspeed": "DeepSpeed ZeRO", "fsdp": "FSDP sharding"}
+STANDARD_RUNS = {"deepspeed": "under DeepSpeed; on N GPUs with nproc: N", "fsdp": "sharded by FSDP2 with nproc: N > 1"}
+# Flat config keys that choose the parallel strategy (deepspeed, fsdp, fsdp_config).
+PARALLEL_KEYS = {key for key, (section, _) in ALIASES.items() if section == "parallel"}
 MAX_CHANGES = 20
 
 
@@ -62,8 +67,47 @@ def _engine_keys(spec: SweepSpec, base: RunConfig) -> None:
         section, name = key.split(".")
         if dumped[section][name] != off or name in spec.space:
             problems.append(f"base.{key}: the packed engine does not apply {name}; remove it or use engine: standard")
+    problems.extend(_sharding(spec, base))
     if problems:
         raise UserError(f"{len(problems)} key(s) the packed engine cannot train", ExitCode.USAGE, problems)
+
+
+def _sharding(spec: SweepSpec, base: RunConfig) -> list[str]:
+    """DeepSpeed or FSDP asked for (`parallel.resolved`): the packed engine trains every trial in its
+    one process on one device and cannot apply them, so they are refused, not silently left out.
+    `nproc` > 1 is not refused: it is the process count the effective batch is planned for, and a
+    packed trial, as any run on fewer processes, accumulates the missing ranks' micro-batches
+    (engines/plan.py): it trains the same global batches N processes would."""
+    problems = []
+    strategy = base.parallel.resolved
+    if strategy in SHARDED:
+        key, written = _strategy_key(base)
+        where = f"the base config {spec.base}" if isinstance(spec.base, str) else "the sweep file's base"
+        problems.append(
+            f"base.parallel.{key}: `{written}` in {where} asks for {SHARDED[strategy]}, which the packed "
+            f"engine cannot apply (it trains every trial in one process on one device); remove `{written}` "
+            "to pack the trials, or use engine: standard, whose trials train as `tunepilot train` does "
+            f"({STANDARD_RUNS[strategy]})"
+        )
+    problems.extend(
+        f"space.{key}: the packed engine trains every trial in one process on one device and cannot "
+        "search a parallel strategy; use engine: standard"
+        for key in sorted(PARALLEL_KEYS & set(spec.space))
+    )
+    return problems
+
+
+def _strategy_key(base: RunConfig) -> tuple[str, str]:
+    """The key that asked for the resolved strategy, and how it reads (to name it in a refusal)."""
+    p = base.parallel
+    if p.strategy != "auto":
+        return "strategy", f"strategy: {p.strategy}"
+    if p.deepspeed:
+        return "deepspeed", f"deepspeed: {p.deepspeed}"
+    if p.fsdp:
+        return "fsdp", f"fsdp: {' '.join(p.fsdp)}"
+    keys = sorted(p.fsdp_config.model_fields_set - {"version"})
+    return "fsdp_config", f"fsdp_config: {{{', '.join(keys)}}}"
 
 
 def _template(base: RunConfig) -> None:
