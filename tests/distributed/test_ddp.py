@@ -116,6 +116,33 @@ def test_fsdp2_trains_the_same_run_as_one_process(tmp_path, tiny_model):
     assert all(torch.allclose(weights[0][k], weights[1][k], atol=1e-5) for k in weights[0])
 
 
+def test_a_damaged_fsdp2_checkpoint_is_refused_by_name(tmp_path, tiny_model):
+    """--resume under --nproc 2 of an FSDP2 run whose sharded checkpoint has other bytes in its
+    .metadata, then in a rank's shard file: exit 2 naming the checkpoint, no traceback."""
+    path = _config(tmp_path, tiny_model, "fsdp")
+    _edit(path, max_steps=2, eval_steps=2, fsdp="full_shard auto_wrap")
+    assert _train(path, "--nproc", "2")["steps"] == 2
+    checkpoint = tmp_path / "fsdp" / "checkpoint"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    env.pop("WORLD_SIZE", None)
+    cmd = [sys.executable, "-m", "tunepilot.cli.app", "train", path, "--json", "--nproc", "2", "--resume"]
+
+    def refused(damaged: str) -> None:
+        file = checkpoint / "sharded" / damaged
+        before = file.read_bytes()
+        file.write_bytes(b"\x80\x04not a checkpoint")
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+        finally:
+            file.write_bytes(before)
+        assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-4000:]
+        assert "checkpoint is damaged" in done.stdout and str(checkpoint) in done.stdout, done.stdout
+        assert "Traceback" not in done.stdout + done.stderr, done.stderr[-4000:]
+
+    refused(".metadata")  # dcp.load's fallback to per-rank metadata would log tracebacks
+    refused("__1_0.distcp")  # dcp.load raises a CheckpointException (a BaseException) on every rank
+
+
 def load_file_(path):
     from safetensors.torch import load_file
 

@@ -45,11 +45,22 @@ def launch(nproc: int, argv: list[str]) -> int:
     except SystemExit as e:
         return int(e.code or 0)
     except Exception as e:  # torchrun's ChildFailedError: a rank failed; its own output said why
+        code = _first_exit_code(e)
         print(
             f"{argv[0]} --nproc {nproc}: a process failed ({type(e).__name__}); see its output above", file=sys.stderr
         )
-        return int(ExitCode.FINDINGS)
+        return int(code) if code in (ExitCode.USAGE, ExitCode.INTERRUPTED) else int(ExitCode.FINDINGS)
     return 0
+
+
+def _first_exit_code(error: Exception) -> int | None:
+    """The exit code of the rank that failed first (the root cause; torchrun stops the others), so
+    that a rank's UserError (2) or interruption (3) is the job's exit code too."""
+    first = getattr(error, "get_first_failure", None)
+    if first is None:
+        return None
+    _, failure = first()
+    return getattr(failure, "exitcode", None)
 
 
 def run_ranked(name: str, json_: bool, command: Callable[[bool], Result]) -> int:

@@ -84,10 +84,9 @@ def reading_checkpoint(path: Path):
     """Reading checkpoint `path`: a damaged one (truncated, overwritten, foreign, a file missing) is a
     UserError naming it, for every strategy's checkpoint."""
     from safetensors import SafetensorError
+    from torch.distributed.checkpoint.api import CheckpointException
 
-    try:
-        yield
-    except (
+    damage = (
         SafetensorError,
         pickle.UnpicklingError,
         EOFError,
@@ -97,11 +96,28 @@ def reading_checkpoint(path: Path):
         KeyError,
         RuntimeError,
         FileNotFoundError,
-    ) as e:
-        raise UserError(
-            f"{path}: the checkpoint is damaged and cannot be resumed ({type(e).__name__}: "
-            f"{str(e)[:200]}); start afresh without --resume (overwrite_output_dir: true)"
-        ) from e
+    )
+    try:
+        yield
+    except damage as e:
+        raise UserError(_damaged(path, f"{type(e).__name__}: {str(e)[:200]}")) from e
+    except CheckpointException as e:
+        # torch.distributed.checkpoint (FSDP2's sharded checkpoints) gathers every rank's failure and
+        # raises this on all ranks at once: a BaseException, not an Exception, whose str() holds each
+        # rank's formatted traceback. So it is caught by name here, for every strategy, and reported
+        # by its first rank's own error. Its AssertionErrors are dcp's findings about the files (no
+        # readable .metadata, a tensor of another shape); anything else (Ctrl-C on a rank) stays as is.
+        if not e.failures or not all(isinstance(f, (*damage, AssertionError)) for f, _ in e.failures.values()):
+            raise
+        rank, (cause, _) = min(e.failures.items())
+        raise UserError(_damaged(path, f"rank {rank}: {type(cause).__name__}: {str(cause)[:200]}")) from e
+
+
+def _damaged(path: Path, why: str) -> str:
+    return (
+        f"{path}: the checkpoint is damaged and cannot be resumed ({why}); start afresh without --resume "
+        "(overwrite_output_dir: true)"
+    )
 
 
 def _contiguous(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -111,7 +111,12 @@ class TrainingRun:
             params=self.params,
             watch=main,
         )
-        self.recorder.start(resumed_from=self._restore())
+        try:
+            resumed_from = self._restore()
+        except UserError:  # a damaged checkpoint, refused on every rank: end the process group first, as
+            self.dist.close()  # a gloo group left to interpreter exit can abort a rank (exit -6, not 2)
+            raise
+        self.recorder.start(resumed_from=resumed_from)
         self._t0 = time.perf_counter() - self.state.seconds
         return self.plan
 

@@ -23,7 +23,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from tunepilot.engines.checkpoint import LoopState, read_loop_state
+from tunepilot.engines.checkpoint import LoopState, read_loop_state, reading_checkpoint
 from tunepilot.errors import UserError
 from tunepilot.io import atomic_write_dir, atomic_write_json
 
@@ -96,12 +96,28 @@ def save_sharded_checkpoint(path: Path, model, optimizer, scheduler, state: Loop
 
 
 def load_sharded_checkpoint(path: Path, model, optimizer, scheduler) -> LoopState:
+    """Every rank's shard of the weights and optimizer, the schedule and the loop state; a damaged
+    checkpoint is a UserError naming it, on every rank (dcp.load fails on all ranks together)."""
     state = {
         "model": get_model_state_dict(model, options=TRAINABLE),
         "optim": get_optimizer_state_dict(model, optimizer, options=TRAINABLE),
     }
-    dcp.load(state, checkpoint_id=str(path / "sharded"))
-    set_model_state_dict(model, state["model"], options=StateDictOptions(ignore_frozen_params=True, strict=False))
-    set_optimizer_state_dict(model, optimizer, state["optim"], options=TRAINABLE)
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
-    return read_loop_state(path)
+    with reading_checkpoint(path):
+        _read_metadata(path / "sharded")
+        dcp.load(state, checkpoint_id=str(path / "sharded"))
+        set_model_state_dict(model, state["model"], options=StateDictOptions(ignore_frozen_params=True, strict=False))
+        set_optimizer_state_dict(model, optimizer, state["optim"], options=TRAINABLE)
+        scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+        return read_loop_state(path)
+
+
+def _read_metadata(folder: Path) -> None:
+    """Read the checkpoint's `.metadata` first, on every rank: missing or unreadable, it is an error
+    here, before dcp.load, which would fall back to per-rank metadata files (never written by
+    save_sharded_checkpoint) and log each failed read's traceback as a warning on its way to failing."""
+    try:
+        dcp.FileSystemReader(str(folder)).read_metadata()
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # garbage unpickles into any error (or into an object that is no Metadata)
+        raise ValueError(f"{folder / '.metadata'} is not a torch.distributed.checkpoint metadata file ({e!r})") from e
