@@ -138,7 +138,8 @@ class PackedEngine:
 
     @property
     def compiled(self) -> bool:
-        """Whether the pack runs compiled: what `compile: auto` resolved to."""
+        """Whether the decoder layers run compiled: what `compile: auto` resolved to for them (under
+        auto on CUDA the loss chunk compiles either way)."""
         return self.pack.compiled
 
     @property
